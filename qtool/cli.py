@@ -1,0 +1,250 @@
+"""The `qtool` command line: parse options, call one step, print a summary. No logic here.
+
+Errors the user can cause print one line (`qtool: error: ...`) and exit with code 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from qtool import __version__
+from qtool.config import BUILTIN_CONFIGS, load_config
+from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
+from qtool.errors import QtoolError
+from qtool.graph import load_model, save_model
+from qtool.io import copy_file_atomic, load_labels, load_pair, open_model_data, output_prefix
+from qtool.plan import PlanOptions, build_plan
+from qtool.progress import Bar
+from qtool.quant.observers import SCHEMES
+from qtool.runtime import input_infos
+from qtool.steps.calibrate import CalibrateOptions, calibrate
+from qtool.steps.export import export
+from qtool.steps.simulate import simulate
+
+log = logging.getLogger("qtool")
+
+
+def data_options(func):
+    """--data/--samples/--batch-size/--preprocess/--seed, shared by every command that reads data."""
+    options = [
+        click.option("--data", "data", required=True,
+                     help="Calibration data: .npz (arrays keyed by input name), .npy, a folder of those "
+                          "or of images, or 'random' (smoke tests only)."),
+        click.option("--samples", type=click.IntRange(min=1), default=None, help="Use at most N samples."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="Samples per onnxruntime run (memory grows with it, not with --samples)."),
+        click.option("--preprocess", default=None,
+                     help="Image folders: 'size=224x224,mean=127.5,std=127.5,layout=NCHW,order=RGB'."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for --data random."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")(func)
+
+
+def _emit(summary: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qtool")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Quantize ONNX models the AIMET way: calibrate, simulate, export.
+
+    Example: qtool calibrate model.onnx --data calib.npz -o out/model
+    """
+    ctx.obj = {"debug": debug}
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="qtool: %(message)s", stream=sys.stderr, force=True)
+
+
+@cli.command("calibrate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("--config", default="default", show_default=True,
+              help=f"AIMET runtime config JSON, or a built-in target: {', '.join(BUILTIN_CONFIGS)}.")
+@click.option("--scheme", type=click.Choice(SCHEMES, case_sensitive=False), default="sqnr", show_default=True,
+              help="Activation range setting: minmax (AIMET tf), sqnr (tf_enhanced), percentile, mse.")
+@click.option("--param-scheme", type=click.Choice(SCHEMES, case_sensitive=False), default="minmax",
+              show_default=True, help="Weight range setting.")
+@click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
+              help="Percentile for --scheme percentile.")
+@click.option("--param-bw", type=click.IntRange(2, 16), default=None, help="Weight bit-width (overrides the config).")
+@click.option("--act-bw", type=click.IntRange(2, 16), default=None, help="Activation bit-width (overrides the config).")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (overrides the config).")
+@click.option("--encodings", "frozen_path", default=None,
+              help="Existing encodings: the frozen ones (e.g. from adaround) are kept unchanged.")
+@click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
+              help="AIMET encodings format to write.")
+@click.option("-o", "--output", required=True,
+              help="Output prefix: writes PREFIX.onnx (the float model) and PREFIX.encodings.json.")
+@json_option
+def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, scheme, param_scheme, percentile,
+                  param_bw, act_bw, per_channel, frozen_path, encoding_version, output, as_json):
+    """Compute quantization encodings (scale/offset per tensor or channel) from calibration data.
+
+    Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
+    """
+    prefix = output_prefix(output)
+    if frozen_path:
+        graph, frozen, _ = load_pair(model, frozen_path)
+    else:
+        graph, frozen = load_model(model), None
+    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel))
+    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size)
+    result = calibrate(graph, plan, source.batches(batch_size), options, frozen=frozen,
+                       total=source.count(), progress=Bar("calibrate"))
+    copy_file_atomic(model, f"{prefix}.onnx")
+    save_encodings(result.encodings, f"{prefix}.encodings.json", encoding_version)
+    summary = {
+        "model": f"{prefix}.onnx", "encodings": f"{prefix}.encodings.json", "samples": result.samples,
+        "seconds": round(result.seconds, 3), "activation_quantizers": len(result.encodings.activations),
+        "param_quantizers": len(result.encodings.params), "kept_frozen": result.kept_frozen,
+    }
+    _emit(summary, as_json, [
+        f"calibrated {result.samples} samples in {result.seconds:.1f}s: "
+        f"{summary['activation_quantizers']} activation + {summary['param_quantizers']} param encodings",
+        f"wrote {prefix}.onnx and {prefix}.encodings.json",
+    ])
+
+
+@cli.command("simulate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--encodings", default=None, help="Encodings JSON (default: MODEL's sibling .encodings.json).")
+@data_options
+@click.option("--labels", default=None, help="Integer class labels (.npy or .txt, one per sample) for accuracy.")
+@click.option("--bypass", is_flag=True, help="FP32 sanity check: insert no quantizer (must match float exactly).")
+@click.option("-o", "--output", default=None, help="Also write the QDQ model to this .onnx file.")
+@json_option
+def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, output, as_json):
+    """Run the QDQ model next to the float model and report SQNR, top-1 agreement and accuracy.
+
+    Example: qtool simulate out/model.onnx --data eval.npz --labels eval_labels.npy
+    """
+    if bypass:
+        graph, enc_set, enc_source = load_model(model), None, "bypass"
+    else:
+        graph, enc_set, enc_source = load_pair(model, encodings)
+    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    label_array = load_labels(labels) if labels else None
+    result = simulate(graph, enc_set, source.batches(batch_size), labels=label_array, bypass=bypass,
+                      total=source.count(), progress=Bar("simulate"), source=enc_source)
+    if output:
+        save_model(result.qdq_model, output)
+    summary = {"samples": result.samples, "seconds": round(result.seconds, 3), "outputs": result.report}
+    lines = [f"simulated {result.samples} samples in {result.seconds:.1f}s"]
+    for name, row in result.report.items():
+        parts = [f"SQNR {row['sqnr_db']:.2f} dB", f"max |err| {row['max_abs_error']:.4g}"]
+        if "top1_agreement" in row:
+            parts.append(f"top-1 agreement {100 * row['top1_agreement']:.2f}%")
+        if "quant_accuracy" in row:
+            parts.append(f"accuracy float {100 * row['float_accuracy']:.2f}% -> "
+                         f"quantized {100 * row['quant_accuracy']:.2f}%")
+        lines.append(f"  {name}: " + ", ".join(parts))
+    if output:
+        lines.append(f"wrote {output}")
+    _emit(summary, as_json, lines)
+
+
+@cli.command("export")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--encodings", default=None, help="Encodings JSON (default: MODEL's sibling .encodings.json).")
+@click.option("-o", "--output-dir", required=True, help="Directory for the exported files.")
+@click.option("--prefix", default="model", show_default=True, help="File name prefix NAME.")
+@click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
+              help="AIMET encodings format to write.")
+@json_option
+def export_cmd(model, encodings, output_dir, prefix, encoding_version, as_json):
+    """Write NAME.onnx (float), NAME.encodings (AIMET JSON) and NAME_qdq.onnx (integer QDQ model).
+
+    Example: qtool export out/model.onnx -o deploy --prefix mynet
+    """
+    graph, enc_set, enc_source = load_pair(model, encodings)
+    result = export(graph, enc_set, source=enc_source)
+    folder = Path(output_dir)
+    copy_file_atomic(model, folder / f"{prefix}.onnx")
+    save_encodings(result.encodings, folder / f"{prefix}.encodings", encoding_version)
+    save_model(result.qdq_model, folder / f"{prefix}_qdq.onnx")
+    files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
+    _emit({"files": files}, as_json, ["wrote " + ", ".join(files)])
+
+
+@cli.command("info")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--config", default="default", show_default=True, help="Runtime config for the quantizer plan.")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (overrides the config).")
+@json_option
+def info_cmd(model, config, per_channel, as_json):
+    """Inputs, outputs, op counts, parameter count and the tensors the plan would quantize.
+
+    Example: qtool info model.onnx --config w8a8-per-channel
+    """
+    graph = load_model(model)
+    plan = build_plan(graph, load_config(config), PlanOptions(per_channel=per_channel))
+    ops: dict[str, int] = {}
+    for node in graph.graph:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    params = sum(int(v.const_value.size) for v in graph.graph.initializers.values() if v.const_value is not None)
+    summary = {
+        "inputs": {i.name: [d if d is not None else "?" for d in (i.shape or ())] for i in input_infos(graph)},
+        "outputs": [o.name for o in graph.graph.outputs],
+        "opset": graph.opset_imports.get("", None),
+        "op_types": dict(sorted(ops.items())),
+        "parameters": params,
+        "quantizers": {name: {"kind": t.kind, "role": t.role, "bw": t.spec.bw, "symmetric": t.spec.symmetric,
+                              "per_channel_axis": t.spec.axis} for name, t in plan.all().items()},
+        "fused_in_supergroups": plan.fused,
+    }
+    lines = [f"{model}: opset {summary['opset']}, {sum(ops.values())} nodes, {params:,} parameters"]
+    lines += [f"  input  {n}: {s}" for n, s in summary["inputs"].items()]
+    lines += [f"  output {n}" for n in summary["outputs"]]
+    lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in summary["op_types"].items()))
+    lines.append(f"  plan ({config}): {len(plan.activations)} activation quantizers, {len(plan.params)} param "
+                 f"quantizers, {len(plan.fused)} tensors fused in supergroups")
+    for name, t in plan.all().items():
+        granularity = f"per-channel axis {t.spec.axis}" if t.spec.axis is not None else "per-tensor"
+        lines.append(f"    {t.kind:10} {t.role:6} {t.spec.bw:2d}-bit {'sym ' if t.spec.symmetric else 'asym'} "
+                     f"{granularity:20} {name}")
+    _emit(summary, as_json, lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: QtoolError -> one line on stderr and exit code 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="qtool", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("qtool: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except QtoolError as exc:
+        if debug:
+            raise
+        click.echo(f"qtool: error: {exc}", err=True)
+        sys.exit(QtoolError.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

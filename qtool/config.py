@@ -1,0 +1,218 @@
+"""AIMET runtime config -> RuntimeConfig -> (with the graph) a QuantPlan.
+
+The runtime config file (white paper 3.4) has six sections, from general to specific:
+``defaults`` (ops / params / strict_symmetric / unsigned_symmetric / per_channel_quantization),
+``params`` (per parameter type: weight, bias), ``op_type`` (per ONNX op type), ``supergroups``
+(op sequences fused on target: no quantizer between them), ``model_input``, ``model_output``.
+Booleans may be AIMET's strings "True"/"False" or JSON booleans. Unknown keys and unknown op
+types are errors, never silently ignored (the counter-example is onnxruntime's extra_options).
+
+qtool extensions, documented in docs/config.md: ``bitwidth`` and ``dtype`` ("int"/"float") inside
+``defaults.ops``, ``defaults.params``, ``params.*`` and ``op_type.*`` (AIMET passes bit-widths
+as QuantSim arguments instead), so a target (W8A16, W4A8) is one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import onnx.defs
+
+from qtool.errors import QtoolError
+
+BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8")
+
+_SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output"}
+_DEFAULT_KEYS = {"ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
+                 "hw_version", "supported_kernels"}
+_OP_KEYS = {"is_output_quantized", "is_input_quantized", "is_symmetric", "bitwidth", "dtype", "supported_kernels"}
+_PARAM_KEYS = {"is_quantized", "is_symmetric", "bitwidth", "dtype"}
+_OP_TYPE_KEYS = _OP_KEYS | {"per_channel_quantization", "params", "encoding_constraints"}
+_PARAM_TYPES = {"weight", "bias"}
+
+
+@dataclass(frozen=True)
+class QuantizerSettings:
+    """Settings of one kind of quantizer; None means 'inherit from the less specific section'."""
+
+    enabled: bool | None = None
+    symmetric: bool | None = None
+    bitwidth: int | None = None
+    dtype: str | None = None
+
+    def over(self, base: QuantizerSettings) -> QuantizerSettings:
+        """These settings with the gaps filled from `base`."""
+        pick = lambda mine, theirs: theirs if mine is None else mine  # noqa: E731
+        return QuantizerSettings(
+            pick(self.enabled, base.enabled),
+            pick(self.symmetric, base.symmetric),
+            pick(self.bitwidth, base.bitwidth),
+            pick(self.dtype, base.dtype),
+        )
+
+
+@dataclass(frozen=True)
+class OpTypeSettings:
+    output: QuantizerSettings = QuantizerSettings()
+    input_quantized: bool | None = None
+    per_channel: bool | None = None
+    params: dict[str, QuantizerSettings] = field(default_factory=dict)
+    encoding_constraints: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """A validated runtime config; `source` names the file for error messages."""
+
+    source: str
+    ops: QuantizerSettings
+    params: QuantizerSettings
+    param_types: dict[str, QuantizerSettings]
+    strict_symmetric: bool
+    unsigned_symmetric: bool
+    per_channel: bool
+    op_types: dict[str, OpTypeSettings]
+    supergroups: tuple[tuple[str, ...], ...]
+    model_input_quantized: bool
+    model_output_quantized: bool | None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _fail(source: str, where: str, problem: str, hint: str | None = None) -> QtoolError:
+    return QtoolError(f"{source}: {where}: {problem}", hint)
+
+
+def _bool(value: Any, source: str, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in ("True", "False", "true", "false"):
+        return value.lower() == "true"
+    raise _fail(source, where, f"expected True/False, got {value!r}")
+
+
+def _check_keys(section: dict, allowed: set[str], source: str, where: str) -> None:
+    if not isinstance(section, dict):
+        raise _fail(source, where, f"expected an object, got {type(section).__name__}")
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise _fail(source, where, f"unknown key {unknown[0]!r}", f"valid keys: {', '.join(sorted(allowed))}")
+
+
+def _quantizer(section: dict, source: str, where: str, enabled_key: str) -> QuantizerSettings:
+    bitwidth = section.get("bitwidth")
+    if bitwidth is not None and (not isinstance(bitwidth, int) or not 2 <= bitwidth <= 32):
+        raise _fail(source, f"{where}.bitwidth", f"expected an integer 2..32, got {bitwidth!r}")
+    dtype = section.get("dtype")
+    if dtype is not None and dtype not in ("int", "float"):
+        raise _fail(source, f"{where}.dtype", f"expected 'int' or 'float', got {dtype!r}")
+    return QuantizerSettings(
+        enabled=_bool(section[enabled_key], source, f"{where}.{enabled_key}") if enabled_key in section else None,
+        symmetric=_bool(section["is_symmetric"], source, f"{where}.is_symmetric") if "is_symmetric" in section else None,
+        bitwidth=bitwidth,
+        dtype=dtype,
+    )
+
+
+def _known_op_types() -> set[str]:
+    return {schema.name for schema in onnx.defs.get_all_schemas_with_history()}
+
+
+def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
+    """Validate an AIMET runtime config dict and resolve it into a RuntimeConfig."""
+    _check_keys(doc, _SECTIONS, source, "top level")
+    defaults = doc.get("defaults", {})
+    _check_keys(defaults, _DEFAULT_KEYS, source, "defaults")
+    ops_section = defaults.get("ops", {})
+    _check_keys(ops_section, _OP_KEYS, source, "defaults.ops")
+    params_section = defaults.get("params", {})
+    _check_keys(params_section, _PARAM_KEYS, source, "defaults.params")
+    ops = _quantizer(ops_section, source, "defaults.ops", "is_output_quantized").over(
+        QuantizerSettings(enabled=True, symmetric=False, bitwidth=8, dtype="int"))
+    params = _quantizer(params_section, source, "defaults.params", "is_quantized").over(
+        QuantizerSettings(enabled=True, symmetric=True, bitwidth=8, dtype="int"))
+
+    param_types = {}
+    for name, section in doc.get("params", {}).items():
+        if name not in _PARAM_TYPES:
+            raise _fail(source, "params", f"unknown parameter type {name!r}", "valid: weight, bias")
+        _check_keys(section, _PARAM_KEYS, source, f"params.{name}")
+        param_types[name] = _quantizer(section, source, f"params.{name}", "is_quantized")
+
+    known = _known_op_types()
+    op_types = {}
+    for op, section in doc.get("op_type", {}).items():
+        if op not in known:
+            raise _fail(source, "op_type", f"unknown ONNX op type {op!r}", "op types are ONNX names, e.g. Conv, Relu")
+        _check_keys(section, _OP_TYPE_KEYS, source, f"op_type.{op}")
+        op_params = {}
+        for pname, psection in section.get("params", {}).items():
+            if pname not in _PARAM_TYPES:
+                raise _fail(source, f"op_type.{op}.params", f"unknown parameter type {pname!r}", "valid: weight, bias")
+            _check_keys(psection, _PARAM_KEYS, source, f"op_type.{op}.params.{pname}")
+            op_params[pname] = _quantizer(psection, source, f"op_type.{op}.params.{pname}", "is_quantized")
+        constraints = section.get("encoding_constraints")
+        if constraints is not None:
+            _check_keys(constraints, {"min", "max"}, source, f"op_type.{op}.encoding_constraints")
+            constraints = (float(constraints["min"]), float(constraints["max"]))
+        where = f"op_type.{op}"
+        op_types[op] = OpTypeSettings(
+            output=_quantizer(section, source, where, "is_output_quantized"),
+            input_quantized=_bool(section["is_input_quantized"], source, f"{where}.is_input_quantized")
+            if "is_input_quantized" in section else None,
+            per_channel=_bool(section["per_channel_quantization"], source, f"{where}.per_channel_quantization")
+            if "per_channel_quantization" in section else None,
+            params=op_params,
+            encoding_constraints=constraints,
+        )
+
+    supergroups = []
+    for index, group in enumerate(doc.get("supergroups", [])):
+        _check_keys(group, {"op_list"}, source, f"supergroups[{index}]")
+        op_list = group.get("op_list")
+        if not isinstance(op_list, list) or len(op_list) < 2:
+            raise _fail(source, f"supergroups[{index}].op_list", "expected a list of at least two op types")
+        for op in op_list:
+            if op not in known:
+                raise _fail(source, f"supergroups[{index}]", f"unknown ONNX op type {op!r}")
+        supergroups.append(tuple(op_list))
+
+    model_input = doc.get("model_input", {})
+    _check_keys(model_input, {"is_input_quantized"}, source, "model_input")
+    model_output = doc.get("model_output", {})
+    _check_keys(model_output, {"is_output_quantized"}, source, "model_output")
+    return RuntimeConfig(
+        source=source,
+        ops=ops,
+        params=params,
+        param_types=param_types,
+        strict_symmetric=_bool(defaults.get("strict_symmetric", False), source, "defaults.strict_symmetric"),
+        unsigned_symmetric=_bool(defaults.get("unsigned_symmetric", True), source, "defaults.unsigned_symmetric"),
+        per_channel=_bool(defaults.get("per_channel_quantization", False), source, "defaults.per_channel_quantization"),
+        op_types=op_types,
+        supergroups=tuple(supergroups),
+        model_input_quantized=_bool(model_input.get("is_input_quantized", True), source, "model_input.is_input_quantized"),
+        model_output_quantized=_bool(model_output["is_output_quantized"], source, "model_output.is_output_quantized")
+        if "is_output_quantized" in model_output else None,
+        raw=doc,
+    )
+
+
+def load_config(name_or_path: str | os.PathLike | None) -> RuntimeConfig:
+    """A built-in target by name (see BUILTIN_CONFIGS) or an AIMET runtime config JSON file."""
+    name = str(name_or_path or "default")
+    if name in BUILTIN_CONFIGS:
+        text = resources.files("qtool.configs").joinpath(f"{name}.json").read_text()
+        return parse_config(json.loads(text), f"config '{name}'")
+    path = Path(name)
+    if not path.exists():
+        raise QtoolError(f"{path}: no such config file", f"give a JSON file or one of: {', '.join(BUILTIN_CONFIGS)}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QtoolError(f"{path}: not valid JSON ({exc})") from exc
+    return parse_config(doc, str(path))

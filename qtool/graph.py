@@ -1,0 +1,224 @@
+"""The graph layer: the only module that touches ONNX protobuf.
+
+Everything else works on ``onnx_ir`` models (values know their producer and consumers), so
+transforms never search for consumers by scanning names. Loading checks the file and turns
+protobuf errors into one-line QtoolErrors; saving is atomic (temporary file, then rename) and
+deterministic (protobuf's deterministic serialisation), so reruns give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+from qtool.errors import QtoolError
+
+log = logging.getLogger(__name__)
+
+# QuantizeLinear/DequantizeLinear with a per-channel `axis` exist from opset 13 on.
+MIN_QDQ_OPSET = 13
+
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+
+
+def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read and sanity-check an ONNX file; every failure names the file and what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise QtoolError(f"{path}: no such file", "check the path to the ONNX model")
+    if path.is_dir():
+        raise QtoolError(f"{path}: is a directory, not an ONNX model file")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise QtoolError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:120]})",
+            "is the file truncated or not an .onnx file?",
+        ) from exc
+    if not proto.graph.node and not proto.graph.output:
+        raise QtoolError(f"{path}: not an ONNX model (the file parsed to an empty graph)", "is it an .onnx file?")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise QtoolError(f"{path}: invalid ONNX model: {str(exc).splitlines()[0][:200]}") from exc
+    return proto
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Load a model as onnx_ir with shapes inferred and float Constant nodes lifted to initializers."""
+    proto = load_proto(path)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except Exception as exc:  # shape inference is a help, not a requirement
+        log.warning("%s: shape inference failed (%s); continuing without it", path, exc)
+    model = ir.from_proto(proto)
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    return model
+
+
+def model_to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.to_proto(model)
+
+
+def model_bytes(model: ir.Model) -> bytes:
+    """Serialised model for onnxruntime, deterministic."""
+    return model_to_proto(model).SerializeToString(deterministic=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temporary_sibling(path: Path) -> str:
+    """A new empty file beside `path` with the permissions a plain open() would give it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: ir.Model, path: str | os.PathLike) -> None:
+    """Save atomically and deterministically (models over 2 GB: external data, a later issue)."""
+    atomic_write_bytes(path, model_bytes(model))
+
+
+def clone(model: ir.Model) -> ir.Model:
+    """A deep copy, so that a step never changes the model its caller holds."""
+    return ir.from_proto(model_to_proto(model))
+
+
+def opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", 1)
+
+
+def ensure_opset(model: ir.Model, minimum: int = MIN_QDQ_OPSET, source: str = "model") -> ir.Model:
+    """Return the model at `minimum` opset or newer, converting old models (PP-OCR ships opset 11).
+
+    onnxruntime.quantization writes invalid per-channel QDQ models for opset < 13; we convert
+    first with onnx's version converter, which keeps tensor names (encodings stay valid).
+    """
+    if opset(model) >= minimum:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model_to_proto(model), minimum)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        raise QtoolError(
+            f"{source}: cannot convert from opset {opset(model)} to {minimum} for QDQ ({str(exc)[:150]})",
+            f"convert the model to opset >= {minimum} first",
+        ) from exc
+    log.info("%s: converted from opset %d to %d for QuantizeLinear/DequantizeLinear", source, opset(model), minimum)
+    return ir.from_proto(converted)
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The numpy value of an initializer (None for computed tensors and missing inputs)."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def is_float(value: ir.Value) -> bool:
+    """Whether a tensor carries floats (only those get quantizers). Unknown types count as float
+    only when produced by an op that keeps its input type, which shape inference normally tells."""
+    return value.dtype in FLOAT_TYPES
+
+
+def nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Main-graph nodes in topological order (subgraphs of If/Loop are left alone)."""
+    return iter(model.graph)
+
+
+def node_label(node: ir.Node) -> str:
+    return node.name or f"{node.op_type}->{node.outputs[0].name}"
+
+
+def set_initializer(model: ir.Model, value: ir.Value, array: np.ndarray) -> None:
+    """Replace an initializer's data in place (its name and consumers stay)."""
+    value.const_value = ir.tensor(array, name=value.name)
+    if value.name not in model.graph.initializers:
+        model.graph.register_initializer(value)
+
+
+def add_initializer(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
+    """A new initializer with a name unique in the graph."""
+    name = unique_name(model, name)
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape = ir.Shape(array.shape)
+    value.dtype = value.const_value.dtype
+    model.graph.register_initializer(value)
+    return value
+
+
+def unique_name(model: ir.Model, base: str) -> str:
+    """`base`, or `base_N` if a value or node already has that name."""
+    taken = model.meta.setdefault("qtool.names", set())
+    if not taken:
+        taken.update(model.graph.initializers)
+        taken.update(v.name for v in model.graph.inputs)
+        for node in model.graph.all_nodes():
+            taken.update(out.name for out in node.outputs)
+            if node.name:
+                taken.add(node.name)
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def value_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    """Every named value of the main graph: inputs, initializers, node outputs."""
+    found: dict[str, ir.Value] = {v.name: v for v in model.graph.inputs}
+    found.update(model.graph.initializers)
+    for node in model.graph:
+        for out in node.outputs:
+            found[out.name] = out
+    return found
+
+
+def graph_inputs(model: ir.Model) -> list[ir.Value]:
+    """Real inputs (old models list initializers as inputs too)."""
+    return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+
+
+def shape_of(value: ir.Value) -> tuple[int | str | None, ...] | None:
+    """Static dims as ints, symbolic dims as their names (None when unknown)."""
+    if value.shape is None:
+        return None
+    dims = []
+    for dim in value.shape:
+        if isinstance(dim, int):
+            dims.append(dim)
+        else:
+            dims.append(getattr(dim, "value", None))
+    return tuple(dims)
+
+
+def numpy_dtype(value: ir.Value) -> np.dtype | None:
+    return None if value.dtype is None else np.dtype(value.dtype.numpy())

@@ -1,0 +1,212 @@
+"""Graph + runtime config -> QuantPlan: which tensors get a quantizer, with which settings.
+
+The rules follow AIMET's QuantSim for ONNX:
+
+* every float op output gets an activation quantizer when its op type's ``is_output_quantized``
+  says so, except inside a supergroup (e.g. Conv+Relu: the Conv output is never materialised
+  on target, so only the Relu output is quantized);
+* float model inputs get one when ``model_input.is_input_quantized``; ops with
+  ``is_input_quantized`` quantize their non-constant float inputs too;
+* constant float inputs that are weights or biases (by op type and input position, table
+  PARAM_ROLES) get parameter quantizers; per-channel along the output-channel axis of
+  Conv (0), ConvTranspose (1), Gemm (0 if transB else 1) and MatMul (last axis).
+  Other constants (Clip bounds, Resize scales, BN statistics, Pow exponents) stay float: they
+  are not data and quantizing them would change what the op computes.
+
+A tensor has one quantizer whatever the number of its consumers: encodings are keyed by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from qtool.config import OpTypeSettings, QuantizerSettings, RuntimeConfig
+from qtool.errors import QtoolError
+from qtool.graph import graph_inputs, is_float
+from qtool.quant import QuantSpec
+
+# op type -> {input index: parameter type}; a constant at another index is not a parameter.
+PARAM_ROLES: dict[str, dict[int, str]] = {
+    "Conv": {1: "weight", 2: "bias"},
+    "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {0: "weight", 1: "weight", 2: "bias"},
+    "MatMul": {0: "weight", 1: "weight"},
+    "LayerNormalization": {1: "weight", 2: "bias"},
+    "InstanceNormalization": {1: "weight", 2: "bias"},
+    "BatchNormalization": {1: "weight", 2: "bias"},
+    "PRelu": {1: "weight"},
+    "Gather": {0: "weight"},
+    "Mul": {0: "weight", 1: "weight"},
+    "Div": {0: "weight", 1: "weight"},
+    "Add": {0: "bias", 1: "bias"},
+    "Sub": {0: "bias", 1: "bias"},
+    "Concat": {},
+}
+# Ops that already are quantization: a model that holds them was quantized by another tool.
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Command-line choices that override the config (None: keep what the config says)."""
+
+    act_bw: int | None = None
+    param_bw: int | None = None
+    per_channel: bool | None = None
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One planned quantizer."""
+
+    name: str
+    kind: str  # "activation" or "param"
+    role: str  # input / output / weight / bias
+    spec: QuantSpec
+    node: str  # the first node that produces or consumes it, for messages
+    fixed_range: tuple[float, float] | None = None  # encoding_constraints: no calibration needed
+
+
+@dataclass
+class QuantPlan:
+    activations: dict[str, TensorPlan] = field(default_factory=dict)
+    params: dict[str, TensorPlan] = field(default_factory=dict)
+    fused: list[str] = field(default_factory=list)  # outputs left unquantized inside supergroups
+
+    def all(self) -> dict[str, TensorPlan]:
+        return {**self.activations, **self.params}
+
+
+def _per_channel_axis(node: ir.Node, index: int, ndim: int) -> int | None:
+    if ndim < 2 or index != 1:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = node.attributes.get("transB")
+        return 0 if trans_b is not None and trans_b.as_int() else 1
+    if node.op_type == "MatMul":
+        return ndim - 1
+    return None
+
+
+def _spec(settings: QuantizerSettings, config: RuntimeConfig, axis: int | None) -> QuantSpec:
+    dtype = settings.dtype or "int"
+    bw = settings.bitwidth or 8
+    return QuantSpec(
+        bw=bw,
+        dtype=dtype,
+        symmetric=bool(settings.symmetric),
+        strict_symmetric=config.strict_symmetric,
+        unsigned_symmetric=config.unsigned_symmetric,
+        axis=axis,
+    )
+
+
+def _is_quantizing(settings: QuantizerSettings) -> bool:
+    """Disabled, or 32-bit float, means no quantizer at all."""
+    return bool(settings.enabled) and not (settings.dtype == "float" and (settings.bitwidth or 32) >= 32)
+
+
+def _fused_outputs(model: ir.Model, config: RuntimeConfig) -> set[str]:
+    """Outputs of every op but the last in each supergroup match: single-consumer chains."""
+    fused: set[str] = set()
+    for group in config.supergroups:
+        for node in model.graph:
+            if node.op_type != group[0]:
+                continue
+            chain, current = [], node
+            for op_type in group[1:]:
+                out = current.outputs[0]
+                consumers = out.consumers()
+                if out.is_graph_output() or len(consumers) != 1 or consumers[0].op_type != op_type:
+                    break
+                chain.append(out.name)
+                current = consumers[0]
+            else:
+                fused.update(chain)
+    return fused
+
+
+def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = PlanOptions()) -> QuantPlan:
+    """Decide every quantizer of the model. Pure: reads the graph, changes nothing."""
+    plan = QuantPlan()
+    fused = _fused_outputs(model, config)
+    plan.fused = sorted(fused)
+    act_override = QuantizerSettings(bitwidth=options.act_bw)
+    param_override = QuantizerSettings(bitwidth=options.param_bw)
+
+    def op_settings(op_type: str) -> OpTypeSettings:
+        return config.op_types.get(op_type, OpTypeSettings())
+
+    def add_activation(value: ir.Value, role: str, settings: QuantizerSettings, where: str,
+                       fixed: tuple[float, float] | None = None) -> None:
+        if value.name in plan.activations or value.const_value is not None or not is_float(value):
+            return
+        settings = act_override.over(settings)
+        if _is_quantizing(settings):
+            plan.activations[value.name] = TensorPlan(value.name, "activation", role, _spec(settings, config, None), where, fixed)
+
+    for value in graph_inputs(model):
+        if config.model_input_quantized:
+            add_activation(value, "input", config.ops, "model input")
+
+    for node in model.graph:
+        if node.op_type in QDQ_OPS:
+            raise QtoolError(
+                f"model already contains {node.op_type} nodes ({node.name or node.outputs[0].name})",
+                "give qtool the float model, not a quantized one",
+            )
+        op = op_settings(node.op_type)
+        op_out = op.output.over(config.ops)
+        if op.input_quantized:
+            for value in node.inputs:
+                if value is not None and value.const_value is None:
+                    add_activation(value, "input", op_out, node.name)
+        for value in node.outputs:
+            if value.name in fused:
+                continue
+            settings = op_out
+            if value.is_graph_output() and config.model_output_quantized is not None:
+                settings = QuantizerSettings(enabled=config.model_output_quantized).over(op_out)
+            add_activation(value, "output", settings, node.name, op.encoding_constraints)
+        _plan_params(node, op, config, param_override, options, plan)
+    return plan
+
+
+def _plan_params(node: ir.Node, op: OpTypeSettings, config: RuntimeConfig, override: QuantizerSettings,
+                 options: PlanOptions, plan: QuantPlan) -> None:
+    roles = PARAM_ROLES.get(node.op_type, {})
+    for index, value in enumerate(node.inputs):
+        if value is None or value.const_value is None or index not in roles or not is_float(value):
+            continue
+        if value.name in plan.params:
+            continue
+        role = roles[index]
+        settings = override.over(
+            op.params.get(role, QuantizerSettings()).over(config.param_types.get(role, QuantizerSettings()).over(config.params))
+        )
+        if not _is_quantizing(settings):
+            continue
+        ndim = len(value.const_value.shape)
+        per_channel = options.per_channel if options.per_channel is not None else (
+            op.per_channel if op.per_channel is not None else config.per_channel)
+        axis = _per_channel_axis(node, index, ndim) if per_channel and role == "weight" else None
+        plan.params[value.name] = TensorPlan(value.name, "param", role, _spec(settings, config, axis), node.name)
+
+
+
+def param_axis(value: ir.Value) -> int:
+    """The per-channel axis of a parameter, from the op that consumes it (files do not store it)."""
+    ndim = len(value.const_value.shape) if value.const_value is not None else 0
+    for node in value.consumers():
+        for index, inp in enumerate(node.inputs):
+            if inp is value:
+                axis = _per_channel_axis(node, index, ndim)
+                if axis is not None:
+                    return axis
+    return 0

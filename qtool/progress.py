@@ -1,0 +1,45 @@
+"""A minimal progress bar on stderr, shown only on a terminal (CI logs stay clean).
+
+Steps take a `progress(done, total)` callable and know nothing of terminals; the CLI decides
+whether that callable draws a bar or does nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+Progress = Callable[[int, "int | None"], None]
+
+
+def no_progress(done: int, total: int | None) -> None:
+    """The default for library calls: report nothing."""
+
+
+class Bar:
+    """`Bar("calibrate")(done, total)` redraws a one-line bar with rate and ETA."""
+
+    def __init__(self, label: str, unit: str = "samples", stream=None) -> None:
+        self.label, self.unit = label, unit
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+        self.enabled = self.stream.isatty()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = done / elapsed
+        if total:
+            width = 24
+            filled = int(width * min(done, total) / total)
+            eta = (total - done) / rate if rate > 0 else 0.0
+            text = f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit} " \
+                   f"{rate:.1f}/s ETA {eta:.0f}s "
+        else:
+            text = f"\r{self.label} {done} {self.unit} {rate:.1f}/s "
+        self.stream.write(text)
+        if total and done >= total:
+            self.stream.write("\n")
+        self.stream.flush()

@@ -1,0 +1,23 @@
+"""Pure quantization math on numpy arrays (no onnx import): encodings, quantizers, observers."""
+
+from qtool.quant.encoding import (
+    Encoding,
+    QuantSpec,
+    compute_encoding,
+    dequantize,
+    encode_tensor,
+    float_encoding,
+    quantize,
+    quantize_dequantize,
+)
+
+__all__ = [
+    "Encoding",
+    "QuantSpec",
+    "compute_encoding",
+    "dequantize",
+    "encode_tensor",
+    "float_encoding",
+    "quantize",
+    "quantize_dequantize",
+]

@@ -1,0 +1,400 @@
+"""Range setting (AIMET white paper section 4.4): turn observed values into encodings.
+
+Schemes (AIMET names in brackets):
+
+* ``minmax`` (``tf``): the running min and max; never clips, so outliers cost rounding precision.
+* ``sqnr`` (``tf_enhanced``): search the (min, max) range that minimises the expected quantization
+  noise plus the clipping noise, the latter weighted by ``SQNR_GAMMA`` = 3 as AIMET does, because
+  clipping an outlier usually hurts a network more than the same squared error spread as rounding.
+* ``mse``: the same search with both errors weighted equally (plain mean squared error).
+* ``percentile``: the (100-p)-th and p-th percentiles (default p = 99.99).
+
+Activations are calibrated batch by batch, so the histogram schemes keep a fixed-size streaming
+histogram (memory does not grow with the number of batches). Its range is not known up front: it
+starts as the first batch's range and, when later data falls outside, grows by a power-of-two
+factor 2^m with the old range placed at an integer multiple of its own width. Every old bin then
+lies inside exactly one new bin, so merging is exact (no re-binning error); the price is a
+resolution loss of at most about 4x against a histogram built from all data at once. The exact
+running min and max are kept besides, so the outermost bins are clipped to the true data range.
+
+The noise of a candidate range is computed from the histogram, assuming values are uniformly
+spread inside each bin, by integrating the squared error of the *actual* grid that
+``compute_encoding`` would produce (rounded offset, float32 scale, strict/unsigned variants): a
+closed-form antiderivative of the sawtooth rounding error plus the cubic clipping tails. This is
+the exact expectation under the histogram's density, for any bit-width: evaluating the error only
+at bin centres would be biased when bins are wider than the quantization step (16 bit).
+
+Non-finite values (NaN, +-inf) are ignored everywhere: they carry no range information and one
+inf would make every encoding useless. Inputs are cast to float32 first, as the model computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from qtool.quant.encoding import Encoding, QuantSpec, compute_encoding, encode_tensor, float_encoding
+
+SCHEMES = ("minmax", "sqnr", "percentile", "mse")
+SQNR_GAMMA = 3.0  # AIMET tf_enhanced weight of the clipping noise against the rounding noise
+_PARAM_MAX_BINS = 512  # per-channel parameter histograms (AIMET uses 512 bins)
+_CHUNK = 1 << 22  # elements of one (channels x candidates x edges) block in the noise evaluation
+
+
+class Observer:
+    """Collects statistics of one tensor over calibration batches, then yields its encoding."""
+
+    def update(self, x: np.ndarray) -> None:
+        """Observe one batch (any shape)."""
+        raise NotImplementedError
+
+    def compute(self, spec: QuantSpec) -> Encoding:
+        """The per-tensor encoding for ``spec`` from everything observed so far."""
+        raise NotImplementedError
+
+    @property
+    def seen(self) -> bool:
+        """Whether any finite value has been observed."""
+        raise NotImplementedError
+
+    def _check(self, spec: QuantSpec) -> None:
+        if not self.seen:
+            raise ValueError(f"{type(self).__name__} has seen no finite data; cannot compute an encoding")
+        if spec.axis is not None:
+            raise ValueError("observers give per-tensor encodings; use encode_param for per-channel ones")
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32).ravel()
+    finite = np.isfinite(x)
+    return x if finite.all() else x[finite]
+
+
+class MinMaxObserver(Observer):
+    """Running min/max (AIMET ``tf``); identical to ``encode_tensor`` on the concatenated batches."""
+
+    def __init__(self) -> None:
+        self._min: float | None = None
+        self._max: float | None = None
+
+    @property
+    def seen(self) -> bool:
+        return self._min is not None
+
+    def update(self, x: np.ndarray) -> None:
+        x = _finite(x)
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        self._min = lo if self._min is None else min(self._min, lo)
+        self._max = hi if self._max is None else max(self._max, hi)
+
+    def compute(self, spec: QuantSpec) -> Encoding:
+        self._check(spec)
+        return compute_encoding(self._min, self._max, spec)
+
+
+def _initial_range(mn: np.ndarray, mx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram range covering [mn, mx]; constant data gets a small width around its value."""
+    span = np.maximum(mx - mn, np.maximum(1e-7 * np.maximum(np.abs(mn), np.abs(mx)), 1e-12))
+    lo = np.where(span > mx - mn, (mn + mx) / 2 - span / 2, mn)
+    return lo, lo + span
+
+
+def _bin(values: np.ndarray, lo: np.ndarray, width: np.ndarray, bins: int, weights=None) -> np.ndarray:
+    """Histogram of each row of ``values`` (channels x n) with its own range: one bincount call."""
+    channels = values.shape[0]
+    idx = np.clip(np.floor((values - lo[:, None]) / width[:, None]), 0, bins - 1).astype(np.int64)
+    idx += (np.arange(channels, dtype=np.int64) * bins)[:, None]
+    w = None if weights is None else np.ravel(weights)
+    counts = np.bincount(idx.ravel(), weights=w, minlength=channels * bins)
+    return counts.reshape(channels, bins).astype(np.float64)
+
+
+class _Hist(NamedTuple):
+    """Histograms of C channels over E-1 bins: edges clipped to the exact data range."""
+
+    counts: np.ndarray  # (C, E-1)
+    edges: np.ndarray  # (C, E)
+    density: np.ndarray  # (C, E-1): counts per unit length
+    mn: np.ndarray  # (C,) exact data minimum
+    mx: np.ndarray  # (C,)
+    width: np.ndarray  # (C,) nominal bin width
+
+
+def _make_hist(counts: np.ndarray, lo: np.ndarray, width: np.ndarray, mn: np.ndarray, mx: np.ndarray) -> _Hist:
+    """Keep only the edges of non-empty bins (runs of empty bins become one empty 'bin'):
+    outliers leave most of a histogram empty, and the noise search costs per edge."""
+    nonzero = counts.any(axis=0)
+    keep = np.zeros(counts.shape[1] + 1, bool)
+    keep[:-1] |= nonzero
+    keep[1:] |= nonzero
+    idx = np.flatnonzero(keep) if nonzero.any() else np.arange(2)
+    is_bin = np.diff(idx) == 1
+    counts = np.where(is_bin, counts[:, idx[:-1]], 0.0)
+    edges = np.clip(lo[:, None] + width[:, None] * idx, mn[:, None], mx[:, None])
+    lengths = np.diff(edges, axis=1)
+    density = np.divide(counts, lengths, out=np.zeros_like(counts), where=lengths > 0)
+    return _Hist(counts, edges, density, mn, mx, width)
+
+
+class HistogramObserver(Observer):
+    """Fixed-size streaming histogram; subclasses choose the range from it (see module docstring)."""
+
+    def __init__(self, num_bins: int = 2048) -> None:
+        if num_bins < 8:
+            raise ValueError(f"num_bins must be at least 8, not {num_bins}")
+        self.num_bins = int(num_bins)
+        self._counts = np.zeros(self.num_bins, np.float64)
+        self._lo = 0.0  # left edge of bin 0
+        self._width = 0.0  # bin width
+        self._min = math.inf  # exact running min / max of the finite data
+        self._max = -math.inf
+
+    @property
+    def seen(self) -> bool:
+        return self._min <= self._max
+
+    @property
+    def bin_width(self) -> float:
+        """Current bin width: the resolution of the histogram-based ranges."""
+        return self._width
+
+    def update(self, x: np.ndarray) -> None:
+        x = _finite(x).astype(np.float64)
+        if x.size == 0:
+            return
+        bmin, bmax = float(x.min()), float(x.max())
+        if not self.seen:
+            lo, hi = _initial_range(np.array([bmin]), np.array([bmax]))
+            self._lo, self._width = float(lo[0]), float(hi[0] - lo[0]) / self.num_bins
+        else:
+            self._grow(bmin, bmax)
+        self._counts += _bin(x[None], np.array([self._lo]), np.array([self._width]), self.num_bins)[0]
+        self._min, self._max = min(self._min, bmin), max(self._max, bmax)
+
+    def _grow(self, xmin: float, xmax: float) -> None:
+        """Widen the range 2^m-fold so that it covers [xmin, xmax]; old bins merge exactly."""
+        bins, lo = self.num_bins, self._lo
+        span = bins * self._width
+        if xmin >= lo and xmax <= lo + span:
+            return
+        need = max(xmax, lo + span) - min(xmin, lo)
+        m = max(1, math.ceil(math.log2(need / span)))
+        while True:  # new lo = lo - k * span, 0 <= k < 2^m, must reach xmin; new hi must reach xmax
+            k_min = max(0, math.ceil((lo - xmin) / span))
+            k_max = min(2**m - 1, math.floor(2**m - (xmax - lo) / span))
+            if k_min <= k_max:
+                break
+            m += 1
+        k, factor = (k_min + k_max) // 2, 1 << m
+        i = np.arange(bins, dtype=np.int64)
+        if factor <= bins:
+            target = (k * bins + i) // factor
+        else:  # at most one carry: avoids int64 overflow for huge growth factors
+            q0, r = divmod(k * bins, factor)
+            target = q0 + (i >= min(factor - r, bins)).astype(np.int64)
+        self._counts = np.bincount(target, weights=self._counts, minlength=bins).astype(np.float64)
+        self._lo = lo - k * span
+        self._width *= float(factor)
+
+    def _hist(self) -> _Hist:
+        one = lambda v: np.array([v], np.float64)  # noqa: E731
+        return _make_hist(self._counts[None], one(self._lo), one(self._width), one(self._min), one(self._max))
+
+    def _range(self, hist: _Hist, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def compute(self, spec: QuantSpec) -> Encoding:
+        self._check(spec)
+        if spec.dtype == "float":
+            return float_encoding(spec.bw)
+        tmin, tmax = self._range(self._hist(), spec)
+        return compute_encoding(tmin[0], tmax[0], spec)
+
+
+class PercentileObserver(HistogramObserver):
+    """Range = the (100-p)-th .. p-th percentile, interpolated linearly inside the histogram bin."""
+
+    def __init__(self, percentile: float = 99.99, num_bins: int = 2048) -> None:
+        super().__init__(num_bins)
+        self.percentile = _check_percentile(percentile)
+
+    def _range(self, hist: _Hist, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+        return _percentile_range(hist, self.percentile)
+
+
+class NoiseObserver(HistogramObserver):
+    """Range minimising rounding noise + gamma * clipping noise: ``sqnr`` (gamma 3) or ``mse`` (1)."""
+
+    def __init__(self, gamma: float = SQNR_GAMMA, num_bins: int = 2048) -> None:
+        super().__init__(num_bins)
+        self.gamma = float(gamma)
+
+    def _range(self, hist: _Hist, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+        return _search_range(hist, spec, self.gamma)
+
+
+def _check_percentile(percentile: float) -> float:
+    if not 50.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (50, 100], not {percentile}")
+    return float(percentile)
+
+
+def _percentile_range(hist: _Hist, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (100-p)-th and p-th percentiles of the histogram, vectorised over channels."""
+    counts, edges = hist.counts, hist.edges
+    cum = np.cumsum(counts, axis=1)
+    rows = np.arange(counts.shape[0])
+
+    def at(p: float) -> np.ndarray:
+        target = p / 100.0 * cum[:, -1]
+        j = np.argmax(cum >= target[:, None], axis=1)  # first bin whose cumulative count reaches it
+        before = np.where(j > 0, cum[rows, j - 1], 0.0)
+        n = counts[rows, j]
+        frac = np.clip(np.divide(target - before, n, out=np.zeros_like(n), where=n > 0), 0.0, 1.0)
+        return edges[rows, j] + frac * (edges[rows, j + 1] - edges[rows, j])
+
+    return at(100.0 - percentile), at(percentile)
+
+
+def _noise_antiderivative(x, scale, gmin, gmax, gamma: float) -> np.ndarray:
+    """G(x) = integral of the squared error of quantizing t, from the grid minimum gmin to x.
+
+    Inside the grid the error is a sawtooth of period ``scale`` whose squared integral over a
+    period is scale^3/12; outside it is the clipping error (t - gmin or t - gmax) weighted by gamma.
+    """
+    u = (np.clip(x, gmin, gmax) - gmin) / scale
+    whole = np.floor(u)
+    f = u - whole
+    saw = np.where(f <= 0.5, f**3 / 3.0, 1.0 / 12.0 + (f - 1.0) ** 3 / 3.0)
+    below = np.minimum(x - gmin, 0.0)
+    above = np.maximum(x - gmax, 0.0)
+    return scale**3 * (whole / 12.0 + saw) + gamma / 3.0 * (below**3 + above**3)
+
+
+def _noise(hist: _Hist, tmin: np.ndarray, tmax: np.ndarray, spec: QuantSpec, gamma: float) -> np.ndarray:
+    """Expected total noise (C, K) of the K candidate ranges per channel under the histogram."""
+    channels, k = tmin.shape
+    enc = compute_encoding(tmin.ravel(), tmax.ravel(), dataclasses.replace(spec, axis=None))
+    scale = enc.scale.astype(np.float64).reshape(channels, k, 1)
+    offset = enc.offset.astype(np.float64).reshape(channels, k, 1)
+    gmin, gmax = scale * offset, scale * (offset + enc.qmax)
+    out = np.empty((channels, k))
+    step = max(1, _CHUNK // (k * hist.edges.shape[1]))
+    for c in range(0, channels, step):  # bounds memory for many channels
+        s = slice(c, c + step)
+        g = _noise_antiderivative(hist.edges[s, None, :], scale[s], gmin[s], gmax[s], gamma)
+        out[s] = np.matmul(np.diff(g, axis=-1), hist.density[s, :, None])[..., 0]
+    return out
+
+
+def _search_range(hist: _Hist, spec: QuantSpec, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse-to-fine search of the range minimising ``_noise``, vectorised over channels.
+
+    Candidates shrink each end of the (zero-widened) data range by a fraction f in [f_lo, 1],
+    spaced geometrically (t in [0, 1], f = f_lo^t) so that ranges far below the extremes, as
+    outliers call for, are as well resolved as those near them. Symmetric specs search one
+    abs-max (64 steps), asymmetric ones a 24 x 24 grid of (min, max) pairs; three zoom levels
+    around the best candidate then refine t ~60-fold. f_lo corresponds to two histogram bins:
+    narrower ranges cannot be judged from the histogram. The widest range comes first, so ties
+    (e.g. constant data) keep the min-max range.
+    """
+    channels = hist.mn.shape[0]
+    mn0, mx0 = np.minimum(hist.mn, 0.0), np.maximum(hist.mx, 0.0)
+    if spec.symmetric:
+        unsigned = spec.unsigned_symmetric and bool(np.all(mn0 >= 0))
+        amax = mx0 if unsigned else np.maximum(-mn0, mx0)
+        extents, coarse, fine = amax[:, None], 64, 17
+
+        def to_range(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            hi = amax[:, None] * f[..., 0]
+            return (np.zeros_like(hi) if unsigned else -hi), hi
+
+    else:
+        extents, coarse, fine = np.stack([-mn0, mx0], axis=1), 24, 9
+
+        def to_range(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return mn0[:, None] * f[..., 0], mx0[:, None] * f[..., 1]
+
+    ratio = 2.0 * hist.width[:, None] / np.maximum(extents, 1e-300)
+    log_floor = np.log(np.clip(ratio, 1e-300, 1.0))  # (C, D), <= 0
+    active = np.any(log_floor < 0, axis=0)
+    rows = np.arange(channels)
+
+    def grid(axes: list[np.ndarray]) -> np.ndarray:
+        return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+
+    def evaluate(t: np.ndarray) -> np.ndarray:
+        return _noise(hist, *to_range(np.exp(t * log_floor[:, None, :])), spec, gamma)
+
+    t = grid([np.linspace(0, 1, coarse) if a else np.zeros(1) for a in active])[None]
+    t = np.broadcast_to(t, (channels,) + t.shape[1:])
+    noise = evaluate(t)
+    k = np.argmin(noise, axis=1)
+    best_t, best = t[rows, k], noise[rows, k]
+    half = np.where(active, 1.0 / (coarse - 1), 0.0)
+    for _ in range(3):
+        offsets = grid([np.linspace(-h, h, fine) if a else np.zeros(1) for h, a in zip(half, active)])
+        t = np.clip(best_t[:, None, :] + offsets[None], 0.0, 1.0)
+        noise = evaluate(t)
+        k = np.argmin(noise, axis=1)
+        better = noise[rows, k] < best
+        best_t = np.where(better[:, None], t[rows, k], best_t)
+        best = np.where(better, noise[rows, k], best)
+        half = half * 2.0 / (fine - 1)
+    tmin, tmax = to_range(np.exp(best_t * log_floor)[:, None, :])
+    return tmin[:, 0], tmax[:, 0]
+
+
+def make_observer(scheme: str, *, percentile: float = 99.99, num_bins: int = 2048) -> Observer:
+    """A fresh observer for one of ``SCHEMES``."""
+    if scheme == "minmax":
+        return MinMaxObserver()
+    if scheme == "percentile":
+        return PercentileObserver(percentile, num_bins)
+    if scheme in ("sqnr", "mse"):
+        return NoiseObserver(SQNR_GAMMA if scheme == "sqnr" else 1.0, num_bins)
+    raise ValueError(f"unknown range-setting scheme {scheme!r}; expected one of {SCHEMES}")
+
+
+def encode_param(
+    values: np.ndarray, spec: QuantSpec, scheme: str = "minmax", *, percentile: float = 99.99
+) -> Encoding:
+    """Encoding of a parameter tensor straight from its values, per tensor or per ``spec.axis``.
+
+    ``minmax`` is ``encode_tensor`` (non-finite values replaced by zero, which the zero-widened
+    range contains anyway). The histogram schemes build one histogram per channel over that
+    channel's own range (a single bincount with per-channel offsets) with min(n, 512) bins for
+    n values per channel (at least 16), and search all channels at once.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown range-setting scheme {scheme!r}; expected one of {SCHEMES}")
+    values = np.asarray(values, np.float32)
+    finite = np.isfinite(values)
+    if scheme == "minmax" or spec.dtype == "float":
+        return encode_tensor(values if finite.all() else np.where(finite, values, np.float32(0)), spec)
+    if spec.axis is None or values.ndim == 0:
+        rows = values.reshape(1, -1)
+    else:
+        axis = spec.axis % values.ndim
+        spec = dataclasses.replace(spec, axis=axis)
+        rows = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+    rows = rows.astype(np.float64)
+    finite = np.isfinite(rows)
+    has = finite.any(axis=1)
+    mn = np.where(has, np.where(finite, rows, np.inf).min(axis=1, initial=np.inf), 0.0)
+    mx = np.where(has, np.where(finite, rows, -np.inf).max(axis=1, initial=-np.inf), 0.0)
+    bins = int(np.clip(rows.shape[1], 16, _PARAM_MAX_BINS))
+    lo, hi = _initial_range(mn, mx)
+    width = (hi - lo) / bins
+    counts = _bin(np.where(finite, rows, lo[:, None]), lo, width, bins, weights=finite.astype(np.float64))
+    hist = _make_hist(counts, lo, width, mn, mx)
+    if scheme == "percentile":
+        tmin, tmax = _percentile_range(hist, _check_percentile(percentile))
+    else:
+        tmin, tmax = _search_range(hist, spec, SQNR_GAMMA if scheme == "sqnr" else 1.0)
+    return compute_encoding(tmin, tmax, spec)

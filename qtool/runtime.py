@@ -1,0 +1,106 @@
+"""onnxruntime sessions: intermediate-tensor taps, batching, simulation settings, threads.
+
+Simulation sessions disable onnxruntime's QDQ handling (``session.disable_quant_qdq``) so that
+QuantizeLinear/DequantizeLinear run as written, in float, instead of being fused into integer
+kernels: the simulated numbers are then exactly eq. 2.7 of the white paper. Constant folding
+stays on, which folds DequantizeLinear(int8 weight) into a float weight once per session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from qtool.data import InputInfo
+from qtool.errors import QtoolError
+from qtool.graph import clone, graph_inputs, model_bytes, numpy_dtype, shape_of, value_by_name
+
+log = logging.getLogger(__name__)
+
+
+def input_infos(model: ir.Model) -> list[InputInfo]:
+    """The model's real inputs with static dims (symbolic dims become None)."""
+    infos = []
+    for value in graph_inputs(model):
+        shape = shape_of(value)
+        dims = None if shape is None else tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+        infos.append(InputInfo(value.name, dims, numpy_dtype(value) or np.dtype(np.float32)))
+    return infos
+
+
+def max_batch(model: ir.Model) -> int | None:
+    """1 when an input's first dim is fixed to 1 (then samples run one by one), else None."""
+    for info in input_infos(model):
+        if info.shape and info.shape[0] is not None:
+            return info.shape[0]
+    return None
+
+
+def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = True,
+                 threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session; `simulate` keeps QDQ nodes unfused (float fake quantization)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    threads = threads or int(os.environ.get("QTOOL_THREADS", "0")) or None
+    if threads:
+        options.intra_op_num_threads = threads
+    if simulate:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    elif not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(model_bytes(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise QtoolError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def with_taps(model: ir.Model, names: Iterable[str]) -> ir.Model:
+    """A copy of the model whose graph outputs also include the named intermediate tensors."""
+    tapped = clone(model)
+    values = value_by_name(tapped)
+    outputs = {v.name for v in tapped.graph.outputs}
+    for name in names:
+        if name in outputs:
+            continue
+        value = values[name]
+        if value.type is None:
+            value.dtype = ir.DataType.FLOAT
+        tapped.graph.outputs.append(value)
+        outputs.add(name)
+    return tapped
+
+
+def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.ndarray]],
+                output_names: list[str] | None = None, batch_limit: int | None = None
+                ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Yield (feeds, outputs by name) per batch; a model with batch dim fixed to 1 runs sample by sample."""
+    names = output_names or [o.name for o in session.get_outputs()]
+    types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+    for batch in batches:
+        feeds = {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in batch.items()}
+        count = len(next(iter(feeds.values())))
+        if batch_limit is not None and count > batch_limit:
+            parts = [session.run(names, {k: v[i:i + batch_limit] for k, v in feeds.items()})
+                     for i in range(0, count, batch_limit)]
+            results = [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
+        else:
+            results = session.run(names, feeds)
+        yield feeds, dict(zip(names, results))
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(bool)": np.bool_,
+}

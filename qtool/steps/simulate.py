@@ -1,0 +1,51 @@
+"""Simulate: run the QDQ model derived from the pair next to the float model and compare.
+
+Both sessions use the same onnxruntime settings (basic optimisations, QDQ fusion off), so with
+all quantizers bypassed the two runs are bit-identical: a sanity check that the simulation
+itself adds no error (white paper 4.8, the FP32 sanity step).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from qtool.encodings_io import EncodingSet
+from qtool.metrics import Comparison
+from qtool.progress import Progress, no_progress
+from qtool.qdq import build_qdq_model
+from qtool.runtime import make_session, max_batch, run_batches
+
+
+@dataclass
+class SimulateResult:
+    qdq_model: ir.Model
+    report: dict[str, dict[str, float]] = field(default_factory=dict)
+    samples: int = 0
+    seconds: float = 0.0
+
+
+def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str, np.ndarray]], *,
+             labels: np.ndarray | None = None, bypass: bool = False, total: int | None = None,
+             progress: Progress = no_progress, source: str = "encodings") -> SimulateResult:
+    """Compare float and quantized outputs over `batches`; `bypass` inserts no quantizer."""
+    start = time.perf_counter()
+    qdq = model if bypass else build_qdq_model(model, encodings, source=source)
+    float_session = make_session(model, simulate=True)
+    quant_session = make_session(qdq, simulate=True)
+    names = [o.name for o in float_session.get_outputs()]
+    limit = max_batch(model)
+    comparison = Comparison(labels=labels)
+    seen = 0
+    for feeds, float_out in run_batches(float_session, batches, names, limit):
+        quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
+        for name in names:
+            if np.issubdtype(float_out[name].dtype, np.floating):
+                comparison.update(name, float_out[name], quant_out[name])
+        seen += len(next(iter(feeds.values())))
+        progress(seen, total)
+    return SimulateResult(qdq, comparison.report(), seen, time.perf_counter() - start)
