@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from qtool.data import InputInfo
 from qtool.errors import QtoolError
-from qtool.graph import clone, graph_inputs, model_bytes, numpy_dtype, shape_of, value_by_name
+from qtool.graph import clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name, value_by_name
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,37 @@ def with_taps(model: ir.Model, names: Iterable[str]) -> ir.Model:
         tapped.graph.outputs.append(value)
         outputs.add(name)
     return tapped
+
+
+def with_range_taps(model: ir.Model, names: Iterable[str]) -> tuple[ir.Model, dict[str, tuple[str, str]]]:
+    """A copy whose outputs include ReduceMin/ReduceMax of the named tensors (scalars).
+
+    Min-max calibration needs two numbers per tensor per batch; reducing inside onnxruntime
+    avoids copying every intermediate tensor out of the session, which costs more than the
+    inference itself on conv nets (hundreds of MB per batch).
+    """
+    tapped = clone(model)
+    values = value_by_name(tapped)
+    outputs: dict[str, tuple[str, str]] = {}
+    for name in names:
+        pair, new_nodes = [], []
+        for op in ("ReduceMin", "ReduceMax"):
+            out = ir.Value(name=unique_name(tapped, f"{name}_{op}"))
+            new_nodes.append(ir.node(op, [values[name]], {"keepdims": 0}, outputs=[out],
+                                     name=unique_name(tapped, f"{name}_{op}_tap")))
+            out.dtype = values[name].dtype or ir.DataType.FLOAT
+            out.shape = ir.Shape([])
+            tapped.graph.outputs.append(out)
+            pair.append(out.name)
+        # right after the producer, so onnxruntime can free the tensor early instead of
+        # keeping every intermediate alive until the end of the graph
+        producer = values[name].producer()
+        if producer is None:
+            tapped.graph.insert_before(next(iter(tapped.graph)), new_nodes)
+        else:
+            tapped.graph.insert_after(producer, new_nodes)
+        outputs[name] = (pair[0], pair[1])
+    return tapped, outputs
 
 
 def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.ndarray]],

@@ -21,3 +21,7 @@ __all__ = [
     "quantize",
     "quantize_dequantize",
 ]
+
+from qtool.quant.observers import SCHEMES, encode_param, make_observer  # noqa: E402
+
+__all__ += ["SCHEMES", "encode_param", "make_observer"]

@@ -10,29 +10,27 @@ Schemes (AIMET names in brackets):
 * ``percentile``: the (100-p)-th and p-th percentiles (default p = 99.99).
 
 Activations are calibrated batch by batch, so the histogram schemes keep a fixed-size streaming
-histogram (memory does not grow with the number of batches). Its range is not known up front: it
-starts as the first batch's range and, when later data falls outside, grows by a power-of-two
-factor 2^m with the old range placed at an integer multiple of its own width. Every old bin then
-lies inside exactly one new bin, so merging is exact (no re-binning error); the price is a
-resolution loss of at most about 4x against a histogram built from all data at once. The exact
-running min and max are kept besides, so the outermost bins are clipped to the true data range.
+histogram (memory does not grow with the number of batches). Its range starts as the first
+batch's range; when later data falls outside, it grows by a power-of-two factor 2^m with the old
+range placed at an integer multiple of its own width, so every old bin lies inside exactly one new
+bin and merging is exact (no re-binning error). The price is bins at most ~4x wider than those of
+a histogram of all data at once. The exact running min/max clip the outermost bins.
 
-The noise of a candidate range is computed from the histogram, assuming values are uniformly
-spread inside each bin, by integrating the squared error of the *actual* grid that
-``compute_encoding`` would produce (rounded offset, float32 scale, strict/unsigned variants): a
-closed-form antiderivative of the sawtooth rounding error plus the cubic clipping tails. This is
-the exact expectation under the histogram's density, for any bit-width: evaluating the error only
-at bin centres would be biased when bins are wider than the quantization step (16 bit).
+A candidate range's noise is the expectation under the histogram (values uniform inside each
+bin) of the squared error of the *actual* grid ``compute_encoding`` would make (rounded offset,
+float32 scale, strict/unsigned variants), integrated in closed form: unlike errors at bin centres
+this stays exact when bins are wider than the quantization step (16 bit) or the data lies within
+one step (4 bit, where rounding everything to zero costs x^2, not step^2/12).
 
-Non-finite values (NaN, +-inf) are ignored everywhere: they carry no range information and one
-inf would make every encoding useless. Inputs are cast to float32 first, as the model computes.
+Non-finite values (NaN, +-inf) are ignored: they carry no range information and one inf would
+make every encoding useless. Inputs are cast to float32 first, as the model computes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,23 +39,20 @@ from qtool.quant.encoding import Encoding, QuantSpec, compute_encoding, encode_t
 SCHEMES = ("minmax", "sqnr", "percentile", "mse")
 SQNR_GAMMA = 3.0  # AIMET tf_enhanced weight of the clipping noise against the rounding noise
 _PARAM_MAX_BINS = 512  # per-channel parameter histograms (AIMET uses 512 bins)
-_CHUNK = 1 << 22  # elements of one (channels x candidates x edges) block in the noise evaluation
+_CHUNK = 1 << 20  # elements of one (channels x candidates x edges) block of the noise evaluation
 
 
 class Observer:
     """Collects statistics of one tensor over calibration batches, then yields its encoding."""
 
-    def update(self, x: np.ndarray) -> None:
-        """Observe one batch (any shape)."""
+    def update(self, x: np.ndarray) -> None:  # one batch, any shape
         raise NotImplementedError
 
-    def compute(self, spec: QuantSpec) -> Encoding:
-        """The per-tensor encoding for ``spec`` from everything observed so far."""
+    def compute(self, spec: QuantSpec) -> Encoding:  # per-tensor encoding from all seen so far
         raise NotImplementedError
 
     @property
-    def seen(self) -> bool:
-        """Whether any finite value has been observed."""
+    def seen(self) -> bool:  # whether any finite value has been observed
         raise NotImplementedError
 
     def _check(self, spec: QuantSpec) -> None:
@@ -125,8 +120,8 @@ class _Hist(NamedTuple):
     width: np.ndarray  # (C,) nominal bin width
 
 
-def _make_hist(counts: np.ndarray, lo: np.ndarray, width: np.ndarray, mn: np.ndarray, mx: np.ndarray) -> _Hist:
-    """Keep only the edges of non-empty bins (runs of empty bins become one empty 'bin'):
+def _make_hist(counts, lo, width, mn, mx) -> _Hist:
+    """Keep only the edges of non-empty bins (a run of empty bins becomes one empty 'bin'):
     outliers leave most of a histogram empty, and the noise search costs per edge."""
     nonzero = counts.any(axis=0)
     keep = np.zeros(counts.shape[1] + 1, bool)
@@ -261,47 +256,57 @@ def _percentile_range(hist: _Hist, percentile: float) -> tuple[np.ndarray, np.nd
     return at(100.0 - percentile), at(percentile)
 
 
-def _noise_antiderivative(x, scale, gmin, gmax, gamma: float) -> np.ndarray:
-    """G(x) = integral of the squared error of quantizing t, from the grid minimum gmin to x.
+def _noise_antiderivative(x, scale, gmin, span, gamma: float) -> np.ndarray:
+    """G(x) = integral of the squared quantization error from the grid minimum ``gmin`` to x.
 
-    Inside the grid the error is a sawtooth of period ``scale`` whose squared integral over a
-    period is scale^3/12; outside it is the clipping error (t - gmin or t - gmax) weighted by gamma.
+    Inside the grid [gmin, gmin + span] the error e = v - scale*round(v/scale) (v = x - gmin) is a
+    sawtooth; its squared integral is scale^3/12 per full step, so G = r*scale^3/12 + e^3/3 with
+    r = round(v/scale), continuous at the half steps. Beyond the grid the clipping error c adds
+    gamma*c^3/3 (negative below gmin, so G is increasing).
     """
-    u = (np.clip(x, gmin, gmax) - gmin) / scale
-    whole = np.floor(u)
-    f = u - whole
-    saw = np.where(f <= 0.5, f**3 / 3.0, 1.0 / 12.0 + (f - 1.0) ** 3 / 3.0)
-    below = np.minimum(x - gmin, 0.0)
-    above = np.maximum(x - gmax, 0.0)
-    return scale**3 * (whole / 12.0 + saw) + gamma / 3.0 * (below**3 + above**3)
+    v = x - gmin
+    inside = np.minimum(np.maximum(v, 0.0), span)
+    c = v - inside
+    r = np.rint(inside / scale)
+    e = inside - r * scale
+    return r * (scale**3 / 12.0) + (e * e * e + gamma * (c * c * c)) / 3.0
 
 
 def _noise(hist: _Hist, tmin: np.ndarray, tmax: np.ndarray, spec: QuantSpec, gamma: float) -> np.ndarray:
-    """Expected total noise (C, K) of the K candidate ranges per channel under the histogram."""
+    """Expected total noise (C, K) of the K candidate ranges per channel under the histogram.
+
+    sum_j density_j * (G(edge_j+1) - G(edge_j)) is summed by parts as sum_i G(edge_i) * weight_i,
+    one matrix product per block; blocks of ~1M elements keep the temporaries in cache.
+    """
     channels, k = tmin.shape
     enc = compute_encoding(tmin.ravel(), tmax.ravel(), dataclasses.replace(spec, axis=None))
     scale = enc.scale.astype(np.float64).reshape(channels, k, 1)
-    offset = enc.offset.astype(np.float64).reshape(channels, k, 1)
-    gmin, gmax = scale * offset, scale * (offset + enc.qmax)
+    gmin = scale * enc.offset.reshape(channels, k, 1)
+    span = scale * enc.qmax
+    dens = np.pad(hist.density, ((0, 0), (1, 1)))
+    weight = (dens[:, :-1] - dens[:, 1:])[:, :, None]  # (C, E, 1)
+    edges = hist.edges[:, None, :]
     out = np.empty((channels, k))
-    step = max(1, _CHUNK // (k * hist.edges.shape[1]))
-    for c in range(0, channels, step):  # bounds memory for many channels
-        s = slice(c, c + step)
-        g = _noise_antiderivative(hist.edges[s, None, :], scale[s], gmin[s], gmax[s], gamma)
-        out[s] = np.matmul(np.diff(g, axis=-1), hist.density[s, :, None])[..., 0]
+    kb = max(1, min(k, _CHUNK // edges.shape[2]))
+    cb = max(1, _CHUNK // (kb * edges.shape[2]))
+    for c in range(0, channels, cb):
+        for j in range(0, k, kb):
+            cs, ks = slice(c, c + cb), slice(j, j + kb)
+            g = _noise_antiderivative(edges[cs], scale[cs, ks], gmin[cs, ks], span[cs, ks], gamma)
+            out[cs, ks] = np.matmul(g, weight[cs])[..., 0]
     return out
 
 
 def _search_range(hist: _Hist, spec: QuantSpec, gamma: float) -> tuple[np.ndarray, np.ndarray]:
     """Coarse-to-fine search of the range minimising ``_noise``, vectorised over channels.
 
-    Candidates shrink each end of the (zero-widened) data range by a fraction f in [f_lo, 1],
-    spaced geometrically (t in [0, 1], f = f_lo^t) so that ranges far below the extremes, as
-    outliers call for, are as well resolved as those near them. Symmetric specs search one
-    abs-max (64 steps), asymmetric ones a 24 x 24 grid of (min, max) pairs; three zoom levels
-    around the best candidate then refine t ~60-fold. f_lo corresponds to two histogram bins:
-    narrower ranges cannot be judged from the histogram. The widest range comes first, so ties
-    (e.g. constant data) keep the min-max range.
+    Candidates shrink each end of the (zero-widened) data range by a fraction f = f_lo^t,
+    t in [0, 1]: geometric spacing resolves ranges far below the extremes (which outliers call
+    for) as well as those near them. f_lo is two histogram bins: narrower ranges cannot be judged
+    from the histogram. Symmetric specs search one abs-max (64 steps), asymmetric ones a 16 x 16
+    grid of (min, max) pairs; four zoom levels around the best then refine t 8- (17-point) or
+    3-fold (7 x 7) each. The widest range comes first and only a strictly lower noise replaces
+    it, so ties (e.g. constant data) keep the min-max range.
     """
     channels = hist.mn.shape[0]
     mn0, mx0 = np.minimum(hist.mn, 0.0), np.maximum(hist.mx, 0.0)
@@ -315,7 +320,7 @@ def _search_range(hist: _Hist, spec: QuantSpec, gamma: float) -> tuple[np.ndarra
             return (np.zeros_like(hi) if unsigned else -hi), hi
 
     else:
-        extents, coarse, fine = np.stack([-mn0, mx0], axis=1), 24, 9
+        extents, coarse, fine = np.stack([-mn0, mx0], axis=1), 16, 7
 
         def to_range(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return mn0[:, None] * f[..., 0], mx0[:, None] * f[..., 1]
@@ -337,7 +342,7 @@ def _search_range(hist: _Hist, spec: QuantSpec, gamma: float) -> tuple[np.ndarra
     k = np.argmin(noise, axis=1)
     best_t, best = t[rows, k], noise[rows, k]
     half = np.where(active, 1.0 / (coarse - 1), 0.0)
-    for _ in range(3):
+    for _ in range(4):
         offsets = grid([np.linspace(-h, h, fine) if a else np.zeros(1) for h, a in zip(half, active)])
         t = np.clip(best_t[:, None, :] + offsets[None], 0.0, 1.0)
         noise = evaluate(t)
@@ -350,15 +355,19 @@ def _search_range(hist: _Hist, spec: QuantSpec, gamma: float) -> tuple[np.ndarra
     return tmin[:, 0], tmax[:, 0]
 
 
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown range-setting scheme {scheme!r}; expected one of {SCHEMES}")
+
+
 def make_observer(scheme: str, *, percentile: float = 99.99, num_bins: int = 2048) -> Observer:
     """A fresh observer for one of ``SCHEMES``."""
+    _check_scheme(scheme)
     if scheme == "minmax":
         return MinMaxObserver()
     if scheme == "percentile":
         return PercentileObserver(percentile, num_bins)
-    if scheme in ("sqnr", "mse"):
-        return NoiseObserver(SQNR_GAMMA if scheme == "sqnr" else 1.0, num_bins)
-    raise ValueError(f"unknown range-setting scheme {scheme!r}; expected one of {SCHEMES}")
+    return NoiseObserver(SQNR_GAMMA if scheme == "sqnr" else 1.0, num_bins)
 
 
 def encode_param(
@@ -368,11 +377,11 @@ def encode_param(
 
     ``minmax`` is ``encode_tensor`` (non-finite values replaced by zero, which the zero-widened
     range contains anyway). The histogram schemes build one histogram per channel over that
-    channel's own range (a single bincount with per-channel offsets) with min(n, 512) bins for
-    n values per channel (at least 16), and search all channels at once.
+    channel's own range (a single bincount with per-channel offsets), n // 4 bins for n values
+    per channel (16 to 512, bounding the search cost), and search all channels at once.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown range-setting scheme {scheme!r}; expected one of {SCHEMES}")
+    _check_scheme(scheme)
+    percentile = _check_percentile(percentile)
     values = np.asarray(values, np.float32)
     finite = np.isfinite(values)
     if scheme == "minmax" or spec.dtype == "float":
@@ -388,13 +397,13 @@ def encode_param(
     has = finite.any(axis=1)
     mn = np.where(has, np.where(finite, rows, np.inf).min(axis=1, initial=np.inf), 0.0)
     mx = np.where(has, np.where(finite, rows, -np.inf).max(axis=1, initial=-np.inf), 0.0)
-    bins = int(np.clip(rows.shape[1], 16, _PARAM_MAX_BINS))
+    bins = int(np.clip(rows.shape[1] // 4, 16, _PARAM_MAX_BINS))
     lo, hi = _initial_range(mn, mx)
     width = (hi - lo) / bins
     counts = _bin(np.where(finite, rows, lo[:, None]), lo, width, bins, weights=finite.astype(np.float64))
     hist = _make_hist(counts, lo, width, mn, mx)
     if scheme == "percentile":
-        tmin, tmax = _percentile_range(hist, _check_percentile(percentile))
+        tmin, tmax = _percentile_range(hist, percentile)
     else:
         tmin, tmax = _search_range(hist, spec, SQNR_GAMMA if scheme == "sqnr" else 1.0)
     return compute_encoding(tmin, tmax, spec)

