@@ -62,10 +62,36 @@ class Observer:
             raise ValueError("observers give per-tensor encodings; use encode_param for per-channel ones")
 
 
-def _finite(x: np.ndarray) -> np.ndarray:
+def _finite(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The finite values of x (float32, flat) with their min and max.
+
+    The common all-finite case costs one min and one max pass; only when either is not finite
+    (NaN propagates through min/max) are the non-finite values filtered out.
+    """
     x = np.asarray(x, np.float32).ravel()
-    finite = np.isfinite(x)
-    return x if finite.all() else x[finite]
+    if x.size == 0:
+        return x, math.inf, -math.inf
+    lo, hi = float(x.min()), float(x.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        return x, lo, hi
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return x, math.inf, -math.inf
+    return x, float(x.min()), float(x.max())
+
+
+def _bin_flat(values: np.ndarray, lo: float, width: float, bins: int) -> np.ndarray:
+    """Histogram of a flat float32 array: the per-batch hot path, kept in float32 and intp.
+
+    float32 resolves a bin only when the bin is much wider than float32's spacing at the data's
+    magnitude; narrow histograms far from zero (e.g. values near 100 spanning 0.01) use float64.
+    """
+    magnitude = max(abs(lo), abs(lo + bins * width))
+    if width < magnitude * 1e-4:
+        return _bin(values.astype(np.float64)[None], np.array([lo]), np.array([width]), bins)[0]
+    scaled = (values - np.float32(lo)) * np.float32(1.0 / width)
+    np.clip(scaled, 0, bins - 1, out=scaled)
+    return np.bincount(scaled.astype(np.intp), minlength=bins)[:bins].astype(np.float64)
 
 
 class MinMaxObserver(Observer):
@@ -80,10 +106,9 @@ class MinMaxObserver(Observer):
         return self._min is not None
 
     def update(self, x: np.ndarray) -> None:
-        x = _finite(x)
+        x, lo, hi = _finite(x)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
         self._min = lo if self._min is None else min(self._min, lo)
         self._max = hi if self._max is None else max(self._max, hi)
 
@@ -159,16 +184,15 @@ class HistogramObserver(Observer):
         return self._width
 
     def update(self, x: np.ndarray) -> None:
-        x = _finite(x).astype(np.float64)
+        x, bmin, bmax = _finite(x)
         if x.size == 0:
             return
-        bmin, bmax = float(x.min()), float(x.max())
         if not self.seen:
             lo, hi = _initial_range(np.array([bmin]), np.array([bmax]))
             self._lo, self._width = float(lo[0]), float(hi[0] - lo[0]) / self.num_bins
         else:
             self._grow(bmin, bmax)
-        self._counts += _bin(x[None], np.array([self._lo]), np.array([self._width]), self.num_bins)[0]
+        self._counts += _bin_flat(x, self._lo, self._width, self.num_bins)
         self._min, self._max = min(self._min, bmin), max(self._max, bmax)
 
     def _grow(self, xmin: float, xmax: float) -> None:
