@@ -25,6 +25,7 @@ from qtool.quant.observers import SCHEMES
 from qtool.runtime import input_infos
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.export import export
+from qtool.steps.fold import fold_batch_norms
 from qtool.steps.simulate import simulate
 
 log = logging.getLogger("qtool")
@@ -73,6 +74,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="qtool: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("onnx_ir").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 @cli.command("calibrate")
@@ -185,6 +187,27 @@ def export_cmd(model, encodings, output_dir, prefix, encoding_version, as_json):
     save_model(result.qdq_model, folder / f"{prefix}_qdq.onnx")
     files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
     _emit({"files": files}, as_json, ["wrote " + ", ".join(files)])
+
+
+@cli.command("fold")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="Output .onnx file (the input is never modified).")
+@json_option
+def fold_cmd(model, output, as_json):
+    """Fold BatchNormalization (and per-channel Mul/Add) into the adjacent Conv/Gemm/MatMul layers.
+
+    Outputs stay equal to the float model's (within float rounding); BNs that cannot be folded
+    exactly are left in place and listed with the reason.
+
+    Example: qtool fold model.onnx -o model_folded.onnx
+    """
+    result = fold_batch_norms(load_model(model))
+    save_model(result.model, output)
+    summary = {"output": output, "folded": result.folded,
+               "skipped": [{"node": node, "reason": reason} for node, reason in result.skipped]}
+    lines = [f"folded {len(result.folded)} BatchNormalization/Mul/Add nodes into their layers; wrote {output}"]
+    lines += [f"  left in place: {node}: {reason}" for node, reason in result.skipped]
+    _emit(summary, as_json, lines)
 
 
 @cli.command("info")

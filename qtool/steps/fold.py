@@ -1,0 +1,304 @@
+"""FoldBatchNorm: fold BatchNormalization (and per-channel Mul/Add) into adjacent linear layers.
+
+With k = gamma / sqrt(var + eps) and c = beta - mean * k, BN(y) = k * y + c per channel, so
+
+* BN after a layer (Conv, ConvTranspose, Gemm, MatMul with a constant weight):
+      W' = W * k   (along the layer's output-channel axis)      b' = b * k + c
+* BN before a layer (Gemm, or a Conv with zero padding and one group; padding would pad with
+  0 where the unfolded model pads with the BN's output for 0, so it is not exact then):
+      W' = W * k   (along the input-channel axis)               b' = b + W . c
+* a Mul by a per-channel constant after a layer: like BN with k = the constant, c = 0;
+  an Add of a per-channel constant: b' = b + the constant.
+
+A BN is folded only where that is exact: constant weights used by this layer alone, a layer
+output consumed by the BN alone and not a graph output, the channel axis of BN matching the
+layer's output-channel axis. Every BN left in place is reported with the reason.
+
+The folded BN's gamma and beta (the distribution of the layer's pre-activation output) are kept
+in the model's metadata (`qtool.bn_stats`, keyed by the layer's output tensor) because
+high-bias absorption and analytic bias correction need them after folding (white paper 4.3, 4.5).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from qtool.graph import add_initializer, clone, constant_array, set_initializer
+
+BN_STATS_KEY = "qtool.bn_stats"
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class FoldResult:
+    model: ir.Model
+    folded: list[str] = field(default_factory=list)  # "BN name -> layer name"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (node, reason)
+
+    @property
+    def modified(self) -> bool:
+        return bool(self.folded)
+
+
+def _attr_int(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return attr.as_int() if attr is not None else default
+
+
+def _attr_float(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return attr.as_float() if attr is not None else default
+
+
+def _single_use(value: ir.Value) -> bool:
+    return len(value.uses()) == 1 and not value.is_graph_output()
+
+
+def scale_output_channels(node: ir.Node, weight: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """W with every output channel o multiplied by k[o] (the layouts of LINEAR_OPS)."""
+    if node.op_type == "Conv":
+        return weight * k.reshape(-1, *([1] * (weight.ndim - 1)))
+    if node.op_type == "ConvTranspose":
+        groups = _attr_int(node, "group", 1)
+        in_ch, out_per_group = weight.shape[0], weight.shape[1]
+        view = weight.reshape(groups, in_ch // groups, out_per_group, -1)
+        return (view * k.reshape(groups, 1, out_per_group, 1)).reshape(weight.shape)
+    if node.op_type == "Gemm" and _attr_int(node, "transB", 0):
+        return weight * k[:, None]
+    return weight * k[None, :]  # Gemm without transB, MatMul: (K, N)
+
+
+def output_channels(node: ir.Node, weight: np.ndarray) -> int:
+    if node.op_type == "Conv":
+        return weight.shape[0]
+    if node.op_type == "ConvTranspose":
+        return weight.shape[1] * _attr_int(node, "group", 1)
+    if node.op_type == "Gemm" and _attr_int(node, "transB", 0):
+        return weight.shape[0]
+    return weight.shape[-1]
+
+
+def _layer_check(layer: ir.Node) -> str | None:
+    """Why the layer's weight cannot be rewritten in place (None when it can)."""
+    weight = layer.inputs[1] if len(layer.inputs) > 1 else None
+    if weight is None or weight.const_value is None:
+        return "the layer's weight is not a constant"
+    if len(weight.uses()) != 1 or weight.is_graph_output() or weight.is_graph_input():
+        return "the layer's weight is shared with other nodes"
+    if layer.op_type == "MatMul" and len(weight.const_value.shape) != 2:
+        return "the MatMul weight is not 2-D"
+    if len(layer.inputs) > 2 and layer.inputs[2] is not None:
+        bias = layer.inputs[2]
+        if bias.const_value is None:
+            return "the layer's bias is not a constant"
+        if len(bias.uses()) != 1:
+            return "the layer's bias is shared with other nodes"
+    return None
+
+
+def _channel_axis_ok(layer: ir.Node, out: ir.Value) -> bool:
+    """BN normalises axis 1; Gemm/MatMul outputs must be 2-D for that to be their channel axis."""
+    if layer.op_type in ("Conv", "ConvTranspose"):
+        return True
+    if layer.op_type == "Gemm":
+        return True
+    return out.shape is not None and len(out.shape) == 2
+
+
+def _bn_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
+    """(k, c, gamma, beta) of an inference-mode BN, or the reason it is not foldable."""
+    if len(bn.outputs) > 1 and any(o.uses() for o in bn.outputs[1:]):
+        return "BN is in training mode (running statistics are used)"
+    arrays = [constant_array(v) for v in bn.inputs[1:5]]
+    if any(a is None for a in arrays):
+        return "BN parameters are not constants"
+    gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)
+    k = gamma / np.sqrt(var + _attr_float(bn, "epsilon", 1e-5))
+    return k, beta - mean * k, gamma, beta
+
+
+def _set_bias(model: ir.Model, layer: ir.Node, bias: np.ndarray) -> None:
+    """Write the layer's bias, adding a bias input (or an Add after MatMul) when it had none."""
+    bias = bias.astype(np.float32)
+    if layer.op_type == "MatMul":
+        raise AssertionError("MatMul biases are added by _fold_after")
+    if len(layer.inputs) > 2 and layer.inputs[2] is not None:
+        set_initializer(model, layer.inputs[2], bias)
+        return
+    value = add_initializer(model, f"{layer.outputs[0].name}_bias", bias)
+    if len(layer.inputs) < 3:
+        layer.resize_inputs(3)
+    layer.replace_input_with(2, value)
+
+
+def _take_over_name(model: ir.Model, removed: ir.Node, survivor: ir.Value) -> None:
+    """Remove `removed`, moving its output's consumers and name onto `survivor`."""
+    gone = removed.outputs[0]
+    name = gone.name
+    gone.replace_all_uses_with(survivor, replace_graph_outputs=True)
+    model.graph.remove(removed, safe=True)
+    gone.name = None
+    survivor.name = name
+
+
+def _fold_after(model: ir.Model, layer: ir.Node, follower: ir.Node, k: np.ndarray, c: np.ndarray) -> None:
+    weight_value = layer.inputs[1]
+    weight = weight_value.const_value.numpy().astype(np.float64)
+    set_initializer(model, weight_value, scale_output_channels(layer, weight, k).astype(np.float32))
+    channels = output_channels(layer, weight)
+    if layer.op_type == "Gemm":
+        beta_attr = _attr_float(layer, "beta", 1.0)
+        old = constant_array(layer.inputs[2]) if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
+        old = np.zeros(channels) if old is None else np.broadcast_to(old.astype(np.float64) * beta_attr, (channels,))
+        layer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        _set_bias(model, layer, old * k + c)
+    elif layer.op_type == "MatMul":
+        out = layer.outputs[0]
+        bias = add_initializer(model, f"{out.name}_bias", c.astype(np.float32))
+        add_out = ir.Value(name=None, shape=out.shape, type=out.type)
+        add = ir.node("Add", [out, bias], outputs=[add_out], name=f"{layer.name or out.name}_bias_add")
+        model.graph.insert_after(layer, add)
+        _take_over_name(model, follower, add_out)
+        return
+    else:
+        old = constant_array(layer.inputs[2]) if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
+        old = np.zeros(channels) if old is None else old.astype(np.float64)
+        _set_bias(model, layer, old * k + c)
+    _take_over_name(model, follower, layer.outputs[0])
+
+
+def _per_channel_constant(node: ir.Node, channels: int, layer: ir.Node) -> np.ndarray | None:
+    """The per-output-channel vector of a Mul/Add constant that broadcasts along axis 1 of the
+    layer's output (shape (C,1,1), (1,C,1,1), (1,C), a scalar...), or None."""
+    if len(node.inputs) != 2:
+        return None
+    const = next((constant_array(v) for v in node.inputs if v is not None and v.const_value is not None), None)
+    if const is None:
+        return None
+    if const.size == 1:
+        return np.full(channels, float(const.reshape(())))
+    rank = len(layer.inputs[1].const_value.shape) if layer.op_type in ("Conv", "ConvTranspose") else 2
+    if const.ndim > rank:
+        return None
+    shape = (1,) * (rank - const.ndim) + tuple(const.shape)
+    wanted = tuple(channels if axis == 1 else 1 for axis in range(rank))
+    return const.reshape(-1).astype(np.float64) if shape == wanted else None
+
+
+def fold_batch_norms(model: ir.Model) -> FoldResult:
+    """Fold every BN (and per-channel Mul/Add) that can be folded exactly; returns a new model."""
+    model = clone(model)
+    result = FoldResult(model)
+    stats = json.loads(model.metadata_props.get(BN_STATS_KEY, "{}"))
+    for bn in [n for n in model.graph if n.op_type == "BatchNormalization"]:
+        reason = _fold_one(model, bn, stats)
+        if reason is None:
+            result.folded.append(bn.name or bn.outputs[0].name)
+        else:
+            result.skipped.append((bn.name or bn.outputs[0].name, reason))
+    for node in [n for n in model.graph if n.op_type in ("Mul", "Add")]:
+        _fold_scale_shift(model, node, result)
+    if stats:
+        model.metadata_props[BN_STATS_KEY] = json.dumps(stats, sort_keys=True)
+    RemoveUnusedNodesPass()(model)  # the folded BN parameters
+    return result
+
+
+def _fold_one(model: ir.Model, bn: ir.Node, stats: dict) -> str | None:
+    affine = _bn_affine(bn)
+    if isinstance(affine, str):
+        return affine
+    k, c, gamma, beta = affine
+    source = bn.inputs[0].producer()
+    if source is not None and source.op_type in LINEAR_OPS and _single_use(bn.inputs[0]):
+        reason = _layer_check(source) or (None if _channel_axis_ok(source, source.outputs[0])
+                                           else "the layer output is not 2-D, BN's channel axis differs")
+        if reason is None and output_channels(source, source.inputs[1].const_value.numpy()) != k.size:
+            reason = "BN and layer channel counts differ"
+        if reason is None:
+            name = bn.outputs[0].name
+            _fold_after(model, source, bn, k, c)
+            stats[name] = {"gamma": [float(v) for v in gamma], "beta": [float(v) for v in beta]}
+            return None
+        return reason
+    consumers = bn.outputs[0].consumers()
+    if len(consumers) == 1 and not bn.outputs[0].is_graph_output():
+        return _fold_before(model, bn, consumers[0], k, c)
+    return "BN neither follows a foldable layer alone nor feeds one"
+
+
+def _fold_before(model: ir.Model, bn: ir.Node, layer: ir.Node, k: np.ndarray, c: np.ndarray) -> str | None:
+    """BN -> Conv (no padding, one group) or Gemm (transA=0): fold into the following layer."""
+    if layer.op_type not in ("Conv", "Gemm") or layer.inputs[0] is not bn.outputs[0]:
+        return "BN feeds a layer it cannot be folded into"
+    reason = _layer_check(layer)
+    if reason:
+        return reason
+    weight_value = layer.inputs[1]
+    weight = weight_value.const_value.numpy().astype(np.float64)
+    if layer.op_type == "Conv":
+        pads = layer.attributes.get("pads")
+        auto_pad = layer.attributes.get("auto_pad")
+        if _attr_int(layer, "group", 1) != 1:
+            return "the following Conv has groups"
+        if (pads is not None and any(pads.as_ints())) or (auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID")):
+            return "the following Conv pads its input (folding would not be exact)"
+        if weight.shape[1] != k.size:
+            return "BN and Conv channel counts differ"
+        new_weight = weight * k.reshape(1, -1, *([1] * (weight.ndim - 2)))
+        shift = (weight * c.reshape(1, -1, *([1] * (weight.ndim - 2)))).sum(axis=tuple(range(1, weight.ndim)))
+    else:
+        if _attr_int(layer, "transA", 0):
+            return "the following Gemm transposes its input"
+        trans_b = _attr_int(layer, "transB", 0)
+        w_kn = weight.T if trans_b else weight  # (K, N)
+        if w_kn.shape[0] != k.size:
+            return "BN and Gemm channel counts differ"
+        new_weight = (w_kn * k[:, None]).T if trans_b else w_kn * k[:, None]
+        shift = _attr_float(layer, "alpha", 1.0) * (c @ w_kn)
+        beta_attr = _attr_float(layer, "beta", 1.0)
+        if len(layer.inputs) > 2 and layer.inputs[2] is not None:
+            old = np.broadcast_to(constant_array(layer.inputs[2]).astype(np.float64) * beta_attr, shift.shape)
+            shift = shift + old
+            layer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        set_initializer(model, weight_value, new_weight.astype(np.float32))
+        _set_bias(model, layer, shift)
+        _bypass(model, bn)
+        return None
+    set_initializer(model, weight_value, new_weight.astype(np.float32))
+    old = constant_array(layer.inputs[2]) if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
+    _set_bias(model, layer, shift if old is None else old.astype(np.float64) + shift)
+    _bypass(model, bn)
+    return None
+
+
+def _bypass(model: ir.Model, node: ir.Node) -> None:
+    """Remove a node whose input can stand in for its output (BN folded into its consumer)."""
+    node.outputs[0].replace_all_uses_with(node.inputs[0], replace_graph_outputs=False)
+    model.graph.remove(node, safe=True)
+
+
+def _fold_scale_shift(model: ir.Model, node: ir.Node, result: FoldResult) -> None:
+    """Mul/Add by a per-channel constant right after a foldable layer."""
+    data = next((v for v in node.inputs if v is not None and v.const_value is None), None)
+    source = data.producer() if data is not None else None
+    if source is None or source.op_type not in LINEAR_OPS or not _single_use(data):
+        return
+    if _layer_check(source) or not _channel_axis_ok(source, data) or source.op_type == "MatMul":
+        return
+    channels = output_channels(source, source.inputs[1].const_value.numpy())
+    vector = _per_channel_constant(node, channels, source)
+    if vector is None:
+        return
+    if node.op_type == "Mul":
+        k, c = vector, np.zeros(channels)
+    else:
+        k, c = np.ones(channels), vector
+    _fold_after(model, source, node, k, c)
+    result.folded.append(node.name or node.outputs[0].name)
