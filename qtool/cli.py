@@ -18,7 +18,7 @@ from qtool.config import BUILTIN_CONFIGS, load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
 from qtool.graph import load_model, save_model
-from qtool.io import copy_file_atomic, load_labels, load_pair, open_model_data, output_prefix
+from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data, output_prefix
 from qtool.plan import PlanOptions, build_plan
 from qtool.progress import Bar
 from qtool.quant.observers import SCHEMES
@@ -61,7 +61,21 @@ def _emit(summary: dict, as_json: bool, lines: list[str]) -> None:
             click.echo(line)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class QtoolGroup(click.Group):
+    """Turns a QtoolError from any command into one line on stderr and exit code 2
+    (`--debug` lets it through with its traceback), in the console script and in CliRunner alike."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except QtoolError as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(f"qtool: error: {exc}", err=True)
+            ctx.exit(QtoolError.exit_code)
+
+
+@click.group(cls=QtoolGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qtool")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
@@ -114,8 +128,9 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
     options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size)
     result = calibrate(graph, plan, source.batches(batch_size), options, frozen=frozen,
                        total=source.count(), progress=Bar("calibrate"))
-    copy_file_atomic(model, f"{prefix}.onnx")
-    save_encodings(result.encodings, f"{prefix}.encodings.json", encoding_version)
+    with StagedOutputs() as out:
+        copy_file_atomic(model, out.path(f"{prefix}.onnx"))
+        save_encodings(result.encodings, out.path(f"{prefix}.encodings.json"), encoding_version)
     summary = {
         "model": f"{prefix}.onnx", "encodings": f"{prefix}.encodings.json", "samples": result.samples,
         "seconds": round(result.seconds, 3), "activation_quantizers": len(result.encodings.activations),
@@ -182,9 +197,10 @@ def export_cmd(model, encodings, output_dir, prefix, encoding_version, as_json):
     graph, enc_set, enc_source = load_pair(model, encodings)
     result = export(graph, enc_set, source=enc_source)
     folder = Path(output_dir)
-    copy_file_atomic(model, folder / f"{prefix}.onnx")
-    save_encodings(result.encodings, folder / f"{prefix}.encodings", encoding_version)
-    save_model(result.qdq_model, folder / f"{prefix}_qdq.onnx")
+    with StagedOutputs() as out:
+        copy_file_atomic(model, out.path(folder / f"{prefix}.onnx"))
+        save_encodings(result.encodings, out.path(folder / f"{prefix}.encodings"), encoding_version)
+        save_model(result.qdq_model, out.path(folder / f"{prefix}_qdq.onnx"))
     files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
     _emit({"files": files}, as_json, ["wrote " + ", ".join(files)])
 
@@ -250,23 +266,8 @@ def info_cmd(model, config, per_channel, as_json):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: QtoolError -> one line on stderr and exit code 2."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        cli.main(args=argv, prog_name="qtool", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("qtool: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except QtoolError as exc:
-        if debug:
-            raise
-        click.echo(f"qtool: error: {exc}", err=True)
-        sys.exit(QtoolError.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    """Console entry point (click's standalone mode: usage errors exit 2 as well)."""
+    cli.main(args=argv, prog_name="qtool")
 
 
 if __name__ == "__main__":  # pragma: no cover

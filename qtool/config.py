@@ -105,17 +105,42 @@ def _check_keys(section: dict, allowed: set[str], source: str, where: str) -> No
 
 def _quantizer(section: dict, source: str, where: str, enabled_key: str) -> QuantizerSettings:
     bitwidth = section.get("bitwidth")
-    if bitwidth is not None and (not isinstance(bitwidth, int) or not 2 <= bitwidth <= 32):
-        raise _fail(source, f"{where}.bitwidth", f"expected an integer 2..32, got {bitwidth!r}")
+    if bitwidth is not None and (not isinstance(bitwidth, int) or isinstance(bitwidth, bool)
+                                 or not (2 <= bitwidth <= 16 or bitwidth == 32)):
+        raise _fail(source, f"{where}.bitwidth", f"expected an integer 2..16 (or 32: not quantized), got {bitwidth!r}")
     dtype = section.get("dtype")
     if dtype is not None and dtype not in ("int", "float"):
         raise _fail(source, f"{where}.dtype", f"expected 'int' or 'float', got {dtype!r}")
+    if dtype == "float" and bitwidth is not None and bitwidth not in (16, 32):
+        raise _fail(source, f"{where}.bitwidth", f"float quantizers are 16 or 32 bits, got {bitwidth}")
     return QuantizerSettings(
         enabled=_bool(section[enabled_key], source, f"{where}.{enabled_key}") if enabled_key in section else None,
         symmetric=_bool(section["is_symmetric"], source, f"{where}.is_symmetric") if "is_symmetric" in section else None,
         bitwidth=bitwidth,
         dtype=dtype,
     )
+
+
+def _constraints(section: Any, source: str, where: str) -> tuple[float, float]:
+    """A fixed {min, max} range, both numbers, min < max."""
+    _check_keys(section, {"min", "max"}, source, where)
+    for key in ("min", "max"):
+        if key not in section:
+            raise _fail(source, where, f"missing {key!r}", "give both min and max")
+        if not isinstance(section[key], (int, float)) or isinstance(section[key], bool):
+            raise _fail(source, f"{where}.{key}", f"expected a number, got {section[key]!r}")
+    if not section["min"] < section["max"]:
+        raise _fail(source, where, f"min {section['min']} is not below max {section['max']}")
+    return float(section["min"]), float(section["max"])
+
+
+def _section(doc: dict, key: str, kind: type, source: str) -> Any:
+    """A top-level section, checked to be an object (or a list for supergroups)."""
+    value = doc.get(key, kind())
+    if not isinstance(value, kind):
+        expected = "a list" if kind is list else "an object"
+        raise _fail(source, key, f"expected {expected}, got {type(value).__name__}")
+    return value
 
 
 def _known_op_types() -> set[str]:
@@ -125,7 +150,7 @@ def _known_op_types() -> set[str]:
 def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
     """Validate an AIMET runtime config dict and resolve it into a RuntimeConfig."""
     _check_keys(doc, _SECTIONS, source, "top level")
-    defaults = doc.get("defaults", {})
+    defaults = _section(doc, "defaults", dict, source)
     _check_keys(defaults, _DEFAULT_KEYS, source, "defaults")
     ops_section = defaults.get("ops", {})
     _check_keys(ops_section, _OP_KEYS, source, "defaults.ops")
@@ -137,7 +162,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         QuantizerSettings(enabled=True, symmetric=True, bitwidth=8, dtype="int"))
 
     param_types = {}
-    for name, section in doc.get("params", {}).items():
+    for name, section in _section(doc, "params", dict, source).items():
         if name not in _PARAM_TYPES:
             raise _fail(source, "params", f"unknown parameter type {name!r}", "valid: weight, bias")
         _check_keys(section, _PARAM_KEYS, source, f"params.{name}")
@@ -145,20 +170,19 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
 
     known = _known_op_types()
     op_types = {}
-    for op, section in doc.get("op_type", {}).items():
+    for op, section in _section(doc, "op_type", dict, source).items():
         if op not in known:
             raise _fail(source, "op_type", f"unknown ONNX op type {op!r}", "op types are ONNX names, e.g. Conv, Relu")
         _check_keys(section, _OP_TYPE_KEYS, source, f"op_type.{op}")
         op_params = {}
-        for pname, psection in section.get("params", {}).items():
+        for pname, psection in _section(section, "params", dict, f"{source}: op_type.{op}").items():
             if pname not in _PARAM_TYPES:
                 raise _fail(source, f"op_type.{op}.params", f"unknown parameter type {pname!r}", "valid: weight, bias")
             _check_keys(psection, _PARAM_KEYS, source, f"op_type.{op}.params.{pname}")
             op_params[pname] = _quantizer(psection, source, f"op_type.{op}.params.{pname}", "is_quantized")
         constraints = section.get("encoding_constraints")
         if constraints is not None:
-            _check_keys(constraints, {"min", "max"}, source, f"op_type.{op}.encoding_constraints")
-            constraints = (float(constraints["min"]), float(constraints["max"]))
+            constraints = _constraints(constraints, source, f"op_type.{op}.encoding_constraints")
         where = f"op_type.{op}"
         op_types[op] = OpTypeSettings(
             output=_quantizer(section, source, where, "is_output_quantized"),
@@ -171,7 +195,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         )
 
     supergroups = []
-    for index, group in enumerate(doc.get("supergroups", [])):
+    for index, group in enumerate(_section(doc, "supergroups", list, source)):
         _check_keys(group, {"op_list"}, source, f"supergroups[{index}]")
         op_list = group.get("op_list")
         if not isinstance(op_list, list) or len(op_list) < 2:
@@ -181,9 +205,9 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
                 raise _fail(source, f"supergroups[{index}]", f"unknown ONNX op type {op!r}")
         supergroups.append(tuple(op_list))
 
-    model_input = doc.get("model_input", {})
+    model_input = _section(doc, "model_input", dict, source)
     _check_keys(model_input, {"is_input_quantized"}, source, "model_input")
-    model_output = doc.get("model_output", {})
+    model_output = _section(doc, "model_output", dict, source)
     _check_keys(model_output, {"is_output_quantized"}, source, "model_output")
     return RuntimeConfig(
         source=source,

@@ -61,6 +61,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         log.warning("%s: shape inference failed (%s); continuing without it", path, exc)
     model = ir.from_proto(proto)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    model.meta["qtool.source"] = str(path)  # for error messages further down
     return model
 
 
@@ -91,11 +92,17 @@ def temporary_sibling(path: Path) -> str:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
-    tmp = temporary_sibling(path)
+    try:
+        tmp = temporary_sibling(path)
+    except OSError as exc:
+        raise QtoolError(f"{path}: cannot write ({exc.strerror or exc})", "check the output path") from exc
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise QtoolError(f"{path}: cannot write ({exc.strerror or exc})", "check the output path") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -96,15 +96,13 @@ def _per_channel_axis(node: ir.Node, index: int, ndim: int) -> int | None:
 
 def _spec(settings: QuantizerSettings, config: RuntimeConfig, axis: int | None) -> QuantSpec:
     dtype = settings.dtype or "int"
-    bw = settings.bitwidth or 8
-    return QuantSpec(
-        bw=bw,
-        dtype=dtype,
-        symmetric=bool(settings.symmetric),
-        strict_symmetric=config.strict_symmetric,
-        unsigned_symmetric=config.unsigned_symmetric,
-        axis=axis,
-    )
+    bw = settings.bitwidth or (16 if dtype == "float" else 8)
+    try:
+        return QuantSpec(bw=bw, dtype=dtype, symmetric=bool(settings.symmetric),
+                         strict_symmetric=config.strict_symmetric, unsigned_symmetric=config.unsigned_symmetric,
+                         axis=axis)
+    except ValueError as exc:  # a combination no single section shows, e.g. dtype in defaults, bits in op_type
+        raise QtoolError(f"{config.source}: {exc}") from exc
 
 
 def _is_quantizing(settings: QuantizerSettings) -> bool:
@@ -137,8 +135,9 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
     plan = QuantPlan()
     fused = _fused_outputs(model, config)
     plan.fused = sorted(fused)
-    act_override = QuantizerSettings(bitwidth=options.act_bw)
-    param_override = QuantizerSettings(bitwidth=options.param_bw)
+    # --act-bw/--param-bw ask for integer grids, whatever dtype the config had
+    act_override = QuantizerSettings(bitwidth=options.act_bw, dtype="int" if options.act_bw else None)
+    param_override = QuantizerSettings(bitwidth=options.param_bw, dtype="int" if options.param_bw else None)
 
     def op_settings(op_type: str) -> OpTypeSettings:
         return config.op_types.get(op_type, OpTypeSettings())
@@ -158,7 +157,8 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
     for node in model.graph:
         if node.op_type in QDQ_OPS:
             raise QtoolError(
-                f"model already contains {node.op_type} nodes ({node.name or node.outputs[0].name})",
+                f"{model.meta.get('qtool.source', 'model')}: already contains {node.op_type} nodes "
+                f"({node.name or node.outputs[0].name})",
                 "give qtool the float model, not a quantized one",
             )
         op = op_settings(node.op_type)

@@ -153,6 +153,7 @@ def _native_qdq(qdq: ir.Model, value: ir.Value, enc: Encoding) -> tuple[list[ir.
     scale, zp = _scale_zp(qdq, value.name, enc, dtype)
     domain = MS_DOMAIN if enc.bw == 16 else ""
     q = _node(qdq, "QuantizeLinear", [value, scale, zp], value.name, domain=domain)
+    q.outputs[0].dtype = ir.DataType(zp.dtype)  # the integer type: export's bias quantization reads it
     dq = _node(qdq, "DequantizeLinear", [q.outputs[0], scale, zp], value.name, domain=domain)
     return [q, dq], dq.outputs[0]
 

@@ -132,7 +132,7 @@ def test_ctc_greedy_decode():
 def test_char_accuracy_and_edit_distance():
     assert ocr_data.char_accuracy(["abd"], ["abc"]) == pytest.approx(2 / 3)
     assert ocr_data.char_accuracy(["abc", "xyzxyzxyz"], ["abc", "ab"]) == pytest.approx(0.5)
-    assert ocr_data.char_accuracy([" abc "], ["abc"]) == 1.0
+    assert ocr_data.char_accuracy([" abc "], ["abc"], strip=True) == 1.0
     assert ocr_data.char_accuracy([" abc "], ["abc"], strip=False) == pytest.approx(1 / 3)
     assert ocr_data.edit_distance("kitten", "sitting") == 3
     assert ocr_data.edit_distance("", "abc") == 3

@@ -81,7 +81,8 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
         result.samples = _observe(model, observed, batches, total, progress, options.scheme == "minmax")
         for name, observer in observed.items():
             if not observer.seen:
-                raise ValueError(f"tensor {name} was never observed")
+                raise QtoolError(f"tensor '{name}' held no finite value on the calibration data",
+                                 "check the data for NaN/inf, or give it a fixed range in the config")
             result.encodings.activations[name] = observer.compute(plan.activations[name].spec)
     # keep the plan's order for readable files; the writer sorts for determinism anyway
     result.encodings.activations = {n: result.encodings.activations[n] for n in plan.activations}
@@ -93,7 +94,9 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
 def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.ndarray]],
              total: int | None, progress: Progress, ranges_only: bool) -> int:
     """Feed every batch to the observers. With `ranges_only` (min-max), onnxruntime reduces each
-    tensor to its min and max itself and only those scalars leave the session."""
+    tensor to its min and max itself and only those scalars leave the session; a batch whose
+    reduced range is not finite (inf/NaN inside) is rerun with those tensors taken out whole, so
+    that non-finite values are skipped as the observers do everywhere else."""
     input_names = {v.name for v in model.graph.inputs}
     inner = [name for name in observers if name not in input_names]
     if ranges_only:
@@ -102,16 +105,27 @@ def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.nd
     else:
         tapped, reduced, fetch = with_taps(model, inner), {}, inner
     session = make_session(tapped)
+    full_session = None
+    limit = max_batch(model)
     seen = 0
-    for feeds, outputs in run_batches(session, batches, fetch or None, max_batch(model)):
+    for feeds, outputs in run_batches(session, batches, fetch or None, limit):
+        not_finite = []
         for name, observer in observers.items():
             if name in feeds:
                 observer.update(feeds[name])
             elif name in reduced:
-                low, high = reduced[name]
-                observer.update(np.stack([outputs[low], outputs[high]]))
+                pair = np.stack([outputs[reduced[name][0]], outputs[reduced[name][1]]])
+                if np.all(np.isfinite(pair)):
+                    observer.update(pair)
+                else:
+                    not_finite.append(name)
             else:
                 observer.update(outputs[name])
+        if not_finite:
+            full_session = full_session or make_session(with_taps(model, inner))
+            whole = next(run_batches(full_session, [feeds], inner, limit))[1]
+            for name in not_finite:
+                observers[name].update(whole[name])
         seen += len(next(iter(feeds.values())))
         progress(seen, total)
     if seen == 0:
