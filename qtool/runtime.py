@@ -46,6 +46,10 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
     """A CPU session; `simulate` keeps QDQ nodes unfused (float fake quantization)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # onnxruntime's default order (a reverse DFS from the graph outputs) runs every tap after the
+    # whole network when taps are extra outputs, keeping all activations alive at once (6.8 GB
+    # instead of 0.3 GB on PP-OCRv4 rec); the priority-based order runs each tap when it is ready.
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     threads = threads or int(os.environ.get("QTOOL_THREADS", "0")) or None
     if threads:
         options.intra_op_num_threads = threads

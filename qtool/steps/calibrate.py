@@ -22,6 +22,7 @@ from qtool.plan import QuantPlan
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
 from qtool.quant.observers import encode_param, make_observer
+from qtool.ranges import derivations, resolve
 from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
 
 # AIMET's names for the range-setting schemes, written into quantizer_args.
@@ -93,44 +94,78 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
 
 def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.ndarray]],
              total: int | None, progress: Progress, ranges_only: bool) -> int:
-    """Feed every batch to the observers. With `ranges_only` (min-max), onnxruntime reduces each
-    tensor to its min and max itself and only those scalars leave the session; a batch whose
-    reduced range is not finite (inf/NaN inside) is rerun with those tensors taken out whole, so
-    that non-finite values are skipped as the observers do everywhere else."""
-    input_names = {v.name for v in model.graph.inputs}
-    inner = [name for name in observers if name not in input_names]
-    if ranges_only:
-        tapped, reduced = with_range_taps(model, inner)
-        fetch = [out for pair in reduced.values() for out in pair]
-    else:
-        tapped, reduced, fetch = with_taps(model, inner), {}, inner
-    session = make_session(tapped)
-    full_session = None
-    limit = max_batch(model)
+    """Feed every batch to the observers and return the number of samples seen."""
+    observe_batch = _RangeTaps(model, observers) if ranges_only else _TensorTaps(model, observers)
     seen = 0
-    for feeds, outputs in run_batches(session, batches, fetch or None, limit):
-        not_finite = []
-        for name, observer in observers.items():
-            if name in feeds:
-                observer.update(feeds[name])
-            elif name in reduced:
-                pair = np.stack([outputs[reduced[name][0]], outputs[reduced[name][1]]])
-                if np.all(np.isfinite(pair)):
-                    observer.update(pair)
-                else:
-                    not_finite.append(name)
-            else:
-                observer.update(outputs[name])
-        if not_finite:
-            full_session = full_session or make_session(with_taps(model, inner))
-            whole = next(run_batches(full_session, [feeds], inner, limit))[1]
-            for name in not_finite:
-                observers[name].update(whole[name])
+    for feeds in batches:
+        observe_batch(feeds)
         seen += len(next(iter(feeds.values())))
         progress(seen, total)
     if seen == 0:
         raise QtoolError("calibration data holds no samples")
     return seen
+
+
+class _TensorTaps:
+    """Histogram observers need the values: the tapped tensors leave the session whole."""
+
+    def __init__(self, model: ir.Model, observers: dict) -> None:
+        self.observers = observers
+        self.inner = [name for name in observers if name not in {v.name for v in model.graph.inputs}]
+        self.session = make_session(with_taps(model, self.inner))
+        self.limit = max_batch(model)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> None:
+        feeds, outputs = next(run_batches(self.session, [feeds], self.inner or None, self.limit))
+        for name, observer in self.observers.items():
+            observer.update(feeds[name] if name in feeds else outputs[name])
+
+
+class _RangeTaps:
+    """Min-max observers need two numbers per tensor and batch: ranges of monotonic ops' outputs
+    are derived from their inputs' (qtool.ranges), the rest are reduced inside onnxruntime so
+    that only scalars leave the session. A batch whose reduced range is not finite (inf/NaN
+    inside) is rerun with those tensors taken out whole, and non-finite values are skipped, as
+    the observers do everywhere else."""
+
+    def __init__(self, model: ir.Model, observers: dict) -> None:
+        self.model, self.observers = model, observers
+        inputs = {v.name for v in model.graph.inputs}
+        self.derived = derivations(model, observers)
+        self.measured = [n for n in observers if n not in inputs and n not in self.derived]
+        tapped, self.reduced = with_range_taps(model, self.measured)
+        self.fetch = [out for pair in self.reduced.values() for out in pair]
+        self.session = make_session(tapped)
+        self.full_session = None
+        self.limit = max_batch(model)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> None:
+        feeds, outputs = next(run_batches(self.session, [feeds], self.fetch or None, self.limit))
+        ranges, not_finite = {}, []
+        for name in self.observers:
+            if name in feeds:
+                _add_finite_range(ranges, name, feeds[name])
+            elif name in self.reduced:
+                low, high = outputs[self.reduced[name][0]], outputs[self.reduced[name][1]]
+                if np.isfinite(low) and np.isfinite(high):
+                    ranges[name] = (low, high)
+                else:
+                    not_finite.append(name)
+        if not_finite:
+            if self.full_session is None:
+                self.full_session = make_session(with_taps(self.model, self.measured))
+            whole = next(run_batches(self.full_session, [feeds], self.measured, self.limit))[1]
+            for name in not_finite:
+                _add_finite_range(ranges, name, whole[name])
+        resolve(ranges, self.derived)
+        for name, (low, high) in ranges.items():
+            self.observers[name].update(np.array([low, high], np.float32))
+
+
+def _add_finite_range(ranges: dict, name: str, values: np.ndarray) -> None:
+    finite = values[np.isfinite(values)] if not np.all(np.isfinite(values)) else values
+    if finite.size:
+        ranges[name] = (np.float32(finite.min()), np.float32(finite.max()))
 
 
 def _quantizer_args(plan: QuantPlan, options: CalibrateOptions) -> dict:
