@@ -105,6 +105,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 @click.option("--param-bw", type=click.IntRange(2, 16), default=None, help="Weight bit-width (overrides the config).")
 @click.option("--act-bw", type=click.IntRange(2, 16), default=None, help="Activation bit-width (overrides the config).")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (overrides the config).")
+@click.option("--symmetric-weights/--asymmetric-weights", "param_symmetric", default=None,
+              help="Weight grid symmetry (overrides the config; AIMET's default is symmetric).")
 @click.option("--encodings", "frozen_path", default=None,
               help="Existing encodings: the frozen ones (e.g. from adaround) are kept unchanged.")
 @click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
@@ -113,7 +115,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
               help="Output prefix: writes PREFIX.onnx (the float model) and PREFIX.encodings.json.")
 @json_option
 def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, scheme, param_scheme, percentile,
-                  param_bw, act_bw, per_channel, frozen_path, encoding_version, output, as_json):
+                  param_bw, act_bw, per_channel, param_symmetric, frozen_path, encoding_version, output, as_json):
     """Compute quantization encodings (scale/offset per tensor or channel) from calibration data.
 
     Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
@@ -123,7 +125,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
         graph, frozen, _ = load_pair(model, frozen_path)
     else:
         graph, frozen = load_model(model), None
-    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel))
+    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, param_symmetric))
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size)
     result = calibrate(graph, plan, source.batches(batch_size), options, frozen=frozen,

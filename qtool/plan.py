@@ -55,6 +55,7 @@ class PlanOptions:
     act_bw: int | None = None
     param_bw: int | None = None
     per_channel: bool | None = None
+    param_symmetric: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
     plan.fused = sorted(fused)
     # --act-bw/--param-bw ask for integer grids, whatever dtype the config had
     act_override = QuantizerSettings(bitwidth=options.act_bw, dtype="int" if options.act_bw else None)
-    param_override = QuantizerSettings(bitwidth=options.param_bw, dtype="int" if options.param_bw else None)
+    param_override = QuantizerSettings(symmetric=options.param_symmetric, bitwidth=options.param_bw,
+                                       dtype="int" if options.param_bw else None)
 
     def op_settings(op_type: str) -> OpTypeSettings:
         return config.op_types.get(op_type, OpTypeSettings())

@@ -416,3 +416,15 @@ def test_plan_does_not_change_the_model():
     before = model_bytes(model)
     build_plan(model, load_config("w8a8-per-channel"), PlanOptions(act_bw=16, param_bw=4))
     assert model_bytes(model) == before
+
+
+def test_asymmetric_weights_override_gives_asymmetric_param_grids():
+    from qtool.quant.observers import encode_param
+
+    model = load_model(SAMPLES / "conv_bn_relu.onnx")
+    plan = build_plan(model, load_config("default"), PlanOptions(param_symmetric=False))
+    weights = [t for t in plan.params.values() if t.role == "weight"]
+    assert weights and all(not t.spec.symmetric for t in weights)
+    values = model.graph.initializers[weights[0].name].const_value.numpy()
+    enc = encode_param(values, weights[0].spec)
+    assert enc.offset[0] == round(min(values.min(), 0) / enc.scale[0])  # asymmetric: offset from the minimum
