@@ -34,7 +34,6 @@ What the formats cannot hold:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import secrets

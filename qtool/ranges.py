@@ -38,7 +38,7 @@ def _scalar(node: ir.Node, index: int) -> np.float32 | None:
     return np.float32(array.reshape(()))
 
 
-def _clip_bounds(node: ir.Node) -> tuple[np.float32, np.float32] | None:
+def clip_bounds(node: ir.Node) -> tuple[np.float32, np.float32] | None:
     if "min" in node.attributes or "max" in node.attributes:  # opset < 11
         low = node.attributes.get("min")
         high = node.attributes.get("max")
@@ -67,7 +67,7 @@ def range_function(node: ir.Node) -> tuple[ir.Value, RangeFn] | None:
     if op == "Relu":
         return source, lambda r: (np.maximum(r[0], np.float32(0)), np.maximum(r[1], np.float32(0)))
     if op == "Clip":
-        bounds = _clip_bounds(node)
+        bounds = clip_bounds(node)
         if bounds is None:
             return None
         low, high = bounds

@@ -30,9 +30,16 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from qtool.graph import add_initializer, clone, constant_array, set_initializer
+from qtool.layers import (  # noqa: F401  (output_channels/scale_output_channels re-exported)
+    LINEAR_OPS,
+    attr_float,
+    attr_int,
+    output_channels,
+    scale_output_channels,
+    set_bias,
+)
 
 BN_STATS_KEY = "qtool.bn_stats"
-LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -46,42 +53,8 @@ class FoldResult:
         return bool(self.folded)
 
 
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
-
-
-def _attr_float(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return attr.as_float() if attr is not None else default
-
-
 def _single_use(value: ir.Value) -> bool:
     return len(value.uses()) == 1 and not value.is_graph_output()
-
-
-def scale_output_channels(node: ir.Node, weight: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """W with every output channel o multiplied by k[o] (the layouts of LINEAR_OPS)."""
-    if node.op_type == "Conv":
-        return weight * k.reshape(-1, *([1] * (weight.ndim - 1)))
-    if node.op_type == "ConvTranspose":
-        groups = _attr_int(node, "group", 1)
-        in_ch, out_per_group = weight.shape[0], weight.shape[1]
-        view = weight.reshape(groups, in_ch // groups, out_per_group, -1)
-        return (view * k.reshape(groups, 1, out_per_group, 1)).reshape(weight.shape)
-    if node.op_type == "Gemm" and _attr_int(node, "transB", 0):
-        return weight * k[:, None]
-    return weight * k[None, :]  # Gemm without transB, MatMul: (K, N)
-
-
-def output_channels(node: ir.Node, weight: np.ndarray) -> int:
-    if node.op_type == "Conv":
-        return weight.shape[0]
-    if node.op_type == "ConvTranspose":
-        return weight.shape[1] * _attr_int(node, "group", 1)
-    if node.op_type == "Gemm" and _attr_int(node, "transB", 0):
-        return weight.shape[0]
-    return weight.shape[-1]
 
 
 def _layer_check(layer: ir.Node) -> str | None:
@@ -119,22 +92,8 @@ def _bn_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     if any(a is None for a in arrays):
         return "BN parameters are not constants"
     gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)
-    k = gamma / np.sqrt(var + _attr_float(bn, "epsilon", 1e-5))
+    k = gamma / np.sqrt(var + attr_float(bn, "epsilon", 1e-5))
     return k, beta - mean * k, gamma, beta
-
-
-def _set_bias(model: ir.Model, layer: ir.Node, bias: np.ndarray) -> None:
-    """Write the layer's bias, adding a bias input (or an Add after MatMul) when it had none."""
-    bias = bias.astype(np.float32)
-    if layer.op_type == "MatMul":
-        raise AssertionError("MatMul biases are added by _fold_after")
-    if len(layer.inputs) > 2 and layer.inputs[2] is not None:
-        set_initializer(model, layer.inputs[2], bias)
-        return
-    value = add_initializer(model, f"{layer.outputs[0].name}_bias", bias)
-    if len(layer.inputs) < 3:
-        layer.resize_inputs(3)
-    layer.replace_input_with(2, value)
 
 
 def _take_over_name(model: ir.Model, removed: ir.Node, survivor: ir.Value) -> None:
@@ -153,11 +112,11 @@ def _fold_after(model: ir.Model, layer: ir.Node, follower: ir.Node, k: np.ndarra
     set_initializer(model, weight_value, scale_output_channels(layer, weight, k).astype(np.float32))
     channels = output_channels(layer, weight)
     if layer.op_type == "Gemm":
-        beta_attr = _attr_float(layer, "beta", 1.0)
+        beta_attr = attr_float(layer, "beta", 1.0)
         old = constant_array(layer.inputs[2]) if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
         old = np.zeros(channels) if old is None else np.broadcast_to(old.astype(np.float64) * beta_attr, (channels,))
         layer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-        _set_bias(model, layer, old * k + c)
+        set_bias(model, layer, old * k + c)
     elif layer.op_type == "MatMul":
         out = layer.outputs[0]
         bias = add_initializer(model, f"{out.name}_bias", c.astype(np.float32))
@@ -169,7 +128,7 @@ def _fold_after(model: ir.Model, layer: ir.Node, follower: ir.Node, k: np.ndarra
     else:
         old = constant_array(layer.inputs[2]) if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
         old = np.zeros(channels) if old is None else old.astype(np.float64)
-        _set_bias(model, layer, old * k + c)
+        set_bias(model, layer, old * k + c)
     _take_over_name(model, follower, layer.outputs[0])
 
 
@@ -245,7 +204,7 @@ def _fold_before(model: ir.Model, bn: ir.Node, layer: ir.Node, k: np.ndarray, c:
     if layer.op_type == "Conv":
         pads = layer.attributes.get("pads")
         auto_pad = layer.attributes.get("auto_pad")
-        if _attr_int(layer, "group", 1) != 1:
+        if attr_int(layer, "group", 1) != 1:
             return "the following Conv has groups"
         if (pads is not None and any(pads.as_ints())) or (auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID")):
             return "the following Conv pads its input (folding would not be exact)"
@@ -254,26 +213,26 @@ def _fold_before(model: ir.Model, bn: ir.Node, layer: ir.Node, k: np.ndarray, c:
         new_weight = weight * k.reshape(1, -1, *([1] * (weight.ndim - 2)))
         shift = (weight * c.reshape(1, -1, *([1] * (weight.ndim - 2)))).sum(axis=tuple(range(1, weight.ndim)))
     else:
-        if _attr_int(layer, "transA", 0):
+        if attr_int(layer, "transA", 0):
             return "the following Gemm transposes its input"
-        trans_b = _attr_int(layer, "transB", 0)
+        trans_b = attr_int(layer, "transB", 0)
         w_kn = weight.T if trans_b else weight  # (K, N)
         if w_kn.shape[0] != k.size:
             return "BN and Gemm channel counts differ"
         new_weight = (w_kn * k[:, None]).T if trans_b else w_kn * k[:, None]
-        shift = _attr_float(layer, "alpha", 1.0) * (c @ w_kn)
-        beta_attr = _attr_float(layer, "beta", 1.0)
+        shift = attr_float(layer, "alpha", 1.0) * (c @ w_kn)
+        beta_attr = attr_float(layer, "beta", 1.0)
         if len(layer.inputs) > 2 and layer.inputs[2] is not None:
             old = np.broadcast_to(constant_array(layer.inputs[2]).astype(np.float64) * beta_attr, shift.shape)
             shift = shift + old
             layer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         set_initializer(model, weight_value, new_weight.astype(np.float32))
-        _set_bias(model, layer, shift)
+        set_bias(model, layer, shift)
         _bypass(model, bn)
         return None
     set_initializer(model, weight_value, new_weight.astype(np.float32))
     old = constant_array(layer.inputs[2]) if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
-    _set_bias(model, layer, shift if old is None else old.astype(np.float64) + shift)
+    set_bias(model, layer, shift if old is None else old.astype(np.float64) + shift)
     _bypass(model, bn)
     return None
 
