@@ -25,6 +25,7 @@ from qtool.quant.observers import SCHEMES
 from qtool.runtime import input_infos
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.export import export
+from qtool.steps.equalize import equalize
 from qtool.steps.fold import fold_batch_norms
 from qtool.steps.simulate import simulate
 
@@ -225,6 +226,31 @@ def fold_cmd(model, output, as_json):
                "skipped": [{"node": node, "reason": reason} for node, reason in result.skipped]}
     lines = [f"folded {len(result.folded)} BatchNormalization/Mul/Add nodes into their layers; wrote {output}"]
     lines += [f"  left in place: {node}: {reason}" for node, reason in result.skipped]
+    _emit(summary, as_json, lines)
+
+
+@cli.command("equalize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="Output .onnx file (the input is never modified).")
+@click.option("--keep-relu6", is_flag=True,
+              help="Keep ReLU6 (Clip 0..6) activations; the layer pairs they join are then not scaled.")
+@click.option("--no-absorb", is_flag=True, help="Skip high-bias absorption (keeps the float outputs exact).")
+@json_option
+def equalize_cmd(model, output, keep_relu6, no_absorb, as_json):
+    """Cross-layer equalization (white paper 4.3): fold BN, ReLU6 -> ReLU, scale layer pairs, absorb high biases.
+
+    Example: qtool equalize model.onnx -o model_cle.onnx
+    """
+    result = equalize(load_model(model), keep_relu6=keep_relu6, absorb_bias=not no_absorb)
+    save_model(result.model, output)
+    summary = {"output": output, "folded_batch_norms": result.folded, "relu6_replaced": result.relu6_replaced,
+               "pairs_scaled": len(result.pairs), "iterations": result.iterations,
+               "biases_absorbed": result.absorbed,
+               "skipped": [{"layer": layer, "reason": reason} for layer, reason in result.skipped]}
+    lines = [f"folded {result.folded} BN, replaced {result.relu6_replaced} ReLU6 by ReLU, equalized "
+             f"{len(result.pairs)} layer pairs in {result.iterations} iterations, absorbed {result.absorbed} "
+             f"high biases; wrote {output}"]
+    lines += [f"  not scaled: {layer}: {reason}" for layer, reason in result.skipped]
     _emit(summary, as_json, lines)
 
 
