@@ -28,6 +28,8 @@ from qtool.steps.export import export
 from qtool.steps.equalize import equalize
 from qtool.steps.fold import fold_batch_norms
 from qtool.steps.simulate import simulate
+from qtool.weight_ranges import format_table, layer_ranges, ranges_table
+from qtool.plots import plot_ranges
 
 log = logging.getLogger("qtool")
 
@@ -254,17 +256,45 @@ def equalize_cmd(model, output, keep_relu6, no_absorb, as_json):
     _emit(summary, as_json, lines)
 
 
+@cli.command("plot-ranges")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--compare", default=None, help="A second model (e.g. after equalize) drawn beside the first.")
+@click.option("--layers", default=None, help="Comma-separated layer names (default: the widest-spread ones).")
+@click.option("--max-layers", type=click.IntRange(min=1), default=8, show_default=True, help="Layers to draw.")
+@click.option("-o", "--output", required=True, help="Image file: .png, .svg or .pdf.")
+def plot_ranges_cmd(model, compare, layers, max_layers, output):
+    """Draw per-output-channel weight ranges of each layer (white paper figures 4.2-4.3).
+
+    Needs matplotlib (pip install 'qtool[plots]').
+
+    Example: qtool plot-ranges folded.onnx --compare equalized.onnx -o ranges.png
+    """
+    names = [n.strip() for n in layers.split(",")] if layers else None
+    before = layer_ranges(load_model(model), names)
+    after = layer_ranges(load_model(compare), None) if compare else None
+    plot_ranges(before, after, path=output, layers=names, max_layers=len(before) if names else max_layers)
+    click.echo(f"wrote {output}")
+
+
 @cli.command("info")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--config", default="default", show_default=True, help="Runtime config for the quantizer plan.")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (overrides the config).")
+@click.option("--ranges", "show_ranges", is_flag=True,
+              help="Per layer, the widest/narrowest output-channel weight range ratio (high: CLE helps).")
+@click.option("--compare", default=None, help="With --ranges: a second model (e.g. after equalize) side by side.")
 @json_option
-def info_cmd(model, config, per_channel, as_json):
+def info_cmd(model, config, per_channel, show_ranges, compare, as_json):
     """Inputs, outputs, op counts, parameter count and the tensors the plan would quantize.
 
     Example: qtool info model.onnx --config w8a8-per-channel
     """
     graph = load_model(model)
+    if show_ranges:
+        after = layer_ranges(load_model(compare)) if compare else None
+        rows = ranges_table(layer_ranges(graph), after)
+        _emit({"layers": rows}, as_json, [format_table(rows)])
+        return
     plan = build_plan(graph, load_config(config), PlanOptions(per_channel=per_channel))
     ops: dict[str, int] = {}
     for node in graph.graph:
