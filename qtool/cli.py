@@ -23,6 +23,7 @@ from qtool.plan import PlanOptions, build_plan
 from qtool.progress import Bar
 from qtool.quant.observers import SCHEMES
 from qtool.runtime import input_infos
+from qtool.steps.bias_correction import correct_bias
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.export import export
 from qtool.steps.equalize import equalize
@@ -154,9 +155,13 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
 @data_options
 @click.option("--labels", default=None, help="Integer class labels (.npy or .txt, one per sample) for accuracy.")
 @click.option("--bypass", is_flag=True, help="FP32 sanity check: insert no quantizer (must match float exactly).")
+@click.option("--reference", default=None,
+              help="Float model to compare against (default: MODEL itself); e.g. the original model "
+                   "after equalize or bias-correct changed MODEL's float function.")
 @click.option("-o", "--output", default=None, help="Also write the QDQ model to this .onnx file.")
 @json_option
-def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, output, as_json):
+def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, reference, output,
+                 as_json):
     """Run the QDQ model next to the float model and report SQNR, top-1 agreement and accuracy.
 
     Example: qtool simulate out/model.onnx --data eval.npz --labels eval_labels.npy
@@ -168,7 +173,8 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     label_array = load_labels(labels) if labels else None
     result = simulate(graph, enc_set, source.batches(batch_size), labels=label_array, bypass=bypass,
-                      total=source.count(), progress=Bar("simulate"), source=enc_source)
+                      total=source.count(), progress=Bar("simulate"), source=enc_source,
+                      reference=load_model(reference) if reference else None)
     if output:
         save_model(result.qdq_model, output)
     summary = {"samples": result.samples, "seconds": round(result.seconds, 3), "outputs": result.report}
@@ -253,6 +259,50 @@ def equalize_cmd(model, output, keep_relu6, no_absorb, as_json):
              f"{len(result.pairs)} layer pairs in {result.iterations} iterations, absorbed {result.absorbed} "
              f"high biases; wrote {output}"]
     lines += [f"  not scaled: {layer}: {reason}" for layer, reason in result.skipped]
+    _emit(summary, as_json, lines)
+
+
+@cli.command("bias-correct")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--encodings", default=None, help="Encodings JSON (default: MODEL's sibling .encodings.json).")
+@click.option("--data", default=None, help="Calibration data for empirical correction (see calibrate --data).")
+@click.option("--samples", type=click.IntRange(min=1), default=256, show_default=True, help="Use at most N samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Samples per run.")
+@click.option("--preprocess", default=None, help="Image folders: see calibrate --preprocess.")
+@click.option("--analytic", is_flag=True,
+              help="Analytic correction where BN statistics precede the layer (kept by fold/equalize); "
+                   "empirical elsewhere. Without --data, analytic only.")
+@click.option("--iterations", type=click.IntRange(1, 10), default=2, show_default=True,
+              help="Empirical passes over the data.")
+@click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
+              help="AIMET encodings format to write.")
+@click.option("-o", "--output", required=True, help="Output prefix: writes PREFIX.onnx and PREFIX.encodings.json.")
+@json_option
+def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, analytic, iterations,
+                     encoding_version, output, as_json):
+    """Absorb each layer's expected quantization error into its bias (white paper 4.5).
+
+    Example: qtool bias-correct model_cle.onnx --encodings model_cle.encodings.json --data calib.npz -o out/model_bc
+    """
+    if data is None and not analytic:
+        raise QtoolError("bias-correct needs --data (empirical) or --analytic (BN statistics)")
+    graph, enc_set, enc_source = load_pair(model, encodings)
+    batches = None
+    if data is not None:
+        source = open_model_data(graph, data, samples=samples, preprocess=preprocess)
+        batches = lambda: source.batches(batch_size)  # noqa: E731  (one fresh pass each time)
+    result = correct_bias(graph, enc_set, batches, analytic=analytic, iterations=iterations,
+                          progress=Bar("bias-correct", unit="passes"), source=enc_source)
+    prefix = output_prefix(output)
+    with StagedOutputs() as out:
+        save_model(result.model, out.path(f"{prefix}.onnx"))
+        save_encodings(result.encodings, out.path(f"{prefix}.encodings.json"), encoding_version)
+    summary = {"model": f"{prefix}.onnx", "encodings": f"{prefix}.encodings.json",
+               "empirical": result.empirical, "analytic": result.analytic,
+               "skipped": [{"layer": layer, "reason": reason} for layer, reason in result.skipped]}
+    lines = [f"corrected {len(result.empirical)} layers empirically ({result.passes} passes) and "
+             f"{len(result.analytic)} analytically; wrote {prefix}.onnx and {prefix}.encodings.json"]
+    lines += [f"  not corrected: {layer}: {reason}" for layer, reason in result.skipped]
     _emit(summary, as_json, lines)
 
 

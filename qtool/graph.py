@@ -138,7 +138,7 @@ def ensure_opset(model: ir.Model, minimum: int = MIN_QDQ_OPSET, source: str = "m
             f"{source}: cannot convert from opset {opset(model)} to {minimum} for QDQ ({str(exc)[:150]})",
             f"convert the model to opset >= {minimum} first",
         ) from exc
-    log.info("%s: converted from opset %d to %d for QuantizeLinear/DequantizeLinear", source, opset(model), minimum)
+    log.debug("%s: converted from opset %d to %d for QuantizeLinear/DequantizeLinear", source, opset(model), minimum)
     return ir.from_proto(converted)
 
 

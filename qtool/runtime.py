@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from qtool.data import InputInfo
 from qtool.errors import QtoolError
-from qtool.graph import clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name, value_by_name
+from qtool.graph import add_initializer, clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name, value_by_name
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,35 @@ def with_range_taps(model: ir.Model, names: Iterable[str]) -> tuple[ir.Model, di
         else:
             tapped.graph.insert_after(producer, new_nodes)
         outputs[name] = (pair[0], pair[1])
+    return tapped, outputs
+
+
+def with_mean_taps(model: ir.Model, taps: dict[str, tuple[str, list[int]]]) -> tuple[ir.Model, dict[str, str]]:
+    """A copy whose outputs include ReduceMean of named tensors over the given axes.
+
+    `taps`: key -> (tensor name, axes); returns key -> name of the new output. Per-channel means
+    leave the session instead of whole tensors (bias correction needs only those).
+    """
+    tapped = clone(model)
+    values = value_by_name(tapped)
+    axes_as_input = tapped.opset_imports.get("", 1) >= 18
+    outputs = {}
+    for key, (name, axes) in taps.items():
+        value = values[name]
+        out = ir.Value(name=unique_name(tapped, f"{name}_mean"))
+        out.dtype = value.dtype or ir.DataType.FLOAT
+        if axes_as_input:
+            axes_value = add_initializer(tapped, f"{name}_mean_axes", np.asarray(axes, np.int64))
+            node = ir.node("ReduceMean", [value, axes_value], {"keepdims": 0}, outputs=[out])
+        else:
+            node = ir.node("ReduceMean", [value], {"keepdims": 0, "axes": list(axes)}, outputs=[out])
+        producer = value.producer()
+        if producer is None:
+            tapped.graph.insert_before(next(iter(tapped.graph)), node)
+        else:
+            tapped.graph.insert_after(producer, node)
+        tapped.graph.outputs.append(out)
+        outputs[key] = out.name
     return tapped, outputs
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.encodings_io import EncodingSet
+from qtool.errors import QtoolError
 from qtool.metrics import Comparison
 from qtool.progress import Progress, no_progress
 from qtool.qdq import build_qdq_model
@@ -31,11 +32,18 @@ class SimulateResult:
 
 def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str, np.ndarray]], *,
              labels: np.ndarray | None = None, bypass: bool = False, total: int | None = None,
-             progress: Progress = no_progress, source: str = "encodings") -> SimulateResult:
-    """Compare float and quantized outputs over `batches`; `bypass` inserts no quantizer."""
+             progress: Progress = no_progress, source: str = "encodings",
+             reference: ir.Model | None = None) -> SimulateResult:
+    """Compare float and quantized outputs over `batches`; `bypass` inserts no quantizer.
+
+    `reference` is the float model to compare against when it is not the pair's own: after
+    equalize (ReLU6 replaced) or bias-correct (biases changed) the original model is the target.
+    """
     start = time.perf_counter()
     qdq = model if bypass else build_qdq_model(model, encodings, source=source)
-    float_session = make_session(model, simulate=True)
+    if reference is not None:
+        _check_same_interface(reference, model)
+    float_session = make_session(reference or model, simulate=True)
     quant_session = make_session(qdq, simulate=True)
     names = [o.name for o in float_session.get_outputs()]
     limit = max_batch(model)
@@ -49,3 +57,14 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
         seen += len(next(iter(feeds.values())))
         progress(seen, total)
     return SimulateResult(qdq, comparison.report(), seen, time.perf_counter() - start)
+
+
+def _check_same_interface(reference: ir.Model, model: ir.Model) -> None:
+    """The reference must take the same inputs and give the same outputs, by name."""
+    for kind, ours, theirs in (("inputs", model.graph.inputs, reference.graph.inputs),
+                               ("outputs", model.graph.outputs, reference.graph.outputs)):
+        mine = [v.name for v in ours if v.const_value is None]
+        other = [v.name for v in theirs if v.const_value is None]
+        if mine != other:
+            raise QtoolError(f"{reference.meta.get('qtool.source', 'reference')}: {kind} {other} differ from "
+                             f"the model's {mine}", "give the float model the pair was made from")
