@@ -1,0 +1,130 @@
+"""Bias correction removes the mean quantization error it is meant to remove."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qtool.config import load_config
+from qtool.graph import model_bytes
+from qtool.plan import PlanOptions, build_plan
+from qtool.qdq import build_qdq_model
+from qtool.quant import quantize_dequantize
+from qtool.steps.bias_correction import correct_bias
+from qtool.steps.calibrate import calibrate
+from qtool.steps.equalize import equalize
+from qtool.steps.fold import BN_STATS_KEY
+
+RNG = np.random.default_rng(5)
+
+
+def make(nodes, inits, x_shape) -> ir.Model:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ir.from_proto(onnx.shape_inference.infer_shapes(proto))
+
+
+def outputs(model: ir.Model, x: np.ndarray, simulate: bool = False) -> np.ndarray:
+    options = ort.SessionOptions()
+    if simulate:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return ort.InferenceSession(model_bytes(model), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def channel_bias(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
+    """Mean error per output channel (axis 1)."""
+    axes = (0, *range(2, reference.ndim))
+    return (quantized - reference).mean(axis=axes)
+
+
+def pair(model: ir.Model, x: np.ndarray, param_bw: int, bias_quantized: bool = False):
+    config = load_config("default")
+    plan = build_plan(model, config, PlanOptions(param_bw=param_bw))
+    if bias_quantized:
+        from qtool.config import QuantizerSettings
+
+        config = type(config)(**{**config.__dict__, "param_types": {"bias": QuantizerSettings(enabled=True)}})
+        plan = build_plan(model, config, PlanOptions(param_bw=param_bw))
+    return calibrate(model, plan, [{"x": x}]).encodings
+
+
+def depthwise_model(with_bias: bool):
+    """A depthwise conv with few, skewed weights per channel: its quantization error is biased."""
+    c = 8
+    w = np.abs(RNG.normal(0, 1, (c, 1, 3, 3))).astype(np.float32) * np.linspace(0.05, 1, c)[:, None, None, None]
+    w[:, 0, 0, 0] *= 8  # one outlier per channel: rounding the rest is coarse and one-sided
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
+    inputs = ["x", "w"]
+    if with_bias:
+        inits.append(numpy_helper.from_array(RNG.normal(0, 0.1, c).astype(np.float32), "b"))
+        inputs.append("b")
+    nodes = [helper.make_node("Conv", inputs, ["y"], group=c, pads=[1, 1, 1, 1])]
+    return make(nodes, inits, [None, c, 6, 6])
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_empirical_correction_removes_mean_error(with_bias):
+    model = depthwise_model(with_bias)
+    x = np.abs(RNG.normal(1, 1, (32, 8, 6, 6))).astype(np.float32)  # positive inputs, like after ReLU
+    encodings = pair(model, x, param_bw=4)
+    before = channel_bias(outputs(model, x), outputs(build_qdq_model(model, encodings), x, True))
+    result = correct_bias(model, encodings, lambda: [{"x": x[:16]}, {"x": x[16:]}])
+    after = channel_bias(outputs(model, x), outputs(build_qdq_model(result.model, result.encodings), x, True))
+    assert np.abs(before).max() > 0.02
+    assert np.abs(after).max() < np.abs(before).max() / 10
+    conv = next(n for n in result.model.graph if n.op_type == "Conv")
+    assert len(conv.inputs) == 3 and conv.inputs[2] is not None  # a layer without a bias gets one
+
+
+def test_analytic_correction_uses_bn_statistics():
+    c = 6
+    gamma, beta = np.full(c, 1.0, np.float32), np.linspace(0.5, 2.0, c).astype(np.float32)
+    inits = [numpy_helper.from_array(RNG.normal(0, 1, (c, 3, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(gamma, "g"), numpy_helper.from_array(beta, "b"),
+             numpy_helper.from_array(np.zeros(c, np.float32), "m"), numpy_helper.from_array(np.ones(c, np.float32), "v"),
+             numpy_helper.from_array((np.abs(RNG.normal(0, 1, (4, c, 1, 1))) + 0.2).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]),
+             helper.make_node("BatchNormalization", ["c1", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("Relu", ["n"], ["a"]), helper.make_node("Conv", ["a", "w2"], ["y"])]
+    model = equalize(make(nodes, inits, [None, 3, 5, 5]), absorb_bias=False).model  # folds BN, keeps gamma/beta
+    # inputs whose first-layer outputs follow the BN statistics: whiten through the first conv
+    x = RNG.normal(0, 1, (64, 3, 5, 5)).astype(np.float32)
+    encodings = pair(model, x, param_bw=3)
+    encodings.activations.clear()  # weights only: the analytic method sees the weight error only
+    result = correct_bias(model, encodings, None, analytic=True)
+    assert len(result.analytic) == 1 and not result.empirical
+    # the correction equals (W^ - W) E[relu(N(beta, gamma))] summed over the kernel, per channel
+    second = [n for n in model.graph if n.op_type == "Conv"][1]
+    corrected = [n for n in result.model.graph if n.op_type == "Conv"][1]
+    old_bias = second.inputs[2].const_value.numpy() if len(second.inputs) > 2 and second.inputs[2] else np.zeros(4)
+    shift = old_bias - corrected.inputs[2].const_value.numpy()
+    stats = json.loads(model.metadata_props[BN_STATS_KEY])[second.inputs[0].producer().inputs[0].name]
+    g, b = np.abs(np.asarray(stats["gamma"])), np.asarray(stats["beta"])
+    phi = np.exp(-0.5 * (b / g) ** 2) / math.sqrt(2 * math.pi)
+    cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in b / g])
+    mean_x = b * cdf + g * phi  # E[relu(z)], z ~ N(beta, gamma^2)
+    w2 = second.inputs[1].const_value.numpy()
+    w2_hat = quantize_dequantize(w2, encodings.params[second.inputs[1].name])
+    expected = (w2_hat.astype(np.float64) - w2).reshape(4, c) @ mean_x
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(shift, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_quantized_biases_get_new_encodings():
+    model = depthwise_model(with_bias=True)
+    x = np.abs(RNG.normal(1, 1, (16, 8, 6, 6))).astype(np.float32)
+    encodings = pair(model, x, param_bw=4, bias_quantized=True)
+    assert "b" in encodings.params
+    result = correct_bias(model, encodings, lambda: [{"x": x}])
+    new_bias = next(n for n in result.model.graph if n.op_type == "Conv").inputs[2].const_value.numpy()
+    enc = result.encodings.params["b"]
+    assert float(enc.max[0]) >= float(np.abs(new_bias).max()) * 0.999  # the grid covers the new values
+    assert not enc.same_as(encodings.params["b"])
