@@ -26,7 +26,7 @@ from qtool.runtime import input_infos
 from qtool.steps.bias_correction import correct_bias
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.export import export
-from qtool.steps.equalize import equalize
+from qtool.steps.equalize import RELU6_MODES, equalize
 from qtool.steps.fold import fold_batch_norms
 from qtool.steps.simulate import simulate
 from qtool.weight_ranges import format_table, layer_ranges, ranges_table
@@ -240,22 +240,27 @@ def fold_cmd(model, output, as_json):
 @cli.command("equalize")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, help="Output .onnx file (the input is never modified).")
-@click.option("--keep-relu6", is_flag=True,
-              help="Keep ReLU6 (Clip 0..6) activations; the layer pairs they join are then not scaled.")
+@click.option("--relu6", "relu6", type=click.Choice(RELU6_MODES), default="replace", show_default=True,
+              help="ReLU6 (Clip 0..6): 'replace' by ReLU (AIMET; float outputs change where activations "
+                   "exceed 6), 'keep' (the layer pairs it joins are not scaled), or 'bound': ReLU plus a "
+                   "per-channel Min at 6/s, exact, and the pairs are scaled.")
+@click.option("--keep-relu6", is_flag=True, help="Same as --relu6 keep.")
 @click.option("--no-absorb", is_flag=True, help="Skip high-bias absorption (keeps the float outputs exact).")
 @json_option
-def equalize_cmd(model, output, keep_relu6, no_absorb, as_json):
+def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, as_json):
     """Cross-layer equalization (white paper 4.3): fold BN, ReLU6 -> ReLU, scale layer pairs, absorb high biases.
 
     Example: qtool equalize model.onnx -o model_cle.onnx
     """
-    result = equalize(load_model(model), keep_relu6=keep_relu6, absorb_bias=not no_absorb)
+    if keep_relu6 and relu6 not in ("replace", "keep"):
+        raise QtoolError(f"--keep-relu6 conflicts with --relu6 {relu6}")
+    result = equalize(load_model(model), relu6="keep" if keep_relu6 else relu6, absorb_bias=not no_absorb)
     save_model(result.model, output)
     summary = {"output": output, "folded_batch_norms": result.folded, "relu6_replaced": result.relu6_replaced,
                "pairs_scaled": len(result.pairs), "iterations": result.iterations,
                "biases_absorbed": result.absorbed,
                "skipped": [{"layer": layer, "reason": reason} for layer, reason in result.skipped]}
-    lines = [f"folded {result.folded} BN, replaced {result.relu6_replaced} ReLU6 by ReLU, equalized "
+    lines = [f"folded {result.folded} BN, replaced {result.relu6_replaced} ReLU6 ({relu6}), equalized "
              f"{len(result.pairs)} layer pairs in {result.iterations} iterations, absorbed {result.absorbed} "
              f"high biases; wrote {output}"]
     lines += [f"  not scaled: {layer}: {reason}" for layer, reason in result.skipped]

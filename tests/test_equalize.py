@@ -111,7 +111,7 @@ def test_keep_relu6_leaves_those_pairs_unscaled():
             node.attributes["min"] = ir.AttrFloat32("min", 0.0)
             node.attributes["max"] = ir.AttrFloat32("max", 6.0)
     six.opset_imports[""] = 6
-    result = equalize(six, keep_relu6=True)
+    result = equalize(six, relu6="keep")
     assert result.pairs == [] and result.relu6_replaced == 0
     assert "Clip" in result.skipped[0][1]
     np.testing.assert_array_equal(weight(result.model, "w1"), weight(six, "w1"))
@@ -162,3 +162,26 @@ def test_sample_models_keep_their_function(name):
 
     ref = outputs(reference)
     np.testing.assert_allclose(outputs(result.model), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_relu6_bound_mode_scales_through_relu6_and_stays_exact():
+    inits = [numpy_helper.from_array(skewed((6, 3, 3, 3)) * 4, "w1"),
+             numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(6), "six"),
+             numpy_helper.from_array(RNG.normal(0, 1, (4, 6, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "zero", "six"], ["a"]),
+             helper.make_node("Pad", ["a", "pads"], ["p"]),
+             helper.make_node("Conv", ["p", "w2"], ["y"])]
+    inits.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
+    model = make(nodes, inits, [2, 3, 8, 8])
+    x = RNG.normal(0, 2, (2, 3, 8, 8)).astype(np.float32)
+    before = run(model, x)
+    result = equalize(model, relu6="bound")
+    assert len(result.pairs) == 1 and result.relu6_replaced == 1  # through the ReLU6 and the zero Pad
+    assert [n.op_type for n in result.model.graph] == ["Conv", "Relu", "Min", "Pad", "Conv"]
+    np.testing.assert_allclose(run(result.model, x), before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    replaced = equalize(model, relu6="replace")
+    assert np.abs(run(replaced.model, x) - before).max() > 1e-2  # what 'replace' costs: values above 6 pass
+    w1, w2 = weight(result.model, "w1"), weight(result.model, "w2")
+    np.testing.assert_allclose(np.abs(w1).reshape(6, -1).max(1), np.abs(w2).transpose(1, 0, 2, 3).reshape(6, -1).max(1),
+                               rtol=1e-5)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from qtool.graph import set_initializer
+from qtool.graph import add_initializer, constant_array, set_initializer
 from qtool.layers import (
     LINEAR_OPS,
     bias_array,
@@ -45,6 +45,7 @@ from qtool.steps.fold import BN_STATS_KEY, fold_batch_norms
 log = logging.getLogger(__name__)
 
 EQUIVARIANT_ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu"}
+DEAD_CHANNEL = 1e-6
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Pair:
     first: ir.Node
     second: ir.Node
     activation: ir.Node | None
+    pad: ir.Node | None = None
 
 
 def _label(node: ir.Node) -> str:
@@ -109,34 +111,66 @@ def _weight(node: ir.Node) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def find_pairs(model: ir.Model) -> tuple[list[Pair], list[tuple[str, str]]]:
-    """Layer -> [equivariant activation] -> layer chains with single consumers and own weights."""
+def _zero_pad(node: ir.Node) -> bool:
+    """A Pad that adds zeros: it commutes with per-channel positive scaling."""
+    if node.op_type != "Pad":
+        return False
+    mode = node.attributes.get("mode")
+    if mode is not None and mode.as_string() != "constant":
+        return False
+    value = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    return value is None or not np.any(value)
+
+
+def _sole_consumer(value: ir.Value) -> ir.Node | None:
+    consumers = value.consumers()
+    return consumers[0] if len(consumers) == 1 and not value.is_graph_output() else None
+
+
+def find_pairs(model: ir.Model, relu6: str = "replace") -> tuple[list[Pair], list[tuple[str, str]]]:
+    """Layer -> [equivariant activation] -> [zero Pad] -> layer chains, single consumers, own weights.
+
+    With relu6="bound", a ReLU6 counts as equivariant: its bound becomes per channel (6 / s)."""
     pairs, skipped = [], []
     for first in model.graph:
         w1 = _weight(first)
         if w1 is None:
             continue
-        out = first.outputs[0]
-        if out.is_graph_output() or len(out.consumers()) != 1:
-            continue
-        activation, nxt = None, out.consumers()[0]
-        if nxt.op_type in EQUIVARIANT_ACTIVATIONS or nxt.op_type == "Clip":
-            act_out = nxt.outputs[0]
-            if nxt.op_type == "Clip":
+        nxt = _sole_consumer(first.outputs[0])
+        activation = pad = None
+        if nxt is not None and (nxt.op_type in EQUIVARIANT_ACTIVATIONS or nxt.op_type == "Clip"):
+            if nxt.op_type == "Clip" and not (relu6 == "bound" and _is_relu6_activation(nxt)):
                 skipped.append((_label(first), "followed by a Clip (ReLU6 kept): not scale-equivariant"))
                 continue
-            if act_out.is_graph_output() or len(act_out.consumers()) != 1:
-                continue
-            activation, nxt = nxt, act_out.consumers()[0]
-        w2 = _weight(nxt)
-        if w2 is None or nxt.inputs[0] is not (activation or first).outputs[0]:
+            activation, nxt = nxt, _sole_consumer(nxt.outputs[0])
+        if nxt is not None and _zero_pad(nxt):
+            pad, nxt = nxt, _sole_consumer(nxt.outputs[0])
+        w2 = _weight(nxt) if nxt is not None else None
+        if w2 is None or nxt.inputs[0] is not (pad or activation or first).outputs[0]:
             continue
         axis = input_channel_axis(nxt, w2)
         if axis is None or w2.shape[axis] != output_channels(first, w1):
             skipped.append((_label(first), f"next layer {_label(nxt)} has a grouped or mismatched input"))
             continue
-        pairs.append(Pair(first, nxt, activation))
+        pairs.append(Pair(first, nxt, activation, pad))
     return pairs, skipped
+
+
+def _bound_relu6(model: ir.Model, clip: ir.Node, bounds: np.ndarray, channel_rank: int) -> None:
+    """Clip(0, 6) -> Relu then Min with per-channel bounds 6/s: the same function after scaling."""
+    relu = ir.node("Relu", [clip.inputs[0]], name=f"{clip.name or clip.outputs[0].name}_relu")
+    shape = (bounds.size, *([1] * (channel_rank - 2))) if channel_rank > 2 else (bounds.size,)
+    bound = add_initializer(model, f"{clip.outputs[0].name}_bound", bounds.reshape(shape).astype(np.float32))
+    minimum = ir.node("Min", [relu.outputs[0], bound], name=clip.name or None)
+    out = clip.outputs[0]
+    relu.outputs[0].dtype = out.dtype
+    minimum.outputs[0].dtype, minimum.outputs[0].shape = out.dtype, out.shape
+    model.graph.insert_after(clip, [relu, minimum])
+    name = out.name
+    out.replace_all_uses_with(minimum.outputs[0], replace_graph_outputs=True)
+    model.graph.remove(clip, safe=True)
+    out.name = None
+    minimum.outputs[0].name = name
 
 
 def _out_ranges(node: ir.Node, weight: np.ndarray) -> np.ndarray:
@@ -149,12 +183,14 @@ def _in_ranges(node: ir.Node, weight: np.ndarray) -> np.ndarray:
     return np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
 
 
-def _scale_pair(model: ir.Model, pair: Pair, stats: dict) -> float:
+def _scale_pair(model: ir.Model, pair: Pair, stats: dict, bounds: dict[int, np.ndarray]) -> float:
     """Equalize one pair in place; returns the largest |log s| applied (0 when converged)."""
     w1 = pair.first.inputs[1].const_value.numpy().astype(np.float64)
     w2 = pair.second.inputs[1].const_value.numpy().astype(np.float64)
     r1, r2 = _out_ranges(pair.first, w1), _in_ranges(pair.second, w2)
-    valid = (r1 > 0) & (r2 > 0)
+    # near-dead channels (a range below DEAD_CHANNEL of the layer's widest) keep s = 1: scaling
+    # them up would mostly scale their bias up, and with it the activation range of the whole tensor
+    valid = (r1 > DEAD_CHANNEL * r1.max(initial=0)) & (r2 > DEAD_CHANNEL * r2.max(initial=0))
     s = np.ones_like(r1)
     s[valid] = np.sqrt(r1[valid] * r2[valid]) / r2[valid]
     channels = s.size
@@ -165,6 +201,8 @@ def _scale_pair(model: ir.Model, pair: Pair, stats: dict) -> float:
     key = pair.first.outputs[0].name
     if key in stats:
         stats[key] = {k: list(np.asarray(v) / s) for k, v in stats[key].items()}
+    if pair.activation is not None and id(pair.activation) in bounds:
+        bounds[id(pair.activation)] = bounds[id(pair.activation)] / s
     return float(np.max(np.abs(np.log(s)))) if channels else 0.0
 
 
@@ -175,7 +213,7 @@ def _absorb(model: ir.Model, pair: Pair, stats: dict) -> bool:
         return False
     if pair.second.op_type == "MatMul":
         return False  # no bias input to absorb into
-    if pair.second.op_type == "Conv" and _pads(pair.second):
+    if pair.pad is not None or (pair.second.op_type == "Conv" and _pads(pair.second)):
         return False  # zero padding would add W2 c where the unabsorbed model adds nothing
     gamma, beta = np.asarray(stats[key]["gamma"]), np.asarray(stats[key]["beta"])
     c = np.maximum(0.0, beta - 3 * np.abs(gamma))
@@ -205,25 +243,42 @@ def _pads(conv: ir.Node) -> bool:
         auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID"))
 
 
-def equalize(model: ir.Model, *, keep_relu6: bool = False, absorb_bias: bool = True,
+RELU6_MODES = ("replace", "keep", "bound")
+
+
+def equalize(model: ir.Model, *, relu6: str = "replace", absorb_bias: bool = True,
              max_iterations: int = 100, tolerance: float = 1e-6) -> EqualizeResult:
-    """Fold, replace ReLU6, scale every pair to convergence, absorb high biases; a new model."""
+    """Fold, handle ReLU6, scale every pair to convergence, absorb high biases; a new model.
+
+    relu6: "replace" (AIMET: ReLU6 -> ReLU, the float function changes where activations exceed
+    6), "keep" (pairs joined by a ReLU6 are not scaled), or "bound" (qtool: ReLU6 -> ReLU and a
+    per-channel Min at 6 / s, so scaling goes through it and the float function stays exact).
+    """
+    if relu6 not in RELU6_MODES:
+        raise ValueError(f"relu6 must be one of {RELU6_MODES}, not {relu6!r}")
     folded = fold_batch_norms(model)
     model = folded.model
     result = EqualizeResult(model, folded=len(folded.folded))
-    if not keep_relu6:
+    if relu6 == "replace":
         result.relu6_replaced = replace_relu6(model)
         if result.relu6_replaced:
             log.warning("replaced %d ReLU6 (Clip 0..6) by ReLU: float outputs change where activations "
-                        "exceeded 6 (use --keep-relu6 to keep them, and leave those pairs unscaled)",
+                        "exceeded 6 (--relu6 bound keeps them exact, --relu6 keep leaves those pairs unscaled)",
                         result.relu6_replaced)
     stats = json.loads(model.metadata_props.get(BN_STATS_KEY, "{}"))
-    pairs, result.skipped = find_pairs(model)
+    pairs, result.skipped = find_pairs(model, relu6)
     result.pairs = [(_label(p.first), _label(p.second)) for p in pairs]
+    bounds = {id(p.activation): np.full(output_channels(p.first, p.first.inputs[1].const_value.numpy()), 6.0)
+              for p in pairs if p.activation is not None and p.activation.op_type == "Clip"}
     for result.iterations in range(1, max_iterations + 1):
-        change = max((_scale_pair(model, pair, stats) for pair in pairs), default=0.0)
+        change = max((_scale_pair(model, pair, stats, bounds) for pair in pairs), default=0.0)
         if change < tolerance:
             break
+    for pair in pairs:
+        if pair.activation is not None and id(pair.activation) in bounds:
+            rank = len(pair.first.inputs[1].const_value.shape) if pair.first.op_type == "Conv" else 2
+            _bound_relu6(model, pair.activation, bounds[id(pair.activation)], rank)
+            result.relu6_replaced += 1
     if absorb_bias:
         result.absorbed = sum(_absorb(model, pair, stats) for pair in pairs)
     if stats:

@@ -1,0 +1,484 @@
+"""AdaRound: learn, per weight, whether to round down or up (white paper 4.6; Nagel et al. 2020).
+
+One layer at a time, written as a matrix product over *rows* (a Gemm's input vectors, a Conv's
+input patches, see ``qtool.quant.patches``). With s, o (``offset``) and q_max the weight
+encoding's scale, offset and largest grid integer, every weight W gets a continuous V and
+
+    h(V)  = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)        rectified sigmoid, zeta=1.1, gamma=-0.1
+    W~    = s * (clamp(floor(W / s) + h(V) - o, 0, q_max) + o)      soft-quantized weight, on AIMET's grid
+    loss  = mean_rows || W x_fp - W~ x_q ||^2                         reconstruction (sum over outputs)
+          + lambda * sum_weights (1 - |2 h(V) - 1|^beta)              regulariser, pushes h to 0 or 1
+
+x_fp are the float layer's inputs, x_q the inputs the quantized model feeds it (the bias is the
+same on both sides and cancels: targets are the float outputs *without* bias). V starts where
+h(V) is the fractional part W/s - floor(W/s), i.e. at the float weight. For the first
+``warm_start`` fraction of iterations lambda = 0; then beta anneals from ``beta_range[0]`` to
+``beta_range[1]`` with AIMET's cosine schedule (``compute_beta``; ``beta_decay='linear'`` for a
+linear decay). Adam on V (AIMET's optimiser and learning rate), one random mini-batch of rows per
+iteration, analytic gradients. Finally ``W_final = s * (clamp(floor(W/s) + [h(V) >= 0.5] - o,
+0, q_max) + o)``: every weight lies exactly on the encoding's grid (computed with ``dequantize``,
+so it is bit for bit what the quantization simulation produces).
+
+The reconstruction loss is AIMET's ``compute_recon_loss``: squared error summed over a row's
+outputs, averaged over rows; the regulariser is summed over weights (``compute_round_loss``), so
+``reg_param`` means what it means in AIMET.
+
+Implementation notes. Only weights whose floor lies in [0, q_max - 1] on the integer grid can
+move (rounding up keeps them on the grid); the others are clamped either way, so the soft weight
+is ``W~ = low + step * h`` with ``low`` the weight at h = 0 and ``step`` = s or 0. That is the same
+function as the clamp formula (tested), and gives the gradient in one product. Everything in
+the loop is float32 with preallocated buffers. Grouped convolutions are batched over groups:
+depthwise-like layers (one output per group) as one contraction over a (rows, taps, groups)
+copy of the inputs, other grouped layers as one stacked matmul (groups, rows, K_g).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qtool.quant.encoding import Encoding, dequantize, quantize, quantize_dequantize
+from qtool.quant.patches import sample_rows
+
+logger = logging.getLogger(__name__)
+
+ZETA = 1.1  # stretch of the rectified sigmoid (AIMET AdaroundConstants.ZETA)
+GAMMA = -0.1  # (AIMET AdaroundConstants.GAMMA)
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam defaults, which AIMET uses
+ADAM_EPS = 1e-8
+BETA_DECAYS = ("cosine", "linear")
+
+
+@dataclass(frozen=True)
+class AdaRoundParams:
+    """AdaRound's hyper-parameters, with AIMET's defaults."""
+
+    iterations: int = 10000
+    reg_param: float = 0.01  # lambda: weight of the rounding regulariser against the reconstruction
+    beta_range: tuple[float, float] = (20.0, 2.0)  # regulariser exponent, annealed from [0] to [1]
+    warm_start: float = 0.2  # fraction of iterations with lambda = 0 (reconstruction only)
+    batch_size: int = 256  # rows (output positions) per iteration
+    learning_rate: float = 1e-3  # Adam's
+    seed: int = 0  # mini-batch sampling
+    beta_decay: str = "cosine"  # AIMET's cosine annealing of beta, or "linear"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.iterations < 1:
+            problems.append(f"iterations must be >= 1, not {self.iterations}")
+        if self.reg_param < 0:
+            problems.append(f"reg_param must be >= 0, not {self.reg_param}")
+        if len(self.beta_range) != 2 or min(self.beta_range) <= 0:
+            problems.append(f"beta_range must be two positive numbers, not {self.beta_range}")
+        if not 0 <= self.warm_start < 1:
+            problems.append(f"warm_start must be in [0, 1), not {self.warm_start}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, not {self.batch_size}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be > 0, not {self.learning_rate}")
+        if self.beta_decay not in BETA_DECAYS:
+            problems.append(f"beta_decay must be one of {', '.join(BETA_DECAYS)}, not {self.beta_decay!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# The terms of the loss, one function each
+
+
+def rectified_sigmoid(v: np.ndarray) -> np.ndarray:
+    """h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1), in V's dtype."""
+    v = np.asarray(v)
+    # sigmoid(v) = (1 + tanh(v / 2)) / 2 is overflow-free; so h = 0.5 + (zeta-gamma)/2 * tanh(v / 2)
+    half = (ZETA - GAMMA) / 2
+    return np.clip((ZETA + GAMMA) / 2 + half * np.tanh(v * 0.5), 0, 1).astype(v.dtype, copy=False)
+
+
+def rectified_sigmoid_grad(v: np.ndarray) -> np.ndarray:
+    """dh/dV: (zeta - gamma) * sigmoid'(V) where h is not clipped, 0 where it is."""
+    v = np.asarray(v)
+    t = np.tanh(v * 0.5)
+    half = (ZETA - GAMMA) / 2
+    raw = (ZETA + GAMMA) / 2 + half * t
+    grad = half * 0.5 * (1 - t * t)  # (zeta - gamma) * s(1-s), s = (1+t)/2
+    return np.where((raw > 0) & (raw < 1), grad, 0).astype(v.dtype, copy=False)
+
+
+def inverse_rectified_sigmoid(h: np.ndarray) -> np.ndarray:
+    """The V with h(V) = h for h in [0, 1] (the unclipped branch): -log((zeta-gamma)/(h-gamma) - 1)."""
+    h = np.asarray(h)
+    return (-np.log((ZETA - GAMMA) / (h - GAMMA) - 1)).astype(h.dtype, copy=False)
+
+
+def reconstruction_loss(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """AIMET's reconstruction loss mean_rows sum_outputs (pred - target)^2 and its gradient in pred.
+
+    ``pred`` and ``target`` are (rows, outputs); the gradient is 2 (pred - target) / rows.
+    """
+    diff = pred - target
+    loss = float(np.einsum("ij,ij->", diff, diff)) / len(diff)
+    diff *= 2 / len(diff)
+    return loss, diff
+
+
+def rounding_regularizer(h: np.ndarray, beta: float, reg_param: float) -> tuple[float, np.ndarray]:
+    """lambda * sum(1 - |2h - 1|^beta) and its gradient in h: -2 lambda beta |2h-1|^(beta-1) sign(2h-1)."""
+    u = 2 * h - 1
+    mag = np.abs(u)
+    powered = np.power(mag, beta - 1, dtype=h.dtype)  # |u|^(beta-1)
+    loss = reg_param * float(u.size - np.einsum("i,i->", powered.ravel(), mag.ravel()))
+    grad = np.copysign(powered, u, out=powered)
+    grad *= -2 * reg_param * beta
+    return loss, grad
+
+
+def annealed_beta(iteration: int, params: AdaRoundParams) -> float | None:
+    """beta at ``iteration`` (0-based), or None during the warm start (no regulariser).
+
+    As AIMET: warm while iteration < warm_start * iterations, then beta decays from beta_range[0]
+    at the end of the warm start towards beta_range[1] at the last iteration.
+    """
+    warm_end = params.warm_start * params.iterations
+    if iteration < warm_end:
+        return None
+    start, end = params.beta_range
+    rel = (iteration - warm_end) / (params.iterations - warm_end)
+    if params.beta_decay == "linear":
+        return float(end + (start - end) * max(0.0, 1.0 - rel))
+    return float(end + 0.5 * (start - end) * (1.0 + math.cos(rel * math.pi)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight grid and the layer as matrix products
+
+
+@dataclass(frozen=True)
+class RoundingGrid:
+    """A weight matrix placed on its encoding's grid: soft weight ``low + step * h``.
+
+    ``floor`` is floor(W/s) - offset (the grid integer below W), ``rest`` the fractional part
+    W/s - floor(W/s) in [0, 1), ``low`` the soft weight at h = 0 (clamped onto the grid), ``step``
+    s where floor is in [0, q_max - 1] and 0 elsewhere (such weights are clamped whatever h is).
+    """
+
+    floor: np.ndarray
+    rest: np.ndarray
+    low: np.ndarray
+    step: np.ndarray
+    enc: Encoding
+
+    @classmethod
+    def from_weight(cls, weight: np.ndarray, enc: Encoding, dtype=np.float32) -> RoundingGrid:
+        if enc.is_float:
+            raise ValueError("AdaRound needs an integer encoding; this one is a float cast")
+        if enc.axis not in (None, 0):
+            raise ValueError(f"the encoding must be per tensor or per output channel (axis 0), not axis {enc.axis}")
+        weight = np.asarray(weight)
+        if weight.ndim != 2:
+            raise ValueError(f"weight must be a matrix (out, K), got shape {weight.shape}")
+        if enc.axis == 0 and len(enc.scale) != weight.shape[0]:
+            raise ValueError(f"per-channel encoding has {len(enc.scale)} channels, the weight {weight.shape[0]} rows")
+        per_row = enc.axis == 0 and weight.shape[0] > 0
+        scale = enc.scale.reshape(-1, 1) if per_row else enc.scale.reshape(())
+        offset = (enc.offset.reshape(-1, 1) if per_row else enc.offset.reshape(())).astype(np.float32)
+        # the division in float32 as quantize() (and onnxruntime) does, so nearest rounding matches
+        scaled = np.asarray(weight, np.float32) / scale
+        below = np.floor(scaled)
+        rest = (scaled - below).astype(dtype)
+        floor = below - offset
+        low = scale * (np.clip(floor, 0, enc.qmax) + offset)
+        movable = (floor >= 0) & (floor <= enc.qmax - 1)
+        step = np.where(movable, scale, np.float32(0))
+        return cls(floor.astype(np.float32), rest, low.astype(dtype), step.astype(dtype), enc)
+
+    def soft(self, h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """W~ = low + step * h (equal to s * (clamp(floor + h, 0, q_max) + o) for h in [0, 1])."""
+        out = np.multiply(self.step, h, out=out)
+        out += self.low
+        return out
+
+    def quantized(self, up: np.ndarray) -> np.ndarray:
+        """Grid integers clamp(floor + up, 0, q_max) for a 0/1 rounding decision ``up``."""
+        return np.clip(self.floor + up, 0, self.enc.qmax).astype(np.float32)
+
+    def relayout(self, fn: Callable[[np.ndarray], np.ndarray]) -> RoundingGrid:
+        """The same grid with every per-weight array passed through ``fn`` (a transposition)."""
+        return RoundingGrid(fn(self.floor), fn(self.rest), fn(self.low), fn(self.step), self.enc)
+
+
+class LayerRows:
+    """A (grouped) linear layer's inputs as rows, with the forward and weight-gradient products.
+
+    ``x`` is (N, K) or (N, groups, K_g); the weight is (out, K_g) with ``out = groups * out_g`` and
+    output o reading group o // out_g, as ONNX Conv groups its channels.
+
+    Weights are handled in an *internal layout* (``to_internal`` / ``to_original``) and batches in
+    the layout ``gather`` returns, each chosen for fast products without loops over groups:
+
+    * dense (groups = 1): weight (out, K), batch (B, K): two GEMMs.
+    * depthwise-like (one output per group): weight (K_g, groups), batch (B, K_g, groups): the
+      contraction over the few taps runs along contiguous groups (einsum).
+    * other grouped layers: weight (out, K_g), batch (groups, B, K_g): stacked GEMMs (matmul).
+    """
+
+    def __init__(self, x: np.ndarray, groups: int, out: int, dtype=np.float32) -> None:
+        x = np.asarray(x, dtype)
+        if x.ndim == 2:
+            x = x[:, None, :]
+        if x.ndim != 3 or x.shape[1] != groups:
+            raise ValueError(f"inputs must be (N, K) or (N, groups={groups}, K_g), got shape {x.shape}")
+        if groups < 1 or out % groups:
+            raise ValueError(f"{out} outputs cannot be split into {groups} groups")
+        self.groups, self.out, self.out_g, self.k = groups, out, out // groups, x.shape[2]
+        self.rows = x.shape[0]
+        self.taps_major = groups > 1 and self.out_g == 1
+        if self.taps_major:
+            self.x = np.ascontiguousarray(x.transpose(0, 2, 1))  # (N, K_g, groups): one copy
+        elif groups == 1:
+            self.x = x.reshape(self.rows, self.k)
+        else:
+            self.x = x
+
+    def to_internal(self, w: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(w.T) if self.taps_major else np.ascontiguousarray(w)
+
+    def to_original(self, w: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(w.T) if self.taps_major else w
+
+    def gather(self, rows: np.ndarray | slice | None) -> np.ndarray:
+        """The batch of the given rows (all if None) in the layout forward/weight_grad take."""
+        xb = self.x if rows is None else self.x[rows]
+        if self.groups > 1 and not self.taps_major:
+            xb = np.ascontiguousarray(xb.transpose(1, 0, 2))  # (groups, B, K_g)
+        return xb
+
+    def forward(self, w: np.ndarray, xb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Outputs (B, out) of the internal-layout weight on a batch (no bias)."""
+        if self.groups == 1:
+            return np.matmul(xb, w.T, out=out)
+        if self.taps_major:
+            return np.einsum("bkg,kg->bg", xb, w, out=out)
+        wg = w.reshape(self.groups, self.out_g, self.k)
+        y = np.matmul(xb, wg.transpose(0, 2, 1))  # (groups, B, out_g)
+        y = y.transpose(1, 0, 2).reshape(xb.shape[1], self.out)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def weight_grad(self, grad_out: np.ndarray, xb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """d loss / d W in the internal layout from d loss / d outputs (B, out)."""
+        if self.groups == 1:
+            return np.matmul(grad_out.T, xb, out=out)
+        if self.taps_major:
+            return np.einsum("bg,bkg->kg", grad_out, xb, out=out)
+        gg = grad_out.reshape(-1, self.groups, self.out_g).transpose(1, 2, 0)  # (groups, out_g, B)
+        g = np.matmul(gg, xb).reshape(self.out, self.k)
+        if out is None:
+            return g
+        out[...] = g
+        return out
+
+    def outputs(self, w: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Outputs on all rows (internal-layout weight), in chunks of rows to bound temporaries."""
+        parts = [self.forward(w, self.gather(slice(i, i + chunk))) for i in range(0, self.rows, chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.out), w.dtype)
+
+
+def adaround_loss(
+    v: np.ndarray,
+    grid: RoundingGrid,
+    layer: LayerRows,
+    xb: np.ndarray,
+    target: np.ndarray,
+    beta: float | None,
+    reg_param: float,
+) -> tuple[float, float, np.ndarray]:
+    """The whole loss at V on one batch: (reconstruction, regulariser, d loss / d V).
+
+    The reference composition of the terms above (``v`` and ``grid`` in the layer's internal
+    layout, ``xb`` from ``layer.gather``); ``beta=None`` is the warm start (reconstruction only).
+    Follows the dtype of ``v``. The optimisation loop computes the same gradient fused in place.
+    """
+    h = rectified_sigmoid(v)
+    recon, grad_pred = reconstruction_loss(layer.forward(grid.soft(h), xb), target)
+    grad_h = layer.weight_grad(grad_pred, xb) * grid.step
+    reg = 0.0
+    if beta is not None:
+        reg, grad_reg = rounding_regularizer(h, beta, reg_param)
+        grad_h += grad_reg
+    return recon, reg, grad_h * rectified_sigmoid_grad(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimisation
+
+
+class _FusedGradient:
+    """``adaround_loss``'s gradient in V, fused and in place in float32 (the loop's hot path).
+
+    One tanh serves h and dh/dV; the regulariser's |u|^(beta-1) sign(u) is computed as
+    u * exp((beta-2) log|u|) (no pow, no copysign) when beta >= 2; loss values are not computed.
+    """
+
+    _HALF = (ZETA - GAMMA) / 2  # h = 0.5 + _HALF * tanh(v/2) before clipping (zeta + gamma = 1)
+    _EDGE = (1 - (ZETA + GAMMA) / 2) / _HALF  # |tanh(v/2)| beyond which h is clipped
+
+    def __init__(self, grid: RoundingGrid, layer: LayerRows, batch: int) -> None:
+        self.grid, self.layer = grid, layer
+        shape = grid.step.shape
+        self.t, self.h, self.a, self.b, self.grad = (np.empty(shape, np.float32) for _ in range(5))
+        self.mask = np.empty(shape, bool)
+        self.pred = np.empty((batch, layer.out), np.float32)
+
+    def __call__(self, v: np.ndarray, xb: np.ndarray, tb: np.ndarray, beta: float | None, reg_param: float):
+        t, h, a, grad, mask = self.t, self.h, self.a, self.grad, self.mask
+        np.multiply(v, 0.5, out=t)
+        np.tanh(t, out=t)
+        np.multiply(t, self._HALF, out=h)
+        h += (ZETA + GAMMA) / 2
+        np.clip(h, 0, 1, out=h)
+        # reconstruction: d/dW~ = X^T 2 (W~ X - T) / B, and dW~/dh = step
+        pred = self.pred[: len(tb)]
+        self.layer.forward(self.grid.soft(h, out=a), xb, out=pred)
+        pred -= tb
+        pred *= 2 / len(tb)
+        self.layer.weight_grad(pred, xb, out=grad)
+        grad *= self.grid.step
+        if beta is not None and reg_param:
+            self._add_regularizer(h, beta, reg_param)
+        # dh/dV = (zeta - gamma) sigmoid (1 - sigmoid) = _HALF / 2 * (1 - tanh^2), 0 where clipped
+        np.multiply(t, t, out=a)
+        np.subtract(1, a, out=a)
+        a *= self._HALF / 2
+        np.abs(t, out=t)
+        np.less(t, self._EDGE, out=mask)
+        np.multiply(a, mask, out=a)  # (boolean-index assignment is ~10x slower)
+        grad *= a
+        return grad
+
+    def _add_regularizer(self, h: np.ndarray, beta: float, reg_param: float) -> None:
+        a, b, grad = self.a, self.b, self.grad
+        np.multiply(h, 2, out=a)
+        a -= 1  # u = 2h - 1
+        if beta >= 2:
+            np.abs(a, out=b)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.log(b, out=b)
+                b *= beta - 2
+                np.exp(b, out=b)  # |u|^(beta-2): 0 at u = 0 for beta > 2
+            if beta == 2:
+                b.fill(1)
+            b *= a  # |u|^(beta-1) sign(u)
+        else:
+            _, b[...] = rounding_regularizer(h, beta, 1.0)
+            b /= -2 * beta
+        b *= -2 * reg_param * beta
+        grad += b
+
+
+class _Adam:
+    """torch.optim.Adam's update on one float32 array, in place, with preallocated buffers."""
+
+    def __init__(self, param: np.ndarray, lr: float) -> None:
+        self.param, self.lr, self.t = param, lr, 0
+        self.m = np.zeros_like(param)
+        self.v = np.zeros_like(param)
+        self.tmp = np.empty_like(param)
+
+    def step(self, grad: np.ndarray) -> None:
+        b1, b2 = ADAM_BETAS
+        self.t += 1
+        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+        m, v, tmp = self.m, self.v, self.tmp
+        np.subtract(grad, m, out=tmp)  # m += (1 - b1) (g - m)
+        tmp *= 1 - b1
+        m += tmp
+        np.multiply(grad, grad, out=tmp)  # v += (1 - b2) (g^2 - v)
+        tmp -= v
+        tmp *= 1 - b2
+        v += tmp
+        # param -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), multiplied through by sqrt(bc2)
+        root = math.sqrt(bc2)
+        np.sqrt(v, out=tmp)
+        tmp += ADAM_EPS * root
+        np.divide(m, tmp, out=tmp)
+        tmp *= self.lr * root / bc1
+        self.param -= tmp
+
+
+def adaround_matrix(
+    weight: np.ndarray,
+    enc: Encoding,
+    x_q: np.ndarray,
+    target: np.ndarray,
+    params: AdaRoundParams,
+    *,
+    groups: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, dict]:
+    """AdaRound one layer given as a matrix; returns (rounded weight on the grid, stats).
+
+    weight: (out, K), or (out, K_g) for a grouped layer (out = groups * out_g, output o reading
+        input group o // out_g as ONNX Conv does), e.g. a Conv weight reshaped to (out, -1).
+    enc: the weight's integer encoding, per tensor or per output channel (axis 0).
+    x_q: the layer's inputs in the quantized model, (N, K) or (N, groups, K_g) rows
+        (``conv_patches`` of the quantized input for a Conv).
+    target: (N, out) the float layer's outputs on the *float* inputs, *without* the bias
+        (the bias is the same on both sides of the reconstruction error, so it cancels).
+    progress: called as progress(iterations done, iterations) about a hundred times.
+
+    The result is float32, shaped like ``weight``, and every entry is exactly
+    ``dequantize(q, enc)`` for an integer q in [0, q_max]. Stats: ``loss_nearest`` and
+    ``loss_adaround`` (the reconstruction loss on all N rows, mean over rows of the squared
+    error summed over outputs, for round-to-nearest and for the result), ``flipped`` (fraction of
+    weights rounded differently from nearest), ``iterations`` and ``seconds``.
+    """
+    start = time.perf_counter()
+    weight = np.asarray(weight, np.float32)
+    target = np.asarray(target, np.float32)
+    grid_original = RoundingGrid.from_weight(weight, enc)
+    layer = LayerRows(x_q, groups, weight.shape[0])
+    if weight.shape[1] != layer.k:
+        raise ValueError(f"weight has {weight.shape[1]} inputs per output, the rows {layer.k}")
+    if target.shape != (layer.rows, layer.out):
+        raise ValueError(f"target must be (N={layer.rows}, out={layer.out}), got shape {target.shape}")
+    if layer.rows == 0:
+        raise ValueError("AdaRound needs at least one row of inputs")
+    grid = grid_original.relayout(layer.to_internal)
+
+    rng = np.random.default_rng(params.seed)
+    v = inverse_rectified_sigmoid(grid.rest)  # h(V) = fractional part: starts at the float weight
+    adam = _Adam(v, params.learning_rate)
+    batch = min(params.batch_size, layer.rows)
+    gradient = _FusedGradient(grid, layer, batch)
+    whole = layer.gather(None) if batch == layer.rows else None
+    every = max(1, params.iterations // 100)
+    for it in range(params.iterations):
+        if whole is None:
+            rows = sample_rows(batch, layer.rows, rng)
+            xb, tb = layer.gather(rows), target[rows]
+        else:
+            xb, tb = whole, target
+        adam.step(gradient(v, xb, tb, annealed_beta(it, params), params.reg_param))
+        if progress is not None and ((it + 1) % every == 0 or it + 1 == params.iterations):
+            progress(it + 1, params.iterations)
+
+    up = layer.to_original((rectified_sigmoid(v) >= 0.5).astype(np.float32))
+    q_final = grid_original.quantized(up)
+    final = dequantize(q_final, enc)
+    nearest = quantize_dequantize(weight, enc)
+    stats = {
+        "loss_nearest": reconstruction_loss(layer.outputs(layer.to_internal(nearest)), target)[0],
+        "loss_adaround": reconstruction_loss(layer.outputs(layer.to_internal(final)), target)[0],
+        "flipped": float(np.mean(q_final != quantize(weight, enc))) if weight.size else 0.0,
+        "iterations": params.iterations,
+        "seconds": time.perf_counter() - start,
+    }
+    logger.debug("adaround %s: %s", weight.shape, stats)
+    return final, stats
