@@ -23,6 +23,8 @@ from qtool.plan import PlanOptions, build_plan
 from qtool.progress import Bar
 from qtool.quant.observers import SCHEMES
 from qtool.runtime import input_infos
+from qtool.quant.adaround import AdaRoundParams
+from qtool.steps.adaround import AdaRoundOptions, adaround
 from qtool.steps.bias_correction import correct_bias
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.export import export
@@ -308,6 +310,80 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
     lines = [f"corrected {len(result.empirical)} layers empirically ({result.passes} passes) and "
              f"{len(result.analytic)} analytically; wrote {prefix}.onnx and {prefix}.encodings.json"]
     lines += [f"  not corrected: {layer}: {reason}" for layer, reason in result.skipped]
+    _emit(summary, as_json, lines)
+
+
+@cli.command("adaround")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("--encodings", default=None,
+              help="Encodings to start from (default: calibrate MODEL first with --config/--param-bw/--act-bw).")
+@click.option("--config", default="default", show_default=True, help="Runtime config when calibrating first.")
+@click.option("--param-bw", type=click.IntRange(2, 8), default=4, show_default=True, help="Weight bit-width.")
+@click.option("--act-bw", type=click.IntRange(2, 16), default=8, show_default=True, help="Activation bit-width.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight granularity.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Optimisation steps per layer [10000; --fast 2000].")
+@click.option("--num-batches", type=click.IntRange(min=1), default=None,
+              help="Batches of --batch-size samples to use (default: all of --samples).")
+@click.option("--reg-param", type=float, default=0.01, show_default=True, help="Rounding regulariser weight (lambda).")
+@click.option("--beta-range", type=(float, float), default=(20.0, 2.0), show_default=True,
+              help="Regulariser temperature, annealed from the first to the second value.")
+@click.option("--warm-start", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Fraction of iterations with reconstruction loss only.")
+@click.option("--rows", type=click.IntRange(min=64), default=None, help="Sampled output positions per layer [4096; --fast 2048].")
+@click.option("--layers", default=None, help="Comma-separated layers to adaround (default: all).")
+@click.option("--exclude", default=None, help="Comma-separated layers to leave at round-to-nearest.")
+@click.option("--sequential", is_flag=True, help="Re-collect quantized inputs after each layer (AIMET's way; slower).")
+@click.option("--fast", is_flag=True, help="Preset: 2000 iterations, 2048 rows per layer.")
+@click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
+              help="AIMET encodings format to write.")
+@click.option("-o", "--output", required=True, help="Output prefix: PREFIX.onnx (adarounded weights) + PREFIX.encodings.json.")
+@json_option
+def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, config, param_bw, act_bw, per_channel,
+                 iterations, num_batches, reg_param, beta_range, warm_start, rows, layers, exclude, sequential,
+                 fast, encoding_version, output, as_json):
+    """Adaptive weight rounding (white paper 4.6): learn up/down rounding per weight, layer by layer.
+
+    Writes the adarounded model and encodings whose weight encodings are frozen (calibrate keeps
+    them and recomputes activation encodings only).
+
+    Example: qtool adaround model.onnx --data calib.npz --param-bw 4 -o out/model_w4
+    """
+    if num_batches is not None:
+        samples = min(samples or num_batches * batch_size, num_batches * batch_size)
+    graph = load_model(model)
+    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel))
+    if encodings:
+        graph, start_enc, enc_source = load_pair(model, encodings)
+    else:
+        start_enc = calibrate(graph, plan, source.batches(batch_size), total=source.count(),
+                              progress=Bar("calibrate")).encodings
+        enc_source = f"{model} (calibrated)"
+    params = AdaRoundParams(iterations=iterations or (2000 if fast else 10000), reg_param=reg_param,
+                            beta_range=tuple(beta_range), warm_start=warm_start, seed=seed)
+    options = AdaRoundOptions(params, rows or (2048 if fast else 4096),
+                              tuple(n.strip() for n in layers.split(",")) if layers else None,
+                              tuple(n.strip() for n in exclude.split(",")) if exclude else (), sequential)
+    total = source.count() or 1
+    bar = Bar("adaround", unit="layers")
+    result = adaround(graph, start_enc, lambda: source.batches(batch_size), -(-total // batch_size), options,
+                      progress=bar, source=enc_source)
+    final = calibrate(result.model, plan, source.batches(batch_size), frozen=result.encodings,
+                      total=source.count()).encodings if not encodings else result.encodings
+    prefix = output_prefix(output)
+    with StagedOutputs() as out:
+        save_model(result.model, out.path(f"{prefix}.onnx"))
+        save_encodings(final, out.path(f"{prefix}.encodings.json"), encoding_version)
+    rows_out = [vars(report) for report in result.layers]
+    summary = {"model": f"{prefix}.onnx", "encodings": f"{prefix}.encodings.json", "seconds": round(result.seconds, 2),
+               "layers": rows_out, "skipped": [{"layer": n, "reason": r} for n, r in result.skipped]}
+    lines = [f"adarounded {len(result.layers)} layers in {result.seconds:.1f}s "
+             f"({params.iterations} iterations, {options.rows} rows per layer)"]
+    lines += [f"  {r.layer}: reconstruction MSE {r.loss_nearest:.4g} (nearest) -> {r.loss_adaround:.4g}, "
+              f"{100 * r.flipped:.1f}% flipped, {r.seconds:.1f}s" for r in result.layers]
+    lines += [f"  not adarounded: {n}: {r}" for n, r in result.skipped]
+    lines.append(f"wrote {prefix}.onnx and {prefix}.encodings.json")
     _emit(summary, as_json, lines)
 
 

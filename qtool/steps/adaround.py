@@ -1,0 +1,199 @@
+"""AdaRound: learn, per layer, whether each weight rounds up or down (white paper 4.6).
+
+For every Conv / Gemm / MatMul with a constant weight and an integer weight encoding, in graph
+order: the layer is written as a matrix product (convolutions through im2col patches), its
+inputs are sampled at the same output positions in the float model (x_fp) and in the simulated
+quantized model (x_q), and `qtool.quant.adaround.adaround_matrix` optimises the rounding so that
+W~ x_q reproduces W x_fp. The rounded weights go into the model (they lie exactly on the grid) and
+their encodings are marked frozen, so that `calibrate` recomputes activation encodings only.
+
+Inputs are streamed: per batch only the sampled rows of each layer are kept (`rows` in all per
+layer, spread evenly over the batches), so memory does not grow with the number of samples.
+By default x_q comes from one pass of the model quantized with round-to-nearest weights; with
+`sequential` it is re-collected after each layer from the model adarounded so far (AIMET's way:
+one model pass per layer, slower, slightly better on deep networks).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from qtool.encodings_io import EncodingSet
+from qtool.errors import QtoolError
+from qtool.graph import clone, set_initializer
+from qtool.layers import attr_int
+from qtool.progress import Progress, no_progress
+from qtool.qdq import build_qdq_model
+from qtool.quant import Encoding
+from qtool.quant.adaround import AdaRoundParams, adaround_matrix
+from qtool.quant.patches import conv_patches, sample_rows
+from qtool.runtime import make_session, run_batches, with_taps
+
+Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class AdaRoundOptions:
+    params: AdaRoundParams = AdaRoundParams()
+    rows: int = 4096  # sampled output positions per layer
+    layers: tuple[str, ...] | None = None  # only these (node or output names)
+    exclude: tuple[str, ...] = ()
+    sequential: bool = False
+
+
+@dataclass
+class LayerReport:
+    layer: str
+    seconds: float
+    loss_nearest: float
+    loss_adaround: float
+    flipped: float
+
+
+@dataclass
+class AdaRoundResult:
+    model: ir.Model
+    encodings: EncodingSet
+    layers: list[LayerReport] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _matrix(layer: ir.Node, weight: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(W as (out, K) with output channels on axis 0, groups), or None when not supported."""
+    if layer.op_type == "Conv" and weight.ndim == 4:
+        return weight.reshape(weight.shape[0], -1), attr_int(layer, "group", 1)
+    if layer.op_type == "Gemm" and not attr_int(layer, "transA", 0):
+        return (weight if attr_int(layer, "transB", 0) else weight.T), 1
+    if layer.op_type == "MatMul" and weight.ndim == 2 and layer.inputs[1] is not None:
+        return weight.T, 1
+    return None
+
+
+def _from_matrix(layer: ir.Node, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if layer.op_type == "Conv" or (layer.op_type == "Gemm" and attr_int(layer, "transB", 0)):
+        return matrix.reshape(shape)
+    return matrix.T.reshape(shape)
+
+
+def _matrix_encoding(layer: ir.Node, enc: Encoding) -> Encoding:
+    """The weight encoding re-expressed for the (out, K) matrix: per channel means axis 0 there."""
+    return Encoding(enc.bw, enc.scale, enc.offset, enc.symmetric, enc.dtype, 0 if enc.per_channel else None)
+
+
+def _rows(layer: ir.Node, x: np.ndarray, groups: int) -> np.ndarray:
+    """The layer's input as rows (positions, groups, K_g)."""
+    if layer.op_type == "Conv":
+        kernel = layer.inputs[1].const_value.shape[2:] if layer.inputs[1].const_value is not None else None
+        spatial = x.ndim - 2
+        attr = layer.attributes
+        strides = attr["strides"].as_ints() if "strides" in attr else [1] * spatial
+        dilations = attr["dilations"].as_ints() if "dilations" in attr else [1] * spatial
+        pads = attr["pads"].as_ints() if "pads" in attr else [0] * 2 * spatial
+        return conv_patches(x, tuple(int(k) for k in kernel), strides, pads, dilations, groups)
+    return x.reshape(-1, 1, x.shape[-1])
+
+
+def _targets(layer: ir.Node, rows_fp: np.ndarray, matrix: np.ndarray, groups: int) -> np.ndarray:
+    """W x_fp for every sampled row: (rows, out)."""
+    out = matrix.shape[0]
+    per_group = out // groups
+    w = matrix.reshape(groups, per_group, -1)
+    return np.einsum("rgk,gok->rgo", rows_fp, w, optimize=True).reshape(len(rows_fp), out)
+
+
+def _candidates(model: ir.Model, encodings: EncodingSet, options: AdaRoundOptions
+                ) -> tuple[list[ir.Node], list[tuple[str, str]]]:
+    chosen, skipped = [], []
+    wanted = set(options.layers) if options.layers else None
+    for index, node in enumerate(model.graph):
+        if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or len(node.inputs) < 2:
+            continue
+        weight = node.inputs[1]
+        if weight is None or weight.const_value is None or weight.name not in encodings.params:
+            continue
+        if not node.name:
+            node.name = f"qtool_layer_{index}_{node.op_type}"
+        names = {node.name, node.outputs[0].name}
+        if (wanted is not None and not names & wanted) or names & set(options.exclude):
+            continue
+        enc = encodings.params[weight.name]
+        if enc.is_float or enc.frozen:
+            skipped.append((node.name, "weight encoding is float or frozen already"))
+        elif _matrix(node, weight.const_value.numpy()) is None:
+            skipped.append((node.name, f"{node.op_type} with this layout is not supported"))
+        else:
+            chosen.append(node)
+    if wanted is not None:
+        known = {n for node in model.graph for n in (node.name, node.outputs[0].name)}
+        missing = sorted(wanted - known)
+        if missing:
+            raise QtoolError(f"--layers: no layer named {missing[0]!r}", "use node or output names from 'qtool info'")
+    return chosen, skipped
+
+
+def _collect(model: ir.Model, layers: list[ir.Node], batches: Iterable[dict[str, np.ndarray]],
+             options: AdaRoundOptions, simulate: bool, total_batches: int) -> dict[str, np.ndarray]:
+    """Sampled input rows of each layer over all batches (same positions in every model)."""
+    nodes = {node.name: node for node in model.graph}
+    inputs = {layer.name: nodes[layer.name].inputs[0].name for layer in layers}
+    graph_inputs = {v.name for v in model.graph.inputs}
+    tapped = with_taps(model, [n for n in inputs.values() if n not in graph_inputs])
+    session = make_session(tapped, simulate=simulate)
+    per_batch = max(1, -(-options.rows // max(total_batches, 1)))
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in inputs}
+    names = [n for n in inputs.values() if n not in graph_inputs]
+    for batch_index, (feeds, outputs) in enumerate(run_batches(session, batches, names or None)):
+        for layer_index, layer in enumerate(layers):
+            tensor = feeds.get(inputs[layer.name], outputs.get(inputs[layer.name]))
+            groups = _matrix(layer, layer.inputs[1].const_value.numpy())[1]
+            rows = _rows(layer, tensor, groups)
+            rng = np.random.default_rng([options.params.seed, layer_index, batch_index])
+            collected[layer.name].append(rows[sample_rows(per_batch, len(rows), rng)])
+    return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
+
+
+def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_batches: int,
+             options: AdaRoundOptions = AdaRoundOptions(), *, progress: Progress = no_progress,
+             layer_progress: Callable[[str, int, int], None] | None = None, source: str = "encodings"
+             ) -> AdaRoundResult:
+    """Adaround every eligible layer; returns the new model and encodings (weights frozen)."""
+    start = time.perf_counter()
+    model = clone(model)
+    encodings = EncodingSet(dict(encodings.activations), dict(encodings.params),
+                            dict(encodings.quantizer_args), list(encodings.excluded))
+    result = AdaRoundResult(model, encodings)
+    layers, result.skipped = _candidates(model, encodings, options)
+    if not layers:
+        return result
+    float_rows = _collect(model, layers, batches(), options, False, total_batches)
+    quant_rows = None
+    for index, layer in enumerate(layers):
+        if quant_rows is None or options.sequential:
+            quant = build_qdq_model(model, encodings, source=source)
+            quant_rows = _collect(quant, layers[index:], batches(), options, True, total_batches)
+        weight_value = layer.inputs[1]
+        weight = weight_value.const_value.numpy()
+        matrix, groups = _matrix(layer, weight)
+        enc = encodings.params[weight_value.name]
+        x_q = quant_rows[layer.name]
+        target = _targets(layer, float_rows[layer.name].astype(np.float64), matrix.astype(np.float64), groups)
+        if groups == 1:
+            x_q = x_q[:, 0, :]
+        step = (lambda it, n, name=layer.name: layer_progress(name, it, n)) if layer_progress else None
+        began = time.perf_counter()
+        rounded, stats = adaround_matrix(matrix, _matrix_encoding(layer, enc), x_q, target.astype(np.float32),
+                                         options.params, groups=groups, progress=step)
+        set_initializer(model, weight_value, _from_matrix(layer, rounded, weight.shape).astype(np.float32))
+        encodings.params[weight_value.name] = enc.with_frozen(True)
+        result.layers.append(LayerReport(layer.name, time.perf_counter() - began, stats["loss_nearest"],
+                                         stats["loss_adaround"], stats["flipped"]))
+        progress(index + 1, len(layers))
+    result.seconds = time.perf_counter() - start
+    return result
+
