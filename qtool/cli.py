@@ -333,15 +333,13 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
 @click.option("--rows", type=click.IntRange(min=64), default=None, help="Sampled output positions per layer [4096; --fast 2048].")
 @click.option("--layers", default=None, help="Comma-separated layers to adaround (default: all).")
 @click.option("--exclude", default=None, help="Comma-separated layers to leave at round-to-nearest.")
-@click.option("--sequential", is_flag=True, help="Re-collect quantized inputs after each layer (AIMET's way; slower).")
 @click.option("--fast", is_flag=True, help="Preset: 2000 iterations, 2048 rows per layer.")
 @click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
               help="AIMET encodings format to write.")
 @click.option("-o", "--output", required=True, help="Output prefix: PREFIX.onnx (adarounded weights) + PREFIX.encodings.json.")
 @json_option
 def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, config, param_bw, act_bw, per_channel,
-                 iterations, num_batches, reg_param, beta_range, warm_start, rows, layers, exclude, sequential,
-                 fast, encoding_version, output, as_json):
+                 iterations, num_batches, reg_param, beta_range, warm_start, rows, layers, exclude, fast, encoding_version, output, as_json):
     """Adaptive weight rounding (white paper 4.6): learn up/down rounding per weight, layer by layer.
 
     Writes the adarounded model and encodings whose weight encodings are frozen (calibrate keeps
@@ -364,7 +362,7 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
                             beta_range=tuple(beta_range), warm_start=warm_start, seed=seed)
     options = AdaRoundOptions(params, rows or (2048 if fast else 4096),
                               tuple(n.strip() for n in layers.split(",")) if layers else None,
-                              tuple(n.strip() for n in exclude.split(",")) if exclude else (), sequential)
+                              tuple(n.strip() for n in exclude.split(",")) if exclude else ())
     total = source.count() or 1
     bar = Bar("adaround", unit="layers")
     result = adaround(graph, start_enc, lambda: source.batches(batch_size), -(-total // batch_size), options,

@@ -9,14 +9,14 @@ their encodings are marked frozen, so that `calibrate` recomputes activation enc
 
 Inputs are streamed: per batch only the sampled rows of each layer are kept (`rows` in all per
 layer, spread evenly over the batches), so memory does not grow with the number of samples.
-By default x_q comes from one pass of the model quantized with round-to-nearest weights; with
-`sequential` it is re-collected after each layer from the model adarounded so far (AIMET's way:
-one model pass per layer, slower, slightly better on deep networks).
+x_fp comes from one pass of the float model for all layers; x_q is collected for each layer from
+the model adarounded so far (one simulated pass per layer, as AIMET does).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -30,8 +30,8 @@ from qtool.layers import attr_int
 from qtool.progress import Progress, no_progress
 from qtool.qdq import build_qdq_model
 from qtool.quant import Encoding
-from qtool.quant.adaround import AdaRoundParams, adaround_matrix
-from qtool.quant.patches import conv_patches, sample_rows
+from qtool.quant.adaround import AdaRoundParams, LayerRows, adaround_matrix
+from qtool.quant.patches import conv_patches, output_shape, sample_rows
 from qtool.runtime import make_session, run_batches, with_taps
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -43,7 +43,6 @@ class AdaRoundOptions:
     rows: int = 4096  # sampled output positions per layer
     layers: tuple[str, ...] | None = None  # only these (node or output names)
     exclude: tuple[str, ...] = ()
-    sequential: bool = False
 
 
 @dataclass
@@ -86,25 +85,33 @@ def _matrix_encoding(layer: ir.Node, enc: Encoding) -> Encoding:
     return Encoding(enc.bw, enc.scale, enc.offset, enc.symmetric, enc.dtype, 0 if enc.per_channel else None)
 
 
-def _rows(layer: ir.Node, x: np.ndarray, groups: int) -> np.ndarray:
-    """The layer's input as rows (positions, groups, K_g)."""
+def _conv_geometry(layer: ir.Node, x: np.ndarray) -> tuple[tuple[int, ...], list, list, list]:
+    kernel = tuple(int(k) for k in layer.inputs[1].const_value.shape[2:])
+    spatial = x.ndim - 2
+    attr = layer.attributes
+    strides = list(attr["strides"].as_ints()) if "strides" in attr else [1] * spatial
+    dilations = list(attr["dilations"].as_ints()) if "dilations" in attr else [1] * spatial
+    pads = list(attr["pads"].as_ints()) if "pads" in attr else [0] * 2 * spatial
+    return kernel, strides, pads, dilations
+
+
+def _sampled_rows(layer: ir.Node, x: np.ndarray, groups: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` sampled rows (positions, groups, K_g) of the layer's input; convolutions build only
+    the sampled patches, so memory stays bounded on large feature maps."""
     if layer.op_type == "Conv":
-        kernel = layer.inputs[1].const_value.shape[2:] if layer.inputs[1].const_value is not None else None
-        spatial = x.ndim - 2
-        attr = layer.attributes
-        strides = attr["strides"].as_ints() if "strides" in attr else [1] * spatial
-        dilations = attr["dilations"].as_ints() if "dilations" in attr else [1] * spatial
-        pads = attr["pads"].as_ints() if "pads" in attr else [0] * 2 * spatial
-        return conv_patches(x, tuple(int(k) for k in kernel), strides, pads, dilations, groups)
-    return x.reshape(-1, 1, x.shape[-1])
+        kernel, strides, pads, dilations = _conv_geometry(layer, x)
+        out_spatial = output_shape(x.shape[2:], kernel, strides, pads, dilations)
+        picked = sample_rows(count, x.shape[0] * int(np.prod(out_spatial)), rng)
+        return conv_patches(x, kernel, strides, pads, dilations, groups, rows=picked)
+    flat = x.reshape(-1, 1, x.shape[-1])
+    return flat[sample_rows(count, len(flat), rng)]
 
 
-def _targets(layer: ir.Node, rows_fp: np.ndarray, matrix: np.ndarray, groups: int) -> np.ndarray:
+def _targets(rows_fp: np.ndarray, matrix: np.ndarray, groups: int) -> np.ndarray:
     """W x_fp for every sampled row: (rows, out)."""
-    out = matrix.shape[0]
-    per_group = out // groups
-    w = matrix.reshape(groups, per_group, -1)
-    return np.einsum("rgk,gok->rgo", rows_fp, w, optimize=True).reshape(len(rows_fp), out)
+    x = rows_fp[:, 0, :] if groups == 1 else rows_fp
+    return LayerRows(x, groups, matrix.shape[0], dtype=np.float64).outputs(
+        LayerRows(x, groups, matrix.shape[0], dtype=np.float64).to_internal(matrix.astype(np.float64)))
 
 
 def _candidates(model: ir.Model, encodings: EncodingSet, options: AdaRoundOptions
@@ -149,12 +156,12 @@ def _collect(model: ir.Model, layers: list[ir.Node], batches: Iterable[dict[str,
     collected: dict[str, list[np.ndarray]] = {name: [] for name in inputs}
     names = [n for n in inputs.values() if n not in graph_inputs]
     for batch_index, (feeds, outputs) in enumerate(run_batches(session, batches, names or None)):
-        for layer_index, layer in enumerate(layers):
+        for layer in layers:
             tensor = feeds.get(inputs[layer.name], outputs.get(inputs[layer.name]))
             groups = _matrix(layer, layer.inputs[1].const_value.numpy())[1]
-            rows = _rows(layer, tensor, groups)
-            rng = np.random.default_rng([options.params.seed, layer_index, batch_index])
-            collected[layer.name].append(rows[sample_rows(per_batch, len(rows), rng)])
+            # seeded by layer name and batch: the float and the quantized pass sample the same rows
+            rng = np.random.default_rng([options.params.seed, zlib.crc32(layer.name.encode()), batch_index])
+            collected[layer.name].append(_sampled_rows(layer, tensor, groups, per_batch, rng))
     return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
 
 
@@ -172,17 +179,19 @@ def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_ba
     if not layers:
         return result
     float_rows = _collect(model, layers, batches(), options, False, total_batches)
-    quant_rows = None
     for index, layer in enumerate(layers):
-        if quant_rows is None or options.sequential:
-            quant = build_qdq_model(model, encodings, source=source)
-            quant_rows = _collect(quant, layers[index:], batches(), options, True, total_batches)
+        # the layer's quantized input comes from the model adarounded so far: with inputs from the
+        # round-to-nearest model instead, each layer learns to undo errors that the earlier layers'
+        # own AdaRound then removes, and the two corrections add up (mobilenet_block W4: 11 dB
+        # instead of 28 dB after 3000 iterations; round-to-nearest gives 16.5 dB)
+        quant = build_qdq_model(model, encodings, source=source)
+        quant_rows = _collect(quant, [layer], batches(), options, True, total_batches)
         weight_value = layer.inputs[1]
         weight = weight_value.const_value.numpy()
         matrix, groups = _matrix(layer, weight)
         enc = encodings.params[weight_value.name]
         x_q = quant_rows[layer.name]
-        target = _targets(layer, float_rows[layer.name].astype(np.float64), matrix.astype(np.float64), groups)
+        target = _targets(float_rows[layer.name], matrix, groups)
         if groups == 1:
             x_q = x_q[:, 0, :]
         step = (lambda it, n, name=layer.name: layer_progress(name, it, n)) if layer_progress else None

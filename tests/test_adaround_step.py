@@ -1,0 +1,88 @@
+"""AdaRound on whole models: weights on the grid, frozen, better than round-to-nearest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtool.cli import main
+from qtool.config import load_config
+from qtool.encodings_io import load_encodings
+from qtool.graph import load_model
+from qtool.plan import PlanOptions, build_plan
+from qtool.quant import quantize_dequantize
+from qtool.quant.adaround import AdaRoundParams
+from qtool.steps.adaround import AdaRoundOptions, adaround
+from qtool.steps.calibrate import calibrate
+from qtool.steps.simulate import simulate
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def batches_of(x: np.ndarray, name: str = "input", size: int = 16):
+    return lambda: [{name: x[i:i + size]} for i in range(0, len(x), size)]
+
+
+@pytest.fixture(scope="module")
+def rounded():
+    model = load_model(SAMPLES / "mobilenet_block.onnx")
+    rng = np.random.default_rng(0)
+    shape = [d if isinstance(d, int) else 1 for d in model.graph.inputs[0].shape[1:]]
+    calib = rng.normal(0, 1, (64, *shape)).astype(np.float32)
+    held_out = rng.normal(0, 1, (64, *shape)).astype(np.float32)
+    name = model.graph.inputs[0].name
+    plan = build_plan(model, load_config("default"), PlanOptions(param_bw=4, per_channel=True, act_bw=16))
+    nearest = calibrate(model, plan, batches_of(calib, name)()).encodings
+    result = adaround(model, nearest, batches_of(calib, name), 4,
+                      AdaRoundOptions(AdaRoundParams(iterations=600), rows=2048))
+    return model, nearest, result, held_out, name
+
+
+def test_every_layer_reconstructs_better_and_weights_are_on_the_grid(rounded):
+    model, nearest, result, _, _ = rounded
+    assert len(result.layers) == 11
+    for report in result.layers:
+        assert report.loss_adaround <= report.loss_nearest
+    improved = [r for r in result.layers if r.loss_adaround < 0.95 * r.loss_nearest]
+    assert len(improved) >= 6
+    for name, enc in result.encodings.params.items():
+        if enc.frozen:
+            weight = result.model.graph.initializers[name].const_value.numpy()
+            np.testing.assert_array_equal(quantize_dequantize(weight, enc), weight)
+
+
+def test_adaround_beats_nearest_on_held_out_data(rounded):
+    model, nearest, result, held_out, name = rounded
+    before = simulate(model, nearest, batches_of(held_out, name)()).report
+    after = simulate(result.model, result.encodings, batches_of(held_out, name)(), reference=model).report
+    assert after["logits"]["sqnr_db"] > before["logits"]["sqnr_db"] + 3.0
+
+
+def test_frozen_encodings_survive_calibrate_and_export(tmp_path, rounded):
+    model, nearest, result, held_out, name = rounded
+    from qtool.encodings_io import save_encodings
+    from qtool.graph import save_model
+
+    save_model(result.model, tmp_path / "ada.onnx")
+    save_encodings(result.encodings, tmp_path / "ada.encodings.json")
+    np.savez(tmp_path / "calib.npz", **{name: held_out})
+    with pytest.raises(SystemExit) as done:
+        main(["-q", "calibrate", str(tmp_path / "ada.onnx"), "--data", str(tmp_path / "calib.npz"),
+              "--param-bw", "8", "--encodings", str(tmp_path / "ada.encodings.json"), "-o", str(tmp_path / "re")])
+    assert done.value.code == 0
+    with pytest.raises(SystemExit) as done:
+        main(["-q", "export", str(tmp_path / "re.onnx"), "-o", str(tmp_path / "dep"), "--prefix", "m"])
+    assert done.value.code == 0
+    recalibrated = load_encodings(tmp_path / "re.encodings.json")
+    exported = load_encodings(tmp_path / "dep" / "m.encodings")
+    frozen = [n for n, e in result.encodings.params.items() if e.frozen]
+    assert frozen
+    for name_ in frozen:
+        assert recalibrated.params[name_].bw == 4  # --param-bw 8 did not touch them
+        assert recalibrated.params[name_].same_as(result.encodings.params[name_].with_frozen(True))
+        assert exported.params[name_].same_as(recalibrated.params[name_])
+    entries = json.loads((tmp_path / "re.encodings.json").read_text())["param_encodings"]
+    assert {e["name"] for e in entries if e.get("frozen")} == set(frozen)
