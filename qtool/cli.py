@@ -21,7 +21,7 @@ from qtool.graph import load_model, save_model
 from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data, output_prefix
 from qtool.plan import PlanOptions, build_plan
 from qtool.progress import Bar
-from qtool.quant.observers import SCHEMES
+from qtool.quant.observers import SCHEMES, SQNR_GAMMA
 from qtool.runtime import input_infos
 from qtool.quant.adaround import AdaRoundParams
 from qtool.steps.adaround import AdaRoundOptions, adaround
@@ -108,6 +108,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
               show_default=True, help="Weight range setting.")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Percentile for --scheme percentile.")
+@click.option("--sqnr-gamma", type=click.FloatRange(min=1), default=SQNR_GAMMA, show_default=True,
+              help="--scheme sqnr: weight of clipping noise against rounding noise (AIMET's tf_enhanced: 3).")
 @click.option("--param-bw", type=click.IntRange(2, 16), default=None, help="Weight bit-width (overrides the config).")
 @click.option("--act-bw", type=click.IntRange(2, 16), default=None, help="Activation bit-width (overrides the config).")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (overrides the config).")
@@ -121,7 +123,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
               help="Output prefix: writes PREFIX.onnx (the float model) and PREFIX.encodings.json.")
 @json_option
 def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, scheme, param_scheme, percentile,
-                  param_bw, act_bw, per_channel, param_symmetric, frozen_path, encoding_version, output, as_json):
+                  sqnr_gamma, param_bw, act_bw, per_channel, param_symmetric, frozen_path, encoding_version, output, as_json):
     """Compute quantization encodings (scale/offset per tensor or channel) from calibration data.
 
     Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
@@ -133,7 +135,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
         graph, frozen = load_model(model), None
     plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, param_symmetric))
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
-    options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size)
+    options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size, sqnr_gamma)
     result = calibrate(graph, plan, source.batches(batch_size), options, frozen=frozen,
                        total=source.count(), progress=Bar("calibrate"))
     with StagedOutputs() as out:

@@ -131,10 +131,48 @@ def _fused_outputs(model: ir.Model, config: RuntimeConfig) -> set[str]:
     return fused
 
 
+def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type else None
+
+
+def _decomposed_layer_norm_internals(model: ir.Model) -> set[str]:
+    """Inner tensors of LayerNormalization written out as ops (exporters before opset 17 do):
+    ReduceMean -> Sub -> Pow -> ReduceMean -> Add(eps) -> Sqrt -> Div [-> Mul(gamma) -> Add(beta)].
+
+    Targets run it as one op, as onnx does since opset 17, so only its output is quantized. The
+    inner tensors are also the fragile ones: a variance quantized on a grid sized for its largest
+    value rounds small variances to 0, and the division by sqrt(eps) then explodes (PP-OCRv4:
+    5 points of character accuracy swing between two calibration sets).
+    """
+    inner: set[str] = set()
+    for sqrt in model.graph:
+        if sqrt.op_type != "Sqrt":
+            continue
+        add = _producer(sqrt.inputs[0], "Add")
+        variance = _producer(add.inputs[0], "ReduceMean") if add else None
+        power = _producer(variance.inputs[0], "Pow") if variance else None
+        centred = _producer(power.inputs[0], "Sub") if power else None
+        mean = _producer(centred.inputs[1], "ReduceMean") if centred else None
+        divide = sqrt.outputs[0].consumers()
+        if mean is None or len(divide) != 1 or divide[0].op_type != "Div" or divide[0].inputs[0] is not centred.outputs[0]:
+            continue
+        chain = [mean, centred, power, variance, add, sqrt]
+        tail = divide[0]
+        for op_type in ("Mul", "Add"):  # the affine part, when it follows alone
+            consumers = tail.outputs[0].consumers()
+            if len(consumers) != 1 or consumers[0].op_type != op_type or tail.outputs[0].is_graph_output():
+                break
+            chain.append(tail)
+            tail = consumers[0]
+        inner.update(node.outputs[0].name for node in chain)
+    return inner
+
+
 def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = PlanOptions()) -> QuantPlan:
     """Decide every quantizer of the model. Pure: reads the graph, changes nothing."""
     plan = QuantPlan()
-    fused = _fused_outputs(model, config)
+    fused = _fused_outputs(model, config) | _decomposed_layer_norm_internals(model)
     plan.fused = sorted(fused)
     # --act-bw/--param-bw ask for integer grids, whatever dtype the config had
     act_override = QuantizerSettings(bitwidth=options.act_bw, dtype="int" if options.act_bw else None)

@@ -274,3 +274,16 @@ def test_api_errors_and_float_specs():
         obs.compute(QuantSpec(axis=0))  # observers are per tensor
     assert obs.compute(QuantSpec(bw=16, dtype="float")).is_float
     assert encode_param(np.ones((2, 2)), QuantSpec(bw=16, dtype="float", axis=0), "mse").is_float
+
+
+def test_sqnr_clipping_weight_trades_clipping_for_rounding():
+    """A larger clipping weight keeps more of the tail: the range grows with gamma."""
+    data = np.random.default_rng(3).standard_t(3, 200_000).astype(np.float32)
+    spec = QuantSpec(bw=8, symmetric=True)
+    widths = []
+    for gamma in (1.0, 3.0, 10.0, 30.0):
+        obs = make_observer("sqnr", sqnr_gamma=gamma)
+        obs.update(data)
+        widths.append(float(obs.compute(spec).max[0]))
+    assert widths == sorted(widths) and widths[-1] > 1.2 * widths[0]
+    assert widths[-1] <= float(np.abs(data).max()) * 1.01

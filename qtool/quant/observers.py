@@ -37,7 +37,7 @@ import numpy as np
 from qtool.quant.encoding import Encoding, QuantSpec, compute_encoding, encode_tensor, float_encoding
 
 SCHEMES = ("minmax", "sqnr", "percentile", "mse")
-SQNR_GAMMA = 3.0  # AIMET tf_enhanced weight of the clipping noise against the rounding noise
+SQNR_GAMMA = 3.0
 _PARAM_MAX_BINS = 512  # per-channel parameter histograms (AIMET uses 512 bins)
 _CHUNK = 1 << 20  # elements of one (channels x candidates x edges) block of the noise evaluation
 
@@ -384,14 +384,15 @@ def _check_scheme(scheme: str) -> None:
         raise ValueError(f"unknown range-setting scheme {scheme!r}; expected one of {SCHEMES}")
 
 
-def make_observer(scheme: str, *, percentile: float = 99.99, num_bins: int = 2048) -> Observer:
+def make_observer(scheme: str, *, percentile: float = 99.99, num_bins: int = 2048,
+                  sqnr_gamma: float = SQNR_GAMMA) -> Observer:
     """A fresh observer for one of ``SCHEMES``."""
     _check_scheme(scheme)
     if scheme == "minmax":
         return MinMaxObserver()
     if scheme == "percentile":
         return PercentileObserver(percentile, num_bins)
-    return NoiseObserver(SQNR_GAMMA if scheme == "sqnr" else 1.0, num_bins)
+    return NoiseObserver(sqnr_gamma if scheme == "sqnr" else 1.0, num_bins)
 
 
 def encode_param(

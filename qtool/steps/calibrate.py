@@ -21,7 +21,7 @@ from qtool.graph import constant_array, value_by_name
 from qtool.plan import QuantPlan
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
-from qtool.quant.observers import encode_param, make_observer
+from qtool.quant.observers import SQNR_GAMMA, encode_param, make_observer
 from qtool.ranges import derivations, resolve
 from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
 
@@ -40,6 +40,7 @@ class CalibrateOptions:
     param_scheme: str = "minmax"  # weights: seen whole, min-max loses nothing to clipping
     percentile: float = 99.99
     batch_size: int = 16
+    sqnr_gamma: float = SQNR_GAMMA  # clipping-noise weight of the sqnr scheme
 
 
 @dataclass
@@ -76,7 +77,8 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
         elif tensor.spec.dtype == "float":
             result.encodings.activations[name] = compute_encoding(0.0, 0.0, tensor.spec)
         else:
-            observed[name] = make_observer(options.scheme, percentile=options.percentile)
+            observed[name] = make_observer(options.scheme, percentile=options.percentile,
+                                           sqnr_gamma=options.sqnr_gamma)
 
     if observed:
         result.samples = _observe(model, observed, batches, total, progress, options.scheme == "minmax")
