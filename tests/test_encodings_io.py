@@ -186,7 +186,7 @@ def _check_hand_written(enc_set: EncodingSet) -> None:
     assert offset == -85
     assert act.bw == 8 and not act.symmetric and act.axis is None
     assert act.scale[0] == scale and act.offset[0] == offset
-    assert act.min[0] == pytest.approx(-1.0, abs=scale) and act.max[0] == pytest.approx(2.0, abs=scale)
+    assert act.min[0] == pytest.approx(-1.0, abs=float(scale)) and act.max[0] == pytest.approx(2.0, abs=float(scale))
     w = enc_set.params["w"]
     # symmetric int8, absmax 1.27: s = 1.27 / 127 = 0.01, offset -128 on the unsigned grid
     assert w.symmetric and not w.strict and w.offset.tolist() == [-128, -128]
