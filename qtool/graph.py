@@ -12,7 +12,9 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -89,8 +91,10 @@ def temporary_sibling(path: Path) -> str:
     return tmp
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file beside `path`, renamed onto it only when the block
+    succeeds: readers never see half a file, and a failure leaves nothing behind."""
     path = Path(path)
     try:
         tmp = temporary_sibling(path)
@@ -98,7 +102,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise QtoolError(f"{path}: cannot write ({exc.strerror or exc})", "check the output path") from exc
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -106,6 +110,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see atomic_output)."""
+    with atomic_output(path) as handle:
+        handle.write(data)
 
 
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from qtool.errors import QtoolError
-from qtool.graph import temporary_sibling
+from qtool.graph import atomic_output
 from qtool.weight_ranges import LayerRanges, match_after
 
 # Per-format metadata that would otherwise carry the matplotlib version or a timestamp, so
@@ -97,20 +97,8 @@ def plot_ranges(before: list[LayerRanges], after: list[LayerRanges] | None = Non
                               transform=axes[row][1].transAxes)
         else:
             _panel(axes[row][1], a, labels[1], "tab:orange")
-    try:
-        tmp = temporary_sibling(path)
-    except OSError as exc:
-        raise QtoolError(f"{path}: cannot write ({exc.strerror or exc})", "check the output path") from exc
-    try:
-        import matplotlib
+    import matplotlib
 
-        # svg.hashsalt fixes the ids SVG output would otherwise draw at random.
-        with matplotlib.rc_context({"svg.hashsalt": "qtool"}), open(tmp, "wb") as handle:
-            fig.savefig(handle, format=fmt, dpi=100, metadata=_METADATA[fmt])
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise QtoolError(f"{path}: cannot write ({exc.strerror or exc})", "check the output path") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # svg.hashsalt fixes the ids SVG output would otherwise draw at random.
+    with matplotlib.rc_context({"svg.hashsalt": "qtool"}), atomic_output(path) as handle:
+        fig.savefig(handle, format=fmt, dpi=100, metadata=_METADATA[fmt])
