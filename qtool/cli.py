@@ -136,7 +136,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
     plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, param_symmetric))
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size, sqnr_gamma)
-    result = calibrate(graph, plan, source.batches(batch_size), options, frozen=frozen,
+    result = calibrate(graph, plan, lambda: source.batches(batch_size), options, frozen=frozen,
                        total=source.count(), progress=Bar("calibrate"))
     with StagedOutputs() as out:
         copy_file_atomic(model, out.path(f"{prefix}.onnx"))
@@ -357,7 +357,7 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
     if encodings:
         graph, start_enc, enc_source = load_pair(model, encodings)
     else:
-        start_enc = calibrate(graph, plan, source.batches(batch_size), total=source.count(),
+        start_enc = calibrate(graph, plan, lambda: source.batches(batch_size), total=source.count(),
                               progress=Bar("calibrate")).encodings
         enc_source = f"{model} (calibrated)"
     params = AdaRoundParams(iterations=iterations or (2000 if fast else 10000), reg_param=reg_param,
@@ -369,7 +369,7 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
     bar = Bar("adaround", unit="layers")
     result = adaround(graph, start_enc, lambda: source.batches(batch_size), -(-total // batch_size), options,
                       progress=bar, source=enc_source)
-    final = calibrate(result.model, plan, source.batches(batch_size), frozen=result.encodings,
+    final = calibrate(result.model, plan, lambda: source.batches(batch_size), frozen=result.encodings,
                       total=source.count()).encodings if not encodings else result.encodings
     prefix = output_prefix(output)
     with StagedOutputs() as out:

@@ -9,7 +9,7 @@ frozen in `frozen` (e.g. written by AdaRound) are kept exactly as they are.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,10 +21,11 @@ from qtool.graph import constant_array, value_by_name
 from qtool.plan import QuantPlan
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
-from qtool.quant.observers import SQNR_GAMMA, encode_param, make_observer
+from qtool.quant.observers import SQNR_GAMMA, MinMaxObserver, encode_param, make_observer
 from qtool.ranges import derivations, resolve
 from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
 
+Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 TAP_CHUNK = 4  # samples per onnxruntime run when whole intermediate tensors are taken out
 
 # AIMET's names for the range-setting schemes, written into quantizer_args.
@@ -53,10 +54,15 @@ class CalibrateResult:
     kept_frozen: list[str] = field(default_factory=list)
 
 
-def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.ndarray]],
+def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.ndarray]] | Batches,
               options: CalibrateOptions = CalibrateOptions(), *, frozen: EncodingSet | None = None,
               total: int | None = None, progress: Progress = no_progress) -> CalibrateResult:
-    """Compute every planned encoding; `batches` is consumed once."""
+    """Compute every planned encoding.
+
+    `batches` is an iterable (consumed once) or a callable giving a fresh one per pass. Histogram
+    schemes given a callable make two passes: a cheap min-max pass first, so that each histogram
+    is laid over the tensor's final range and never has to grow (growth coarsens bins by up to 4x,
+    and on PP-OCRv4 that alone moved sqnr ranges by 18% and character accuracy by 3 points)."""
     start = time.perf_counter()
     frozen_all = {name: enc for name, enc in (frozen.all().items() if frozen else []) if enc.frozen}
     result = CalibrateResult(EncodingSet(), kept_frozen=sorted(set(frozen_all) & set(plan.all())))
@@ -83,7 +89,15 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
                                            sqnr_gamma=options.sqnr_gamma)
 
     if observed:
-        result.samples = _observe(model, observed, batches, total, progress, options.scheme == "minmax")
+        histogram = options.scheme != "minmax"
+        if histogram and callable(batches):
+            ranges = {name: MinMaxObserver() for name in observed}
+            _observe(model, ranges, batches(), total, progress, True)
+            for name, observer in observed.items():
+                if ranges[name].seen:
+                    observer.preset_range(ranges[name]._min, ranges[name]._max)
+        stream = batches() if callable(batches) else batches
+        result.samples = _observe(model, observed, stream, total, progress, not histogram)
         for name, observer in observed.items():
             if not observer.seen:
                 raise QtoolError(f"tensor '{name}' held no finite value on the calibration data",
