@@ -30,7 +30,8 @@ from qtool.layers import attr_int
 from qtool.progress import Progress, no_progress
 from qtool.qdq import build_qdq_model
 from qtool.quant import Encoding
-from qtool.quant.adaround import AdaRoundParams, LayerRows, adaround_matrix
+from qtool.quant.adaround import AdaRoundParams, adaround_matrix
+from qtool.quant.layer_rows import LayerRows
 from qtool.quant.patches import conv_patches, output_shape, sample_rows
 from qtool.runtime import make_session, run_batches, with_taps
 
