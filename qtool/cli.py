@@ -6,10 +6,13 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -54,12 +57,36 @@ def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")(func)
 
 
+@dataclass(frozen=True)
+class Report:
+    """What a command did: `summary` for scripts (--json, recipes' run.json), `lines` for people."""
+
+    summary: dict
+    lines: list[str]
+
+
 def _emit(summary: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
     else:
         for line in lines:
             click.echo(line)
+
+
+def reporting(step: Callable[..., Report]) -> Callable[..., Report]:
+    """Make a step function a command body: print its Report (as JSON with --json) and return it.
+
+    The undecorated step stays reachable as `command.callback.__wrapped__`: `qtool run` calls it
+    with the same options, so a recipe step and the command are one implementation.
+    """
+
+    @functools.wraps(step)
+    def command(*args, as_json: bool = False, **options) -> Report:
+        report = step(*args, **options)
+        _emit(report.summary, as_json, report.lines)
+        return report
+
+    return command
 
 
 class QtoolGroup(click.Group):
@@ -108,27 +135,28 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 @click.option("--param-bw", type=click.IntRange(2, 16), default=None, help="Weight bit-width (overrides the config).")
 @click.option("--act-bw", type=click.IntRange(2, 16), default=None, help="Activation bit-width (overrides the config).")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (overrides the config).")
-@click.option("--symmetric-weights/--asymmetric-weights", "param_symmetric", default=None,
+@click.option("--symmetric-weights/--asymmetric-weights", default=None,
               help="Weight grid symmetry (overrides the config; AIMET's default is symmetric).")
-@click.option("--encodings", "frozen_path", default=None,
+@click.option("--encodings", default=None,
               help="Existing encodings: the frozen ones (e.g. from adaround) are kept unchanged.")
 @click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
               help="AIMET encodings format to write.")
 @click.option("-o", "--output", required=True,
               help="Output prefix: writes PREFIX.onnx (the float model) and PREFIX.encodings.json.")
 @json_option
+@reporting
 def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, scheme, param_scheme, percentile,
-                  sqnr_gamma, param_bw, act_bw, per_channel, param_symmetric, frozen_path, encoding_version, output, as_json):
+                  sqnr_gamma, param_bw, act_bw, per_channel, symmetric_weights, encodings, encoding_version, output):
     """Compute quantization encodings (scale/offset per tensor or channel) from calibration data.
 
     Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
     """
     prefix = output_prefix(output)
-    if frozen_path:
-        graph, frozen, _ = load_pair(model, frozen_path)
+    if encodings:
+        graph, frozen, _ = load_pair(model, encodings)
     else:
         graph, frozen = load_model(model), None
-    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, param_symmetric))
+    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, symmetric_weights))
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size, sqnr_gamma)
     result = calibrate(graph, plan, lambda: source.batches(batch_size), options, frozen=frozen,
@@ -141,7 +169,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
         "seconds": round(result.seconds, 3), "activation_quantizers": len(result.encodings.activations),
         "param_quantizers": len(result.encodings.params), "kept_frozen": result.kept_frozen,
     }
-    _emit(summary, as_json, [
+    return Report(summary, [
         f"calibrated {result.samples} samples in {result.seconds:.1f}s: "
         f"{summary['activation_quantizers']} activation + {summary['param_quantizers']} param encodings",
         f"wrote {prefix}.onnx and {prefix}.encodings.json",
@@ -159,8 +187,8 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
                    "after equalize or bias-correct changed MODEL's float function.")
 @click.option("-o", "--output", default=None, help="Also write the QDQ model to this .onnx file.")
 @json_option
-def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, reference, output,
-                 as_json):
+@reporting
+def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, reference, output):
     """Run the QDQ model next to the float model and report SQNR, top-1 agreement and accuracy.
 
     Example: qtool simulate out/model.onnx --data eval.npz --labels eval_labels.npy
@@ -188,7 +216,7 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
         lines.append(f"  {name}: " + ", ".join(parts))
     if output:
         lines.append(f"wrote {output}")
-    _emit(summary, as_json, lines)
+    return Report(summary, lines)
 
 
 @cli.command("export")
@@ -199,7 +227,8 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
 @click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
               help="AIMET encodings format to write.")
 @json_option
-def export_cmd(model, encodings, output_dir, prefix, encoding_version, as_json):
+@reporting
+def export_cmd(model, encodings, output_dir, prefix, encoding_version):
     """Write NAME.onnx (float), NAME.encodings (AIMET JSON) and NAME_qdq.onnx (integer QDQ model).
 
     Example: qtool export out/model.onnx -o deploy --prefix mynet
@@ -212,7 +241,7 @@ def export_cmd(model, encodings, output_dir, prefix, encoding_version, as_json):
         save_encodings(result.encodings, out.path(folder / f"{prefix}.encodings"), encoding_version)
         save_model(result.qdq_model, out.path(folder / f"{prefix}_qdq.onnx"))
     files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
-    _emit({"files": files}, as_json, ["wrote " + ", ".join(files)])
+    return Report({"files": files}, ["wrote " + ", ".join(files)])
 
 
 @cli.command("plot-ranges")
@@ -282,8 +311,8 @@ def info_cmd(model, config, per_channel, show_ranges, compare, as_json):
     _emit(summary, as_json, lines)
 
 
-# the post-training transforms live in their own module; importing it registers the commands
-from qtool import cli_transforms  # noqa: E402,F401
+# the post-training transforms and recipes live in their own modules; importing them registers the commands
+from qtool import cli_recipe, cli_transforms  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

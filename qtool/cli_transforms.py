@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from qtool.cli import Bar, _emit, cli, data_options, json_option
+from qtool.cli import Bar, Report, cli, data_options, json_option, reporting
 from qtool.config import load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
@@ -27,7 +27,8 @@ from qtool.steps.fold import fold_batch_norms
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, help="Output .onnx file (the input is never modified).")
 @json_option
-def fold_cmd(model, output, as_json):
+@reporting
+def fold_cmd(model, output):
     """Fold BatchNormalization (and per-channel Mul/Add) into the adjacent Conv/Gemm/MatMul layers.
 
     Outputs stay equal to the float model's (within float rounding); BNs that cannot be folded
@@ -41,7 +42,7 @@ def fold_cmd(model, output, as_json):
                "skipped": [{"node": node, "reason": reason} for node, reason in result.skipped]}
     lines = [f"folded {len(result.folded)} BatchNormalization/Mul/Add nodes into their layers; wrote {output}"]
     lines += [f"  left in place: {node}: {reason}" for node, reason in result.skipped]
-    _emit(summary, as_json, lines)
+    return Report(summary, lines)
 
 
 @cli.command("equalize")
@@ -54,7 +55,8 @@ def fold_cmd(model, output, as_json):
 @click.option("--keep-relu6", is_flag=True, help="Same as --relu6 keep.")
 @click.option("--no-absorb", is_flag=True, help="Skip high-bias absorption (keeps the float outputs exact).")
 @json_option
-def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, as_json):
+@reporting
+def equalize_cmd(model, output, relu6, keep_relu6, no_absorb):
     """Cross-layer equalization (white paper 4.3): fold BN, ReLU6 -> ReLU, scale layer pairs, absorb high biases.
 
     Example: qtool equalize model.onnx -o model_cle.onnx
@@ -71,7 +73,7 @@ def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, as_json):
              f"{len(result.pairs)} layer pairs in {result.iterations} iterations, absorbed {result.absorbed} "
              f"high biases; wrote {output}"]
     lines += [f"  not scaled: {layer}: {reason}" for layer, reason in result.skipped]
-    _emit(summary, as_json, lines)
+    return Report(summary, lines)
 
 
 @cli.command("bias-correct")
@@ -90,8 +92,9 @@ def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, as_json):
               help="AIMET encodings format to write.")
 @click.option("-o", "--output", required=True, help="Output prefix: writes PREFIX.onnx and PREFIX.encodings.json.")
 @json_option
+@reporting
 def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, analytic, iterations,
-                     encoding_version, output, as_json):
+                     encoding_version, output):
     """Absorb each layer's expected quantization error into its bias (white paper 4.5).
 
     Example: qtool bias-correct model_cle.onnx --encodings model_cle.encodings.json --data calib.npz -o out/model_bc
@@ -115,7 +118,7 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
     lines = [f"corrected {len(result.empirical)} layers empirically ({result.passes} passes) and "
              f"{len(result.analytic)} analytically; wrote {prefix}.onnx and {prefix}.encodings.json"]
     lines += [f"  not corrected: {layer}: {reason}" for layer, reason in result.skipped]
-    _emit(summary, as_json, lines)
+    return Report(summary, lines)
 
 
 @cli.command("adaround")
@@ -143,8 +146,9 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
               help="AIMET encodings format to write.")
 @click.option("-o", "--output", required=True, help="Output prefix: PREFIX.onnx (adarounded weights) + PREFIX.encodings.json.")
 @json_option
+@reporting
 def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, config, param_bw, act_bw, per_channel,
-                 iterations, num_batches, reg_param, beta_range, warm_start, rows, layers, exclude, fast, encoding_version, output, as_json):
+                 iterations, num_batches, reg_param, beta_range, warm_start, rows, layers, exclude, fast, encoding_version, output):
     """Adaptive weight rounding (white paper 4.6): learn up/down rounding per weight, layer by layer.
 
     Writes the adarounded model and encodings whose weight encodings are frozen (calibrate keeps
@@ -187,4 +191,4 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
               f"{100 * r.flipped:.1f}% flipped, {r.seconds:.1f}s" for r in result.layers]
     lines += [f"  not adarounded: {n}: {r}" for n, r in result.skipped]
     lines.append(f"wrote {prefix}.onnx and {prefix}.encodings.json")
-    _emit(summary, as_json, lines)
+    return Report(summary, lines)

@@ -25,7 +25,7 @@ import onnx.defs
 
 from qtool.errors import QtoolError
 
-BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8")
+BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
 
 _SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output"}
 _DEFAULT_KEYS = {"ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",

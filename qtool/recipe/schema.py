@@ -1,0 +1,52 @@
+"""The recipe's top-level shape (pydantic), checked before anything runs.
+
+Step options are not described here: they are the CLI commands' own parameters (steps.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, StrictFloat, StrictInt, StrictStr
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """Calibration and evaluation sets (paths relative to the recipe's folder, or 'random')."""
+
+    calibration: str | None = None
+    evaluation: str | None = None
+    labels: str | None = None
+    samples: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    preprocess: str | None = None
+    seed: int | None = None
+
+
+class Expect(_Strict):
+    """The quality gate, checked against the last simulate step (every float output)."""
+
+    min_sqnr_db: float | None = None
+    max_accuracy_drop: float | None = Field(None, description="percentage points, float minus quantized")
+    min_accuracy: float | None = Field(None, description="percent")
+    min_top1_agreement: float | None = Field(None, description="percent")
+
+
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+
+
+class RecipeSchema(_Strict):
+    description: str | None = None
+    model: str
+    output: str
+    config: str | dict[str, Any] | None = None
+    data: DataSpec | None = None
+    vars: dict[str, Scalar] = {}
+    steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
+    expect: Expect | None = None
+
+
+TOP_LEVEL_KEYS = tuple(RecipeSchema.model_fields)

@@ -1,0 +1,217 @@
+"""Turn a parsed recipe Document into a checked Recipe, reporting every problem at once.
+
+Checks, in one pass: the top-level shape (schema.py), each step's name and options against the
+CLI command's parameters (types, choices, ranges), files that must exist, the config, and the
+order of steps (nothing that needs encodings before a step that makes them, no data-hungry step
+without data, no `expect:` without a simulate step to measure it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from qtool.config import BUILTIN_CONFIGS, parse_config
+from qtool.errors import QtoolError
+from qtool.recipe.document import Document, RecipeError
+from qtool.recipe.schema import TOP_LEVEL_KEYS, RecipeSchema
+from qtool.recipe.steps import DATA_OPTIONS, PATH_OPTIONS, STEP_KINDS, StepKind, step_name
+
+
+@dataclass
+class PlannedStep:
+    """One step of the recipe with its options converted to the command's types."""
+
+    index: int  # 1-based position in the recipe
+    name: str
+    kind: StepKind
+    options: dict[str, Any]  # the ones the recipe gives, converted, paths resolved
+    where: str  # "recipe.yaml:14"
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.index:02d}-{self.name.replace('_', '-')}"
+
+
+@dataclass
+class Recipe:
+    path: Path
+    model: Path
+    output: Path
+    config: str | dict | None  # a built-in name, a resolved path, or an inline config
+    data: dict[str, Any]  # calibration / evaluation / labels resolved; samples, batch_size, preprocess, seed
+    steps: list[PlannedStep]
+    expect: dict[str, float] = field(default_factory=dict)
+    text_sha: str = ""
+
+
+def validate(doc: Document) -> Recipe:
+    problems: list[str] = []
+    data = doc.data
+    if isinstance(data.get("data"), str):  # shorthand: data: calib.npz
+        data["data"] = {"calibration": data["data"]}
+        doc.lines[("data", "calibration")] = doc.lines.get(("data",), 0)
+        if ("data",) in doc.from_command_line:
+            doc.from_command_line.add(("data", "calibration"))
+    try:
+        schema = RecipeSchema.model_validate(data)
+    except ValidationError as exc:
+        problems += [_pydantic_problem(doc, error) for error in exc.errors()]
+        raise RecipeError(problems) from None
+
+    model = _existing(doc, ("model",), schema.model, problems, "model")
+    output = _resolve(doc, ("output",), schema.output)
+    config = _config(doc, schema.config, problems)
+    recipe_data = _data(doc, schema, problems)
+    steps = [_step(doc, index, item, problems) for index, item in enumerate(schema.steps)]
+    steps = [step for step in steps if step is not None]
+    expect = {key: value for key, value in (schema.expect.model_dump() if schema.expect else {}).items()
+              if value is not None}
+    _check_order(doc, steps, recipe_data, expect, problems)
+    if problems:
+        raise RecipeError(problems)
+    return Recipe(doc.path, model, output, config, recipe_data, steps, expect)
+
+
+def _pydantic_problem(doc: Document, error: dict) -> str:
+    location = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent, key = location[:-1], location[-1]
+        allowed = TOP_LEVEL_KEYS if not parent else _schema_keys(parent)
+        return f"{doc.where(location)}: unknown key {'.'.join(map(str, location))!r}{_did_you_mean(key, allowed)}"
+    if error["type"] == "missing":
+        return f"{doc.where(location[:-1])}: missing required key {'.'.join(map(str, location))!r}"
+    label = ".".join(map(str, location))
+    return f"{doc.where(location)}: {label}: {error['msg']}"
+
+
+def _schema_keys(parent: tuple) -> tuple[str, ...]:
+    from qtool.recipe.schema import DataSpec, Expect
+    return {"data": tuple(DataSpec.model_fields), "expect": tuple(Expect.model_fields)}.get(parent[0], ())
+
+
+def _did_you_mean(key: Any, allowed: Any) -> str:
+    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+    return f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(map(str, allowed))})"
+
+
+def _resolve(doc: Document, location: tuple, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(os.path.normpath(doc.base_dir(location) / path))
+
+
+def _existing(doc: Document, location: tuple, value: str, problems: list[str], what: str) -> Path:
+    path = _resolve(doc, location, value)
+    if not path.exists():
+        problems.append(f"{doc.where(location)}: {what} {value!r} not found (looked for {path})")
+    return path
+
+
+def _config(doc: Document, config: str | dict | None, problems: list[str]) -> str | dict | None:
+    if config is None or (isinstance(config, str) and config in BUILTIN_CONFIGS):
+        return config
+    if isinstance(config, dict):
+        try:
+            parse_config(config, f"{doc.where(('config',))} (inline config)")
+        except QtoolError as exc:
+            problems.append(str(exc))
+        return config
+    path = _existing(doc, ("config",), config, problems, "config")
+    if path.exists():
+        try:
+            parse_config(json.loads(path.read_text()), str(path))
+        except (QtoolError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.append(f"{doc.where(('config',))}: {exc}")
+    return str(path)
+
+
+def _data(doc: Document, schema: RecipeSchema, problems: list[str]) -> dict[str, Any]:
+    block = schema.data.model_dump() if schema.data else {}
+    for key in ("calibration", "evaluation", "labels"):
+        value = block.get(key)
+        if value is not None and not (key != "labels" and value == "random"):
+            block[key] = str(_existing(doc, ("data", key), value, problems, f"data.{key}"))
+    return {key: value for key, value in block.items() if value is not None}
+
+
+def _step(doc: Document, index: int, item: dict, problems: list[str]) -> PlannedStep | None:
+    location = ("steps", index)
+    if len(item) != 1:
+        problems.append(f"{doc.where(location)}: each step is one mapping 'name: {{options}}', "
+                        f"got {len(item)} keys ({', '.join(map(str, item))})")
+        return None
+    key, options = next(iter(item.items()))
+    name = step_name(key)
+    if name not in STEP_KINDS:
+        problems.append(f"{doc.where(location)}: unknown step {key!r}{_did_you_mean(name, STEP_KINDS)}")
+        return None
+    kind = STEP_KINDS[name]
+    converted = _step_options(doc, location + (key,), kind, options or {}, problems)
+    return PlannedStep(index + 1, name, kind, converted, doc.where(location))
+
+
+def _step_options(doc: Document, location: tuple, kind: StepKind, options: dict, problems: list[str]) -> dict:
+    command = kind.command
+    params = {param.name: param for param in command.params if param.name != "as_json"}
+    settable = [name for name in params if name not in kind.wired_options()]
+    context = click.Context(command)
+    converted: dict[str, Any] = {}
+    for key, value in options.items():
+        where = doc.where(location + (key,))
+        name = str(key).replace("-", "_")
+        if name in kind.wired_options():
+            problems.append(f"{where}: {key!r} is set by the recipe (the chain passes the model along; "
+                            f"set the recipe's output: for where files go)")
+            continue
+        if name not in params:
+            problems.append(f"{where}: unknown option {key!r} for step {kind.command_name}"
+                            f"{_did_you_mean(name, settable)}")
+            continue
+        try:
+            value = params[name].type_cast_value(context, value)
+        except click.BadParameter as exc:
+            problems.append(f"{where}: {kind.command_name}.{name}: {exc.message}")
+            continue
+        if name in PATH_OPTIONS and isinstance(value, str) and not _special_value(name, value):
+            value = str(_existing(doc, location + (key,), value, problems, f"{kind.command_name}.{name}"))
+        converted[name] = value
+    return converted
+
+
+def _special_value(option: str, value: str) -> bool:
+    return (option == "data" and value == "random") or (option == "config" and value in BUILTIN_CONFIGS)
+
+
+def _check_order(doc: Document, steps: list[PlannedStep], data: dict, expect: dict, problems: list[str]) -> None:
+    """Walk the chain as it will run, tracking whether the current model has encodings."""
+    has_encodings, since = False, "the start"
+    for step in steps:
+        kind, where = step.kind, step.where
+        if "data" not in step.options and kind.data is not None:
+            needs_calibration = kind.data == "calibration" and not step.options.get("analytic")
+            if needs_calibration and "calibration" not in data:
+                problems.append(f"{where}: step {step.index} ({kind.command_name}) needs calibration data: "
+                                f"set data.calibration (or the step's data option)")
+            if kind.data == "evaluation" and not ({"evaluation", "calibration"} & set(data)):
+                problems.append(f"{where}: step {step.index} (simulate) needs data: set data.evaluation")
+        if kind.needs_encodings and not has_encodings and "encodings" not in step.options:
+            problems.append(f"{where}: step {step.index} ({kind.command_name}) needs encodings, but no calibrate "
+                            f"or adaround step comes between {since} and it; add one before it")
+        if kind.encodings_out == "new":
+            has_encodings = True
+        elif kind.encodings_out == "dropped":
+            has_encodings, since = False, f"step {step.index} ({kind.command_name}, which changes the model)"
+    if expect:
+        if not any(step.name == "simulate" for step in steps):
+            problems.append(f"{doc.where(('expect',))}: expect: needs a simulate step to measure the model")
+        labelled = "labels" in data or any("labels" in s.options for s in steps if s.name == "simulate")
+        for key in ("max_accuracy_drop", "min_accuracy"):
+            if key in expect and not labelled:
+                problems.append(f"{doc.where(('expect', key))}: expect.{key} needs labels: set data.labels")
