@@ -9,15 +9,12 @@ install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 # Quantize the bundled PP-OCR text-orientation classifier (real pretrained model, real rendered
-# text lines) to per-channel W8A8 and print float vs quantized accuracy.
+# text lines) to per-channel W8A8 with recipes/quickstart.yaml and print float vs quantized accuracy.
 demo: install
 	@mkdir -p $(DEMO)
 	$(PYTHON) sample_models/ocr_data.py --task cls --split calib --out $(DEMO)/cls_calib.npz --model $(CLS)
 	$(PYTHON) sample_models/ocr_data.py --task cls --split eval --out $(DEMO)/cls_eval.npz --labels-out $(DEMO)/cls_labels.npy --model $(CLS)
-	qtool info $(CLS) --config w8a8-per-channel | head -8
-	qtool calibrate $(CLS) --data $(DEMO)/cls_calib.npz --config w8a8-per-channel --scheme sqnr -o $(DEMO)/ppocr_cls
-	qtool simulate $(DEMO)/ppocr_cls.onnx --data $(DEMO)/cls_eval.npz --labels $(DEMO)/cls_labels.npy -o $(DEMO)/ppocr_cls_sim_qdq.onnx
-	qtool export $(DEMO)/ppocr_cls.onnx -o $(DEMO)/export --prefix ppocr_cls
+	qtool run recipes/quickstart.yaml
 
 test: install
 	$(PYTHON) -m pytest -q tests

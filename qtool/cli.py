@@ -21,6 +21,7 @@ from qtool.config import BUILTIN_CONFIGS, load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
 from qtool.graph import load_model, save_model
+from qtool.metrics import describe_metrics
 from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data, output_prefix
 from qtool.plan import PlanOptions, build_plan
 from qtool.progress import Bar
@@ -207,13 +208,7 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
     summary = {"samples": result.samples, "seconds": round(result.seconds, 3), "outputs": result.report}
     lines = [f"simulated {result.samples} samples in {result.seconds:.1f}s"]
     for name, row in result.report.items():
-        parts = [f"SQNR {row['sqnr_db']:.2f} dB", f"max |err| {row['max_abs_error']:.4g}"]
-        if "top1_agreement" in row:
-            parts.append(f"top-1 agreement {100 * row['top1_agreement']:.2f}%")
-        if "quant_accuracy" in row:
-            parts.append(f"accuracy float {100 * row['float_accuracy']:.2f}% -> "
-                         f"quantized {100 * row['quant_accuracy']:.2f}%")
-        lines.append(f"  {name}: " + ", ".join(parts))
+        lines.append(f"  {name}: {describe_metrics(row)}, max |err| {row['max_abs_error']:.4g}")
     if output:
         lines.append(f"wrote {output}")
     return Report(summary, lines)
@@ -321,4 +316,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m qtool.cli` runs this file as __main__; the commands of cli_transforms/cli_recipe
+    # register on the imported qtool.cli's group, so run that one.
+    from qtool.cli import main as registered_main
+
+    registered_main()

@@ -14,6 +14,7 @@ import click
 
 from qtool.cli import cli
 from qtool.graph import atomic_write_bytes
+from qtool.metrics import describe_metrics
 from qtool.recipe.document import apply_overrides, interpolate, read_document
 from qtool.recipe.gate import check_expectations
 from qtool.recipe.runner import execute, plan_runs, versions
@@ -65,6 +66,8 @@ def run_cmd(recipe, assignments, force, dry_run, as_json):
     atomic_write_bytes(plan.output / "run.json", json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
     ran = sum(r.status == "ran" for r in runs)
     say(f"done: {ran} steps ran, {len(runs) - ran} skipped; summary in {plan.output / 'run.json'}")
+    for name, row in metrics.items():
+        say(f"  {name}: {describe_metrics(row)}")
     for check in checks:
         say(f"  expect {check.describe()}")
     if as_json:

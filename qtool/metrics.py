@@ -77,3 +77,13 @@ class Comparison:
                     row["quant_accuracy"] = round(s.correct_quant / s.samples, 6)
             out[name] = row
         return out
+
+
+def describe_metrics(row: dict) -> str:
+    """One line of simulate's per-output metrics, for people."""
+    parts = [f"SQNR {row['sqnr_db']:.2f} dB"]
+    if "top1_agreement" in row:
+        parts.append(f"top-1 agreement {100 * row['top1_agreement']:.2f}%")
+    if "quant_accuracy" in row:
+        parts.append(f"accuracy float {100 * row['float_accuracy']:.2f}% -> quantized {100 * row['quant_accuracy']:.2f}%")
+    return ", ".join(parts)

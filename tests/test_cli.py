@@ -20,20 +20,12 @@ from click.testing import CliRunner
 from qtool.cli import cli, main
 from qtool.errors import QtoolError
 
+from conftest import run_main  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 CBR = SAMPLES / "conv_bn_relu.onnx"
 TWO = SAMPLES / "two_inputs.onnx"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI reconfigures the root logger onto the current (captured) stderr; undo that."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
@@ -46,18 +38,6 @@ def work(tmp_path):
     np.savez(tmp_path / "two.npz", image=rng.standard_normal((8, 3, 16, 16)).astype(np.float32),
              features=rng.standard_normal((8, 8)).astype(np.float32))
     return tmp_path
-
-
-def run_main(args, capsys) -> tuple[int, str, str]:
-    """qtool's real entry point in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def invoke(args, ok: bool = True):

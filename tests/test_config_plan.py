@@ -70,7 +70,17 @@ EXPECTED_BUILTIN = {
 
 
 def test_builtin_names():
-    assert set(BUILTIN_CONFIGS) == set(EXPECTED_BUILTIN)
+    assert set(BUILTIN_CONFIGS) == set(EXPECTED_BUILTIN) | {"fp16"}
+
+
+def test_fp16_config_rounds_everything_to_float16():
+    config = load_config("fp16")
+    assert config.ops == QuantizerSettings(enabled=True, symmetric=False, bitwidth=16, dtype="float")
+    assert config.param_types["bias"].enabled is True
+    plan = build_plan(sample("conv_bn_relu"), config)
+    specs = [t.spec for t in plan.all().values()]
+    assert specs and all(s.dtype == "float" and s.bw == 16 for s in specs)
+    assert any(t.role == "bias" for t in plan.params.values())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_BUILTIN))

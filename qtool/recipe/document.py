@@ -158,13 +158,9 @@ def _step_key(name: Any) -> str:
 def _assign(data: dict, location: Path_, value: Any) -> None:
     cursor: Any = data
     for part in location[:-1]:
-        if isinstance(cursor, list):
-            cursor = cursor[part]
-            continue
-        if not isinstance(cursor.get(part), dict):
-            cursor[part] = {} if cursor.get(part) is None else cursor[part]
-            if not isinstance(cursor[part], dict):  # e.g. data: calib.npz, then --set data.evaluation=...
-                cursor[part] = {"calibration": cursor[part]} if part == "data" else {}
+        if isinstance(cursor, dict) and not isinstance(cursor.get(part), (dict, list)):
+            current = cursor.get(part)  # None, or a scalar such as data: calib.npz (its shorthand)
+            cursor[part] = {"calibration": current} if part == "data" and isinstance(current, str) else {}
         cursor = cursor[part]
     cursor[location[-1]] = value
 

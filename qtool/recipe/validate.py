@@ -63,8 +63,8 @@ def validate(doc: Document) -> Recipe:
     try:
         schema = RecipeSchema.model_validate(data)
     except ValidationError as exc:
-        problems += [_pydantic_problem(doc, error) for error in exc.errors()]
-        raise RecipeError(problems) from None
+        located = [(_line_of(doc, tuple(error["loc"])), _pydantic_problem(doc, error)) for error in exc.errors()]
+        raise RecipeError([problem for _, problem in sorted(located, key=lambda pair: pair[0])]) from None
 
     model = _existing(doc, ("model",), schema.model, problems, "model")
     output = _resolve(doc, ("output",), schema.output)
@@ -78,6 +78,13 @@ def validate(doc: Document) -> Recipe:
     if problems:
         raise RecipeError(problems)
     return Recipe(doc.path, model, output, config, recipe_data, steps, expect)
+
+
+def _line_of(doc: Document, location: tuple) -> int:
+    for cut in range(len(location), -1, -1):
+        if tuple(location[:cut]) in doc.lines:
+            return doc.lines[tuple(location[:cut])]
+    return 0
 
 
 def _pydantic_problem(doc: Document, error: dict) -> str:
@@ -119,7 +126,7 @@ def _config(doc: Document, config: str | dict | None, problems: list[str]) -> st
         return config
     if isinstance(config, dict):
         try:
-            parse_config(config, f"{doc.where(('config',))} (inline config)")
+            parse_config(config, f"{doc.where(('config',))}: inline config")
         except QtoolError as exc:
             problems.append(str(exc))
         return config
