@@ -70,9 +70,7 @@ class _Hashes:
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for file in files:
                 digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-                with open(file, "rb") as handle:
-                    while chunk := handle.read(1 << 20):
-                        digest.update(chunk)
+                _feed(digest, file)
             self._cache[path] = digest.hexdigest()
         return self._cache[path]
 
@@ -209,11 +207,15 @@ def _outputs(run: StepRun, stem: str) -> dict[str, Path]:
     return paths
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _feed(digest, path: Path) -> None:
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    _feed(digest, path)
     return digest.hexdigest()
 
 
