@@ -23,6 +23,7 @@ from qtool.errors import QtoolError
 from qtool.graph import load_model, save_model
 from qtool.metrics import describe_metrics
 from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data, output_prefix
+from qtool.overrides import load_overrides
 from qtool.plan import PlanOptions, build_plan
 from qtool.progress import Bar
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA
@@ -52,6 +53,16 @@ def data_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def overrides_option(func):
+    return click.option("--overrides", default=None,
+                        help="Per-tensor/per-node overrides JSON (bit-width, symmetry, per-channel, exclude, fixed "
+                             "range), e.g. written by analyze or mixed-precision; applied last.")(func)
+
+
+def read_overrides(path: str | None) -> tuple:
+    return load_overrides(path) if path else ()
 
 
 def json_option(func):
@@ -140,6 +151,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
               help="Weight grid symmetry (overrides the config; AIMET's default is symmetric).")
 @click.option("--encodings", default=None,
               help="Existing encodings: the frozen ones (e.g. from adaround) are kept unchanged.")
+@overrides_option
 @click.option("--encoding-version", type=click.Choice(ENCODING_VERSIONS), default="1.0.0", show_default=True,
               help="AIMET encodings format to write.")
 @click.option("-o", "--output", required=True,
@@ -147,7 +159,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 @json_option
 @reporting
 def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, scheme, param_scheme, percentile,
-                  sqnr_gamma, param_bw, act_bw, per_channel, symmetric_weights, encodings, encoding_version, output):
+                  sqnr_gamma, param_bw, act_bw, per_channel, symmetric_weights, encodings, overrides, encoding_version, output):
     """Compute quantization encodings (scale/offset per tensor or channel) from calibration data.
 
     Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
@@ -157,7 +169,8 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
         graph, frozen, _ = load_pair(model, encodings)
     else:
         graph, frozen = load_model(model), None
-    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, symmetric_weights))
+    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, symmetric_weights,
+                                                              read_overrides(overrides)))
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size, sqnr_gamma)
     result = calibrate(graph, plan, lambda: source.batches(batch_size), options, frozen=frozen,
@@ -263,11 +276,12 @@ def plot_ranges_cmd(model, compare, layers, max_layers, output):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--config", default="default", show_default=True, help="Runtime config for the quantizer plan.")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (overrides the config).")
+@overrides_option
 @click.option("--ranges", "show_ranges", is_flag=True,
               help="Per layer, the widest/narrowest output-channel weight range ratio (high: CLE helps).")
 @click.option("--compare", default=None, help="With --ranges: a second model (e.g. after equalize) side by side.")
 @json_option
-def info_cmd(model, config, per_channel, show_ranges, compare, as_json):
+def info_cmd(model, config, per_channel, overrides, show_ranges, compare, as_json):
     """Inputs, outputs, op counts, parameter count and the tensors the plan would quantize.
 
     Example: qtool info model.onnx --config w8a8-per-channel
@@ -278,7 +292,7 @@ def info_cmd(model, config, per_channel, show_ranges, compare, as_json):
         rows = ranges_table(layer_ranges(graph), after)
         _emit({"layers": rows}, as_json, [format_table(rows)])
         return
-    plan = build_plan(graph, load_config(config), PlanOptions(per_channel=per_channel))
+    plan = build_plan(graph, load_config(config), PlanOptions(per_channel=per_channel, overrides=read_overrides(overrides)))
     ops: dict[str, int] = {}
     for node in graph.graph:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from qtool.cli import Bar, Report, cli, data_options, json_option, reporting
+from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
 from qtool.config import load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
@@ -127,6 +127,7 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
 @click.option("--encodings", default=None,
               help="Encodings to start from (default: calibrate MODEL first with --config/--param-bw/--act-bw).")
 @click.option("--config", default="default", show_default=True, help="Runtime config when calibrating first.")
+@overrides_option
 @click.option("--param-bw", type=click.IntRange(2, 8), default=4, show_default=True, help="Weight bit-width.")
 @click.option("--act-bw", type=click.IntRange(2, 16), default=8, show_default=True, help="Activation bit-width.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight granularity.")
@@ -147,7 +148,7 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
 @click.option("-o", "--output", required=True, help="Output prefix: PREFIX.onnx (adarounded weights) + PREFIX.encodings.json.")
 @json_option
 @reporting
-def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, config, param_bw, act_bw, per_channel,
+def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, config, overrides, param_bw, act_bw, per_channel,
                  iterations, num_batches, reg_param, beta_range, warm_start, rows, layers, exclude, fast, encoding_version, output):
     """Adaptive weight rounding (white paper 4.6): learn up/down rounding per weight, layer by layer.
 
@@ -160,7 +161,7 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
         samples = min(samples or num_batches * batch_size, num_batches * batch_size)
     graph = load_model(model)
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
-    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel))
+    plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, overrides=read_overrides(overrides)))
     if encodings:
         graph, start_enc, enc_source = load_pair(model, encodings)
     else:

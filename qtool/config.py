@@ -9,7 +9,8 @@ types are errors, never silently ignored (the counter-example is onnxruntime's e
 
 qtool extensions, documented in docs/config.md: ``bitwidth`` and ``dtype`` ("int"/"float") inside
 ``defaults.ops``, ``defaults.params``, ``params.*`` and ``op_type.*`` (AIMET passes bit-widths
-as QuantSim arguments instead), so a target (W8A16, W4A8) is one file.
+as QuantSim arguments instead), so a target (W8A16, W4A8) is one file; and ``overrides``, a
+list of per-tensor/per-node decisions (overrides.py).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any
 import onnx.defs
 
 from qtool.errors import QtoolError
+from qtool.overrides import Override, parse_overrides
 
 BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
 
-_SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output"}
+_SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output", "overrides"}
 _DEFAULT_KEYS = {"ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
                  "hw_version", "supported_kernels"}
 _OP_KEYS = {"is_output_quantized", "is_input_quantized", "is_symmetric", "bitwidth", "dtype", "supported_kernels"}
@@ -80,6 +82,7 @@ class RuntimeConfig:
     supergroups: tuple[tuple[str, ...], ...]
     model_input_quantized: bool
     model_output_quantized: bool | None
+    overrides: tuple[Override, ...] = ()  # qtool extension: per-tensor/per-node decisions (overrides.py)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -222,6 +225,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         model_input_quantized=_bool(model_input.get("is_input_quantized", True), source, "model_input.is_input_quantized"),
         model_output_quantized=_bool(model_output["is_output_quantized"], source, "model_output.is_output_quantized")
         if "is_output_quantized" in model_output else None,
+        overrides=parse_overrides(doc.get("overrides"), source),
         raw=doc,
     )
 

@@ -24,7 +24,8 @@ import onnx_ir as ir
 
 from qtool.config import OpTypeSettings, QuantizerSettings, RuntimeConfig
 from qtool.errors import QtoolError
-from qtool.graph import graph_inputs, is_float
+from qtool.graph import graph_inputs, is_float, node_label, value_by_name
+from qtool.overrides import Override, apply_overrides
 from qtool.quant import QuantSpec
 
 # op type -> {input index: parameter type}; a constant at another index is not a parameter.
@@ -56,6 +57,7 @@ class PlanOptions:
     param_bw: int | None = None
     per_channel: bool | None = None
     param_symmetric: bool | None = None
+    overrides: tuple[Override, ...] = ()  # from --overrides, applied after the config's own
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,27 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
                 settings = QuantizerSettings(enabled=config.model_output_quantized).over(op_out)
             add_activation(value, "output", settings, node.name, op.encoding_constraints)
         _plan_params(node, op, config, param_override, options, plan)
+    overrides = config.overrides + options.overrides
+    if overrides:
+        values = value_by_name(model)
+        apply_overrides(plan, overrides, quantizer_nodes(model, plan),
+                        lambda name: param_axis(values[name], default=None))
     return plan
+
+
+def quantizer_nodes(model: ir.Model, plan: QuantPlan) -> dict[str, set[str]]:
+    """Per quantizer, the nodes it belongs to: an activation's producer, a parameter's consumers;
+    by name and by label (for unnamed nodes). Model inputs belong to no node."""
+    owners: dict[str, set[str]] = {}
+    for node in model.graph:
+        labels = {node.name, node_label(node)} - {""}
+        for value in node.outputs:
+            if value.name in plan.activations:
+                owners.setdefault(value.name, set()).update(labels)
+        for value in node.inputs:
+            if value is not None and value.name in plan.params:
+                owners.setdefault(value.name, set()).update(labels)
+    return owners
 
 
 def _plan_params(node: ir.Node, op: OpTypeSettings, config: RuntimeConfig, override: QuantizerSettings,
@@ -240,7 +262,7 @@ def _plan_params(node: ir.Node, op: OpTypeSettings, config: RuntimeConfig, overr
 
 
 
-def param_axis(value: ir.Value) -> int:
+def param_axis(value: ir.Value, default: int | None = 0) -> int | None:
     """The per-channel axis of a parameter, from the op that consumes it (files do not store it)."""
     ndim = len(value.const_value.shape) if value.const_value is not None else 0
     for node in value.consumers():
@@ -249,4 +271,4 @@ def param_axis(value: ir.Value) -> int:
                 axis = _per_channel_axis(node, index, ndim)
                 if axis is not None:
                     return axis
-    return 0
+    return default

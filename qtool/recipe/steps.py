@@ -58,7 +58,7 @@ STEP_KINDS: dict[str, StepKind] = {
 }
 
 DATA_OPTIONS = ("data", "samples", "batch_size", "preprocess", "seed")  # filled from the recipe's data block
-PATH_OPTIONS = {"data", "labels", "encodings", "reference", "config"}  # resolved against the recipe's folder
+PATH_OPTIONS = {"data", "labels", "encodings", "reference", "config", "overrides"}  # resolved against the recipe's folder
 
 
 def step_name(key: object) -> str:
