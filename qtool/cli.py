@@ -321,7 +321,7 @@ def info_cmd(model, config, per_channel, overrides, show_ranges, compare, as_jso
 
 
 # the post-training transforms and recipes live in their own modules; importing them registers the commands
-from qtool import cli_recipe, cli_transforms  # noqa: E402,F401
+from qtool import cli_analysis, cli_recipe, cli_transforms  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,14 +75,15 @@ def _scale_zp(qdq: ir.Model, base: str, enc: Encoding, dtype: np.dtype) -> tuple
     return add_initializer(qdq, f"{base}_scale", scale.astype(np.float32)), add_initializer(qdq, f"{base}_zero_point", zp)
 
 
-def _quantize_param(qdq: ir.Model, value: ir.Value, enc: Encoding) -> None:
-    """Store the weight quantized + DequantizeLinear (8-bit containers) or fake-quantized."""
+def param_quantizer(qdq: ir.Model, value: ir.Value, enc: Encoding) -> tuple[list[ir.Node], ir.Value] | None:
+    """Nodes and the value holding the quantized weight (not wired to any consumer yet): an
+    integer initializer + DequantizeLinear (8-bit containers), or a fake-quantized float
+    initializer (no nodes). None for non-float32 parameters."""
     weights = value.const_value.numpy()
     if weights.dtype != np.float32:
-        return
+        return None
     if enc.is_float or enc.bw > 8:
-        value.const_value = ir.tensor(quantize_dequantize(weights, enc), name=value.name)
-        return
+        return [], add_initializer(qdq, f"{value.name}_fakequant", quantize_dequantize(weights, enc))
     dtype, _ = _container(enc, 8)
     grid = quantize(weights, enc)  # unsigned grid, float32 holding integers
     stored = grid + enc.offset.reshape(_axis_shape(enc, weights.ndim)) if dtype.kind == "i" else grid
@@ -93,7 +94,17 @@ def _quantize_param(qdq: ir.Model, value: ir.Value, enc: Encoding) -> None:
     node = ir.node("DequantizeLinear", [int_value, scale, zp], attrs, outputs=[out],
                    name=unique_name(qdq, f"{value.name}_DequantizeLinear"))
     out.dtype, out.shape = ir.DataType.FLOAT, ir.Shape(weights.shape)
-    qdq.graph.insert_before(_first_consumer(qdq, value), node)
+    return [node], out
+
+
+def _quantize_param(qdq: ir.Model, value: ir.Value, enc: Encoding) -> None:
+    """Replace the weight by its quantized form for every consumer."""
+    built = param_quantizer(qdq, value, enc)
+    if built is None:
+        return
+    nodes, out = built
+    if nodes:
+        qdq.graph.insert_before(first_consumer(qdq, value), nodes)
     value.replace_all_uses_with(out)
     if not value.uses() and not value.is_graph_output():
         qdq.graph.initializers.pop(value.name)
@@ -107,7 +118,7 @@ def _axis_shape(enc: Encoding, ndim: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _first_consumer(qdq: ir.Model, value: ir.Value) -> ir.Node:
+def first_consumer(qdq: ir.Model, value: ir.Value) -> ir.Node:
     users = {id(node) for node in value.consumers()}
     for node in qdq.graph:
         if id(node) in users:
@@ -115,15 +126,26 @@ def _first_consumer(qdq: ir.Model, value: ir.Value) -> ir.Node:
     raise AssertionError(f"{value.name} has no consumer")
 
 
+def activation_quantizer(qdq: ir.Model, value: ir.Value, enc: Encoding) -> tuple[list[ir.Node], ir.Value]:
+    """The quantizer's nodes reading `value` and their output (not wired to the consumers yet)."""
+    if enc.is_float:
+        return _cast_chain(qdq, value, enc)
+    if enc.bw in (8, 16) and not enc.strict:
+        return _native_qdq(qdq, value, enc)
+    return _fake_quant(qdq, value, enc)
+
+
 def _quantize_activation(qdq: ir.Model, value: ir.Value, enc: Encoding) -> None:
     """Insert the quantizer right after the producer and move every consumer onto its output."""
     consumers = list(value.consumers())
-    if enc.is_float:
-        nodes, out = _cast_chain(qdq, value, enc)
-    elif enc.bw in (8, 16) and not enc.strict:
-        nodes, out = _native_qdq(qdq, value, enc)
-    else:
-        nodes, out = _fake_quant(qdq, value, enc)
+    nodes, out = activation_quantizer(qdq, value, enc)
+    splice_after(qdq, value, consumers, nodes, out)
+
+
+def splice_after(qdq: ir.Model, value: ir.Value, consumers: list[ir.Node], nodes: list[ir.Node],
+                 out: ir.Value) -> None:
+    """Insert `nodes` right after `value`'s producer and make `consumers` (and the graph output,
+    under its original name) read `out` instead of `value`."""
     anchor = value.producer()
     if anchor is None:
         qdq.graph.insert_before(next(iter(qdq.graph)), nodes)

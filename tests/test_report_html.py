@@ -53,6 +53,13 @@ def _full_report() -> dict:
     }
 
 
+def _minimal_report() -> dict:
+    """What an early or partial run might write: most keys absent or empty."""
+    return {"model": "m.onnx", "summary": {"float": 0.91, "quantized": float("nan")},
+            "sensitivity": [], "statistics": [{"tensor": "x", "histogram": {"edges": [0, 1], "counts": [0]},
+                                               "min": float("-inf"), "max": None}]}
+
+
 class _TagStack(HTMLParser):
     """Checks that every tracked tag that opens also closes, in the right order."""
 
@@ -157,20 +164,13 @@ def test_deterministic(page):
 
 @pytest.mark.parametrize("which", ["full", "minimal", "failed"])
 def test_tags_balance(page, which):
-    html_text = {"full": page, "minimal": render_html(_minimal_report()),
-                 "failed": render_html({**_full_report(), "fp32_sanity": {"passed": False, "max_abs_diff": float("nan")}})}[which]
+    failed = {**_full_report(), "fp32_sanity": {"passed": False, "max_abs_diff": float("nan")}}
+    html_text = {"full": page, "minimal": render_html(_minimal_report()), "failed": render_html(failed)}[which]
     parser = _TagStack()
     parser.feed(html_text)
     parser.close()
     assert parser.errors == []
     assert parser.stack == []
-
-
-def _minimal_report() -> dict:
-    """What an early or partial run might write: most keys absent or empty."""
-    return {"model": "m.onnx", "summary": {"float": 0.91, "quantized": float("nan")},
-            "sensitivity": [], "statistics": [{"tensor": "x", "histogram": {"edges": [0, 1], "counts": [0]},
-                                               "min": float("-inf"), "max": None}]}
 
 
 def test_minimal_report_omits_missing_sections():

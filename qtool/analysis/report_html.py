@@ -26,20 +26,19 @@ _VERDICTS = {
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:0;background:#fafafa}
 main{max-width:1100px;margin:0 auto;padding:1rem 1.5rem 3rem;background:#fff}
-h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-h3{font-size:1rem;margin:.2rem 0;word-break:break-all}
-.meta,.note{color:#555;font-size:.9rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.88rem}
+h1{font-size:1.5rem;margin-bottom:.2rem} h3{font-size:1rem;margin:.2rem 0;word-break:break-all}
+h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+.meta,.note{color:#555;font-size:.9rem} pre{background:#f5f5f5;padding:.5rem;overflow-x:auto}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.88rem} th{background:#f3f3f3}
 th,td{border-bottom:1px solid #e4e4e4;padding:.2rem .6rem;text-align:left;vertical-align:top}
-th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.small{font-size:.75rem;color:#555;word-break:break-all}tr.bad td{background:#fde8e8}
-.box{padding:.6rem 1rem;border-radius:4px;margin:.5rem 0}.ok{background:#e6f4ea;border:1px solid #7cb98b}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} tr.bad td{background:#fde8e8}
+.small{font-size:.75rem;color:#555;word-break:break-all} code{word-break:break-all}
+.box{padding:.6rem 1rem;border-radius:4px;margin:.5rem 0} .ok{background:#e6f4ea;border:1px solid #7cb98b}
 .fail{background:#fde8e8;border:1px solid #d9534f;font-weight:600}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:1rem}
 .card{border:1px solid #ddd;border-radius:4px;padding:.6rem}
-pre{background:#f5f5f5;padding:.5rem;overflow-x:auto}code{word-break:break-all}
-svg{display:block;max-width:100%;height:auto}svg text{font-size:11px;fill:#333}
-.bar{fill:#4a78b5}.bar.bad{fill:#c0392b}.axis{stroke:#888;stroke-width:1}
+svg{display:block;max-width:100%;height:auto} svg text{font-size:11px;fill:#333}
+.bar{fill:#4a78b5} .bar.bad{fill:#c0392b} .axis{stroke:#888;stroke-width:1}
 .mark{stroke:#c0392b;stroke-width:1.5;stroke-dasharray:4 3}
 """
 
@@ -49,30 +48,26 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _finite(value: Any) -> float | None:
-    """The value as a float when it is a finite number, else None (charts draw only these)."""
-    if isinstance(value, bool):
-        return None
+def _float(value: Any) -> float:
+    """Any report value as a float, NaN when it is not a number (None, a string, a bool)."""
     try:
-        v = float(value)
+        return math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
-        return None
+        return math.nan
+
+
+def _finite(value: Any) -> float | None:
+    """The value when it is a finite number, else None: charts draw only these."""
+    v = _float(value)
     return v if math.isfinite(v) else None
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:
     """One formatting path for every number so None, NaN and inf show as text, never crash."""
-    if value is None or isinstance(value, bool):
-        return _DASH
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return _DASH
+    v = _float(value)
     if math.isnan(v):
         return _DASH
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return format(v, spec)
+    return format(v, spec) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
 def _percent(ratio: Any) -> str:
@@ -99,6 +94,17 @@ def _nice_step(n: int, labels: int = 10) -> int:
     raw = max(1, math.ceil(n / labels))
     base = 10 ** (len(str(raw)) - 1)
     return next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+
+
+def _svg(width: int, height: int, label: str, body: list[str]) -> str:
+    """Inline SVG (no xmlns needed inside HTML); the aria-label names the chart for readers and tests."""
+    size = f'viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
+    return "\n".join([f'<svg {size} role="img" aria-label="{_esc(label)}">', *body, "</svg>"])
+
+
+def _rect(x0: float, y0: float, w: float, h: float, bad: bool) -> str:
+    """One bar; `bad` bars take the warning colour from the stylesheet."""
+    return f'<rect class="bar{" bad" if bad else ""}" x="{_px(x0)}" y="{_px(y0)}" width="{_px(w)}" height="{_px(h)}"/>'
 
 
 def _table(headers: list[str], rows: list[list[Any]], *, num: frozenset[int] = frozenset(),
@@ -132,8 +138,7 @@ def _hbars(items: list[tuple[str, Any, bool]], label: str, spec: str = ".2f") ->
     def x(v: float) -> float:
         return left + (v - lo) / (hi - lo) * width
 
-    out = [f'<svg viewBox="0 0 {total} {height}" width="{total}" '
-           f'height="{height}" role="img" aria-label="{_esc(label)}">']
+    out = []
     for i, (name, raw, bad) in enumerate(items):
         y = 5 + i * row
         short = name if len(name) <= 36 else name[:35] + "\u2026"
@@ -142,12 +147,10 @@ def _hbars(items: list[tuple[str, Any, bool]], label: str, spec: str = ".2f") ->
         v = _finite(raw)
         if v is not None:
             x0, x1 = sorted((x(0.0), x(v)))
-            out.append(f'<rect class="bar{" bad" if bad else ""}" x="{_px(x0)}" y="{_px(y + 3)}" '
-                       f'width="{_px(max(x1 - x0, 1.0))}" height="{row - 6}"/>')
+            out.append(_rect(x0, y + 3, max(x1 - x0, 1.0), row - 6, bad))
         out.append(f'<text x="{left + width + 8}" y="{_px(y + 14)}">{_esc(_fmt(raw, spec))}</text>')
     out.append(f'<line class="axis" x1="{_px(x(0.0))}" y1="0" x2="{_px(x(0.0))}" y2="{height}"/>')
-    out.append("</svg>")
-    return "\n".join(out)
+    return _svg(total, height, label, out)
 
 
 def _vbars(bars: list[tuple[float, float, float, float, bool]], xlim: tuple[float, float],
@@ -165,25 +168,23 @@ def _vbars(bars: list[tuple[float, float, float, float, bool]], xlim: tuple[floa
     def sy(v: float) -> float:
         return top + (yb - v) / (yb - ya) * ph
 
-    out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{_esc(label)}">']
+    out = []
     for k in range(5):
         v = ya + (yb - ya) * k / 4
         out.append(f'<text x="{left - 4}" y="{_px(sy(v) + 4)}" text-anchor="end">{_esc(_fmt(v, ".3g"))}</text>')
     for x0, x1, y0, y1, bad in bars:
         px0, px1 = sx(x0), sx(x1)
         py0, py1 = sorted((sy(y0), sy(y1)))
-        out.append(f'<rect class="bar{" bad" if bad else ""}" x="{_px(px0)}" y="{_px(py0)}" '
-                   f'width="{_px(max(px1 - px0, 0.8))}" height="{_px(max(py1 - py0, 1.0))}"/>')
+        out.append(_rect(px0, py0, max(px1 - px0, 0.8), max(py1 - py0, 1.0), bad))
     for m in marks:
         out.append(f'<line class="mark" x1="{_px(sx(m))}" y1="{top}" x2="{_px(sx(m))}" y2="{top + ph}"/>')
-    for v, text in xticks:
-        out.append(f'<text x="{_px(sx(v))}" y="{height - 6}" text-anchor="middle">{_esc(text)}</text>')
+    for v, text in xticks:  # labels at the plot's edges are anchored inwards so they are not clipped
+        anchor = "start" if sx(v) < left + 12 else "end" if sx(v) > left + pw - 12 else "middle"
+        out.append(f'<text x="{_px(sx(v))}" y="{height - 6}" text-anchor="{anchor}">{_esc(text)}</text>')
     base = sy(min(max(0.0, ya), yb))
     out.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}"/>')
     out.append(f'<line class="axis" x1="{left}" y1="{_px(base)}" x2="{left + pw}" y2="{_px(base)}"/>')
-    out.append("</svg>")
-    return "\n".join(out)
+    return _svg(width, height, label, out)
 
 
 def _section(sid: str, title: str, body: str) -> str:
@@ -244,7 +245,7 @@ def _summary(report: dict) -> str:
         return ""
     name, unit = _metric_label(report)
     rows = [[label, _fmt(s[k]), _fmt(_diff(s[k], s.get("float")))] for k, label in present]
-    body = [_table(["setting", f"{name} {unit}".strip(), "vs float"], rows, num=frozenset({1, 2})),
+    body = [_table(["setting", name + (f" ({unit})" if unit else ""), "vs float"], rows, num=frozenset({1, 2})),
             _hbars([(label, s[k], False) for k, label in present], f"{name} per setting")]
     verdict = s.get("verdict")
     if verdict:
@@ -268,15 +269,15 @@ def _sensitivity(report: dict) -> str:
     top = rows[:30]
     name, unit = _metric_label(report)
     u = f" ({unit})" if unit else ""
-    table = _table(["#", "group", "op type", f"only enabled{u}", f"only disabled{u}", f"loss{u}", f"gain{u}", "quantizers"],
+    heads = ["#", "group", "op type", f"only enabled{u}", f"only disabled{u}", f"loss{u}", f"gain{u}", "quantizers"]
+    table = _table(heads,
                    [[i + 1, r.get("group", ""), r.get("op_type", ""), _fmt(r.get("only_enabled")),
                      _fmt(r.get("only_disabled")), _fmt(r.get("loss")), _fmt(r.get("gain")),
                      ", ".join(map(str, r.get("quantizers") or []))] for i, r in enumerate(top)],
                    num=frozenset({0, 3, 4, 5, 6}), small=frozenset({7}),
                    bad=frozenset(i for i, r in enumerate(top) if bad(r)))
-    note = (f'<p class="note">Highlighted: loss above 10% of the total drop ({_fmt(drop)}{u}). '
-            f"Showing {len(top)} of {len(rows)} groups.</p>") if limit is not None else \
-        f'<p class="note">Showing {len(top)} of {len(rows)} groups.</p>'
+    why = f"Highlighted: loss above 10% of the total drop ({_fmt(drop)}{u}). " if limit is not None else ""
+    note = f'<p class="note">{_esc(why)}Showing {len(top)} of {len(rows)} groups; the chart shows the top 20.</p>'
     chart = _hbars([(str(r.get("group", "")), r.get("loss"), bad(r)) for r in rows[:20]], f"loss per group ({name})")
     return _section("sensitivity", "Sensitivity", "\n".join(b for b in (note, table, chart) if b))
 
@@ -286,10 +287,9 @@ def _layer_sqnr(report: dict) -> str:
     rows = report.get("layer_sqnr") or []
     if not rows:
         return ""
-    # Unknown (NaN) values rank as worst: a broken tensor must surface in the table.
-    order = sorted(range(len(rows)), key=lambda i: (_finite(rows[i].get("sqnr_db")) is not None,
-                                                     _finite(rows[i].get("sqnr_db")) or 0.0, i))
-    lowest = order[:20]
+    # NaN ranks as worst (a broken tensor must surface), +inf (identical tensors) as best.
+    sqnr = [_float(r.get("sqnr_db")) for r in rows]
+    lowest = sorted(range(len(rows)), key=lambda i: (-math.inf if math.isnan(sqnr[i]) else sqnr[i], i))[:20]
     low_set = set(lowest)
     pts = [(i, _finite(r.get("sqnr_db"))) for i, r in enumerate(rows)]
     vals = [v for _, v in pts if v is not None]
@@ -318,8 +318,8 @@ def _histogram(st: dict) -> str:
         return ""
     lo, hi = _finite(st.get("encoding_min")), _finite(st.get("encoding_max"))
     marks = [m for m in (lo, hi) if m is not None]
-    bars = [(edges[i], edges[i + 1], 0.0, c, (lo is not None and edges[i] < lo) or (hi is not None and edges[i + 1] > hi))
-            for i, c in enumerate(counts) if c > 0]
+    clipped = [(lo is not None and a < lo) or (hi is not None and b > hi) for a, b in zip(edges, edges[1:])]
+    bars = [(edges[i], edges[i + 1], 0.0, c, clipped[i]) for i, c in enumerate(counts) if c > 0]
     xlim = (min([edges[0], *marks]), max([edges[-1], *marks]))
     return _vbars(bars, xlim, (0.0, max(counts)), label="histogram", marks=marks, width=400, height=160,
                   xticks=[(xlim[0], _fmt(xlim[0], ".3g")), (xlim[1], _fmt(xlim[1], ".3g"))])
@@ -327,7 +327,8 @@ def _histogram(st: dict) -> str:
 
 def _channel_ranges(st: dict) -> str:
     """Per-channel min..max as thin vertical bars: the spread that per-channel quantization or CLE fixes."""
-    pairs = [(i, _finite(a), _finite(b)) for i, (a, b) in enumerate(zip(st.get("channel_min") or [], st.get("channel_max") or []))]
+    lows, highs = st.get("channel_min") or [], st.get("channel_max") or []
+    pairs = [(i, _finite(a), _finite(b)) for i, (a, b) in enumerate(zip(lows, highs))]
     pairs = [(i, a, b) for i, a, b in pairs if a is not None and b is not None]
     if not pairs:
         return ""
@@ -341,8 +342,8 @@ def _channel_ranges(st: dict) -> str:
 def _stat_card(st: dict, plots: dict) -> str:
     """One tensor: the numbers that explain its range problem, then its two small charts."""
     tensor = str(st.get("tensor", ""))
-    sub = _SEP.join(str(p) for p in (st.get("kind"), st.get("node"),
-                                             f"{st['bitwidth']}-bit" if st.get("bitwidth") is not None else None) if p)
+    bits = f"{st['bitwidth']}-bit" if st.get("bitwidth") is not None else None
+    sub = _SEP.join(str(p) for p in (st.get("kind"), st.get("node"), bits) if p)
     rows = [["min / max", f"{_fmt(st.get('min'), '.4g')} / {_fmt(st.get('max'), '.4g')}"],
             ["encoding range", f"{_fmt(st.get('encoding_min'), '.4g')} / {_fmt(st.get('encoding_max'), '.4g')}"],
             ["outliers (outside the encoding range)", _percent(st.get("outlier_ratio"))]]
@@ -393,6 +394,6 @@ def render_html(report: dict) -> str:
     parts = [_header(report), _sanity(report), _summary(report), _sensitivity(report),
              _layer_sqnr(report), _statistics(report), _suggestions(report)]
     body = "\n".join(p for p in parts if p)
-    title = _title(report)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n")
+    head = f'<meta charset="utf-8">\n<title>{_esc(_title(report))}</title>\n<style>{_CSS}</style>'
+    page = f"<head>\n{head}\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>"
+    return f'<!DOCTYPE html>\n<html lang="en">\n{page}\n</html>\n'
