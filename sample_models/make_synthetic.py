@@ -194,7 +194,34 @@ def two_inputs() -> onnx.ModelProto:
                    [vi("scores", ["N", 4])], doc="Image branch and feature branch joined by Concat.")
 
 
+def broken_layer() -> onnx.ModelProto:
+    """A float-equivalent rescaling that per-tensor quantization cannot survive: output channel 5
+    of the second convolution (weights and bias) times 1e4, input channel 5 of the third times
+    1e-4. ReLU commutes with the positive scale, so the float function is unchanged, but that
+    layer's weights and output have one channel 1e4 wider than the rest: the debugging flow
+    (qtool analyze) must find it."""
+    b = Builder(7)
+    x = b.node("Relu", [b.conv("input", 3, 16, 3, bias=True)])
+    second = b.conv(x, 16, 16, 3, bias=True)
+    x = b.node("Relu", [second])
+    third = b.conv(x, 16, 32, 3, stride=2, bias=True)
+    weights = {t.name: t for t in b.inits}
+    conv2, conv3 = b.nodes[-3], b.nodes[-1]
+    for name, axis, factor in ((conv2.input[1], 0, 1e4), (conv2.input[2], 0, 1e4), (conv3.input[1], 1, 1e-4)):
+        array = numpy_helper.to_array(weights[name]).copy()
+        index = [slice(None)] * array.ndim
+        index[axis] = 5
+        array[tuple(index)] *= np.float32(factor)
+        weights[name].CopyFrom(numpy_helper.from_array(array, name))
+    x = b.node("Relu", [third])
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    b.gemm(x, 32, 10, "logits")
+    return b.model("broken_layer", [vi("input", ["N", 3, 32, 32])], [vi("logits", ["N", 10])],
+                   doc="One layer with a channel scaled by 1e4 (float-equivalent): the debugging flow's target.")
+
+
 MODELS = {
+    "broken_layer.onnx": broken_layer,
     "conv_bn_relu.onnx": conv_bn_relu,
     "mobilenet_block.onnx": mobilenet_block,
     "relu6_attr_opset6.onnx": relu6_attr_opset6,

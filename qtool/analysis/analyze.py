@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from qtool import __version__
 from qtool.analysis.evaluate import Evaluator, Setting
-from qtool.analysis.groups import Group, fix_encoding, override_for, quantizer_groups
+from qtool.analysis.groups import Group, blocks, fix_encoding, override_for, quantizer_groups
 from qtool.analysis.metric import Metric
 from qtool.analysis.switchable import build_switchable
 from qtool.analysis.tensors import activation_views, encoding_range, param_view, statistic
@@ -41,6 +41,8 @@ class AnalyzeOptions:
     target: float | None = None  # stop suggesting once the metric reaches this
     max_suggestions: int = 10
     worst: int = 6  # groups whose tensors get statistics
+    refine: int = 6  # blocks (by loss, and by gain) whose nodes are analysed one by one
+    pool: int = 5  # nodes (by loss, and by gain) the suggestions choose from, with their blocks
 
 
 def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str, np.ndarray]],
@@ -49,27 +51,25 @@ def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str,
             model_path: str = "model") -> dict:
     """The report (a JSON-able dict; report_html.py renders it)."""
     start = time.perf_counter()
-    groups = quantizer_groups(model, encodings)
-    fixes = {}
-    for name, enc in {**encodings.activations, **encodings.params}.items():
-        fix = fix_encoding(model, name, enc)
-        if fix is not None:
-            fixes[name] = fix
-    candidates = {name: [enc] + ([fixes[name][0]] if name in fixes else [])
-                  for name, enc in {**encodings.activations, **encodings.params}.items()}
-    switchable = build_switchable(model, candidates, source=source)
+    all_encodings = {**encodings.activations, **encodings.params}
+    switchable = build_switchable(model, {name: [enc] for name, enc in all_encodings.items()}, source=source)
     evaluator = Evaluator(model, switchable, batches, options.metric, labels, options.jobs)
-    switchable_names = set(switchable.selectors)
-    groups = [g for g in groups if set(g.quantizers) & switchable_names]
+    groups = [g for g in quantizer_groups(model, encodings) if set(g.quantizers) & set(switchable.selectors)]
 
     sanity = _sanity(evaluator)
     summary = _summary(evaluator, encodings)
-    sensitivity = _sensitivity(evaluator, groups, summary, progress("analyze"))
-    worst = [row["group"] for row in sensitivity[: options.worst]]
+    sensitivity = _ranked_sensitivity(model, evaluator, groups, summary, options, progress)
     by_name = {g.name: g for g in groups}
-    layer_sqnr, statistics = _tensor_views(model, encodings, evaluator, switchable, groups,
-                                           [by_name[name] for name in worst])
-    suggestions = _suggest(evaluator, by_name, sensitivity, fixes, summary, options, encodings)
+    worst = [by_name[row["group"]] for row in sensitivity if row["level"] == "node"][: options.worst]
+    layer_sqnr, statistics = _tensor_views(model, encodings, evaluator, switchable, groups, worst)
+    fixes = {name: fix for name, enc in all_encodings.items() if (fix := fix_encoding(model, name, enc)) is not None}
+    fix_switchable = build_switchable(
+        model, {name: [enc] + ([fixes[name][0]] if name in fixes else []) for name, enc in all_encodings.items()},
+        source=source)
+    fix_evaluator = Evaluator(model, fix_switchable, evaluator.batches, options.metric, labels, 1)
+    coarse = {block.name: block for block, _ in blocks(model, groups)}
+    pool = _suggestion_pool(sensitivity, by_name, coarse, options.pool)
+    suggestions = _suggest(fix_evaluator, pool, fixes, summary, sensitivity, options, encodings)
     return {
         "model": model_path, "encodings": source, "qtool_version": __version__,
         "metric": {"name": options.metric.name, "unit": options.metric.unit, "higher_is_better": True},
@@ -77,6 +77,25 @@ def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str,
         "layer_sqnr": layer_sqnr, "statistics": statistics, "suggestions": suggestions,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _ranked_sensitivity(model, evaluator, groups, summary, options, progress) -> list[dict]:
+    """Blocks first (a layer and the ops up to the next one), then the nodes of the worst blocks:
+    node-level rows for those, block-level rows for the rest, ranked together by loss."""
+    coarse = blocks(model, groups)
+    block_rows = _sensitivity(evaluator, [block for block, _ in coarse], summary, progress("analyze blocks"))
+    by_block = {block.name: members for block, members in coarse}
+    chosen = {row["group"] for row in sorted(block_rows, key=lambda r: -r["loss"])[: options.refine]}
+    chosen |= {row["group"] for row in sorted(block_rows, key=lambda r: -r["gain"])[: options.refine]}
+    single = [row for row in block_rows if row["group"] in chosen and len(by_block[row["group"]]) == 1]
+    nodes = [m for name in sorted(chosen) if len(by_block[name]) > 1 for m in by_block[name]]
+    node_rows = _sensitivity(evaluator, nodes, summary, progress("analyze layers")) if nodes else []
+    for row in single:  # a block of one node is that node
+        row["group"] = by_block[row["group"]][0].name
+    rows = [dict(row, level="node") for row in node_rows + single]
+    rows += [dict(row, level="block") for row in block_rows if row["group"] not in chosen]
+    rows.sort(key=lambda row: (-row["loss"], -row["gain"], row["group"]))
+    return rows
 
 
 def _sanity(evaluator: Evaluator) -> dict:
@@ -125,7 +144,6 @@ def _sensitivity(evaluator: Evaluator, groups: list[Group], summary: dict, progr
         rows.append({"group": group.name, "op_type": group.op_type, "quantizers": group.quantizers,
                      "only_enabled": only_enabled, "only_disabled": only_disabled,
                      "loss": summary["float"] - only_enabled, "gain": only_disabled - summary["quantized"]})
-    rows.sort(key=lambda row: (-row["loss"], -row["gain"], row["group"]))
     return rows
 
 
@@ -148,40 +166,77 @@ def _tensor_views(model, encodings, evaluator, switchable, groups, worst_groups)
     return layer_sqnr, statistics
 
 
-def _suggest(evaluator: Evaluator, groups: dict[str, Group], sensitivity: list[dict], fixes: dict,
-             summary: dict, options: AnalyzeOptions, encodings: EncodingSet) -> list[dict]:
-    """Greedy: groups by what leaving them in float recovers; per group the cheapest fix that
-    recovers at least 80% of what exclusion would; measured cumulatively."""
-    target = options.target
-    if target is None and options.metric.unit == "%":
-        target = summary["float"] - DEFAULT_BUDGET
+def _suggestion_pool(sensitivity: list[dict], groups: dict[str, Group], coarse: dict[str, Group],
+                     size: int) -> list[Group]:
+    """Candidates for the fix: the worst nodes by what they cost alone and by what leaving them in
+    float recovers, and the worst blocks (a layer's weights and output can only be fixed together
+    when both are broken)."""
+    nodes = [row for row in sensitivity if row["level"] == "node"]
+    names = [row["group"] for row in sorted(nodes, key=lambda r: -r["loss"])[:size]]
+    names += [row["group"] for row in sorted(nodes, key=lambda r: -r["gain"])[:size] if row["gain"] > 0]
+    pool = [groups[name] for name in dict.fromkeys(names)]
+    pool += [block for block in sorted(coarse.values(), key=lambda b: b.name)
+             if len(block.quantizers) > 1 and any(g.name in names for g in block.members)][:size]
+    return pool
+
+
+def _default_target(summary: dict, sensitivity: list[dict], pool: list[Group], unit: str) -> float | None:
+    """Where to stop without --target: within DEFAULT_BUDGET of float for percentages; for SQNR,
+    1 dB under what the model would give if every group in the pool were as good as the median
+    group (noise powers of independent quantizers add up)."""
+    if unit in ("%", "x100"):
+        return summary["float"] - DEFAULT_BUDGET
+    if unit != "dB" or not sensitivity:
+        return None
+    pooled = {q for group in pool for q in group.quantizers}
+    typical = float(np.median([row["only_enabled"] for row in sensitivity]))
+    values = [typical if set(row["quantizers"]) & pooled else row["only_enabled"] for row in sensitivity]
+    return float(-10.0 * np.log10(sum(10.0 ** (-value / 10.0) for value in values)) - 1.0)
+
+
+def _suggest(evaluator: Evaluator, pool: list[Group], fixes: dict, summary: dict, sensitivity: list[dict],
+             options: AnalyzeOptions, encodings: EncodingSet) -> list[dict]:
+    """Forward selection: at each step the candidate whose float version recovers most, with the
+    cheapest fix that recovers at least 80% of that; then drop quantizers the result does not
+    need. Every number is measured on the switchable model."""
+    target = options.target if options.target is not None else _default_target(summary, sensitivity, pool,
+                                                                                    options.metric.unit)
+    tolerance = 0.0 if options.metric.unit == "%" else 0.1
+    selectable = evaluator.switchable.selectors
     chosen: dict[str, int] = {}
+    reasons: dict[str, str] = {}
     current = summary["quantized"]
-    suggestions: list[dict] = []
-    ranked = sorted(sensitivity, key=lambda row: (-row["gain"], row["group"]))
-    for row in ranked:
-        if len(suggestions) >= options.max_suggestions or (target is not None and current >= target):
+    remaining = list(pool)
+    while remaining and len(reasons) < options.max_suggestions and (target is None or current < target):
+        def variant(group: Group, exclude: bool) -> dict[str, int]:
+            return {q: FLOAT if exclude or q not in fixes else FIX for q in group.quantizers if q in selectable}
+        # rank by what leaving the group in float recovers (the most any fix can), then take the
+        # cheapest fix that gets 80% of that
+        trials = [(evaluator.score(Setting.of({**chosen, **variant(g, True)})), g) for g in remaining]
+        excluded_score, best = max(trials, key=lambda pair: pair[0])
+        fixable = any(q in fixes for q in best.quantizers)
+        fix_score = evaluator.score(Setting.of({**chosen, **variant(best, False)})) if fixable else excluded_score
+        use_fix = fixable and fix_score - current >= 0.8 * (excluded_score - current)
+        new_score = fix_score if use_fix else excluded_score
+        if new_score <= current + tolerance:
             break
-        if row["gain"] <= 0:
-            break
-        names = [q for q in groups[row["group"]].quantizers if q in evaluator.switchable.selectors]
-        fixed = {**chosen, **{q: FIX if q in fixes else FLOAT for q in names}}
-        excluded = {**chosen, **{q: FLOAT for q in names}}
-        score_fix, score_excluded = (evaluator.score(Setting.of(fixed)), evaluator.score(Setting.of(excluded)))
-        use_fix = score_fix - current >= 0.8 * (score_excluded - current)
-        new_score = score_fix if use_fix else score_excluded
-        if new_score <= current:
-            continue
-        chosen = fixed if use_fix else excluded
-        unit = options.metric.unit
-        for name in names:
-            how = fixes[name][1] if use_fix and name in fixes else "exclude"
-            kind = "param" if name in encodings.params else "activation"
-            reason = (f"{row['group']} ({row['op_type']}): alone it costs {row['loss']:.2f} {unit}; "
-                      f"{_describe(how)} {name}")
-            suggestions.append({"reason": reason, "override": override_for(name, kind, how, reason),
-                                "expected": new_score})
+        for name, selector in variant(best, not use_fix).items():
+            chosen[name] = selector
+            reasons[name] = f"{best.name} ({best.op_type}): fixing it takes the model from {current:.2f} to {new_score:.2f}"
         current = new_score
+        remaining = [g for g in remaining if g is not best]
+    for name in list(chosen):  # the quantizers the result does not need
+        trial = {q: v for q, v in chosen.items() if q != name}
+        score = evaluator.score(Setting.of(trial))
+        if score >= current - tolerance:
+            chosen, current = trial, score
+    unit = options.metric.unit
+    suggestions = []
+    for name, selector in chosen.items():
+        how = fixes[name][1] if selector == FIX else "exclude"
+        kind = "param" if name in encodings.params else "activation"
+        reason = f"{reasons[name]} {unit}; {_describe(how)} {name}"
+        suggestions.append({"reason": reason, "override": override_for(name, kind, how, reason), "expected": current})
     return suggestions
 
 

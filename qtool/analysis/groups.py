@@ -25,6 +25,7 @@ class Group:
     op_type: str
     activations: list[str] = field(default_factory=list)
     params: list[str] = field(default_factory=list)
+    members: list[Group] = field(default_factory=list)  # a block's node groups
 
     @property
     def quantizers(self) -> list[str]:
@@ -52,6 +53,42 @@ def quantizer_groups(model: ir.Model, encodings: EncodingSet) -> list[Group]:
         if group.quantizers:
             groups.append(group)
     return groups
+
+
+LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "RNN"}
+
+
+def blocks(model: ir.Model, groups: list[Group]) -> list[tuple[Group, list[Group]]]:
+    """Coarse groups for a first sensitivity pass: each layer (Conv, Gemm, MatMul...) with the
+    non-layer ops after it up to the next layer (its activation, residual add, hard-swish...).
+    Returns (the block as one group, its node groups). Sensitivity over a few dozen blocks, then
+    over the nodes of the worst blocks, costs a fraction of a pass over every node."""
+    by_node = {g.name: g for g in groups}
+    result: list[tuple[Group, list[Group]]] = []
+    members: list[Group] = [g for g in groups if g.op_type == "Input"]
+    head: Group | None = None
+
+    def close() -> None:
+        if members:
+            first = head or members[0]
+            extra = len(members) - 1
+            block = Group(f"{first.name} (+{extra} ops)" if extra else first.name, first.op_type,
+                          [a for m in members for a in m.activations], [p for m in members for p in m.params],
+                          list(members))
+            result.append((block, list(members)))
+
+    started = False  # ops before the first layer join its block
+    for node in model.graph:
+        group = by_node.get(node_label(node))
+        if node.op_type in LAYER_OPS:
+            if started:
+                close()
+                members = []
+            started, head = True, group
+        if group is not None:
+            members.append(group)
+    close()
+    return result
 
 
 def fix_encoding(model: ir.Model, name: str, enc: Encoding) -> tuple[Encoding, str] | None:
