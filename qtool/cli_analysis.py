@@ -8,12 +8,19 @@ from pathlib import Path
 import click
 
 from qtool.analysis.analyze import AnalyzeOptions, analyze
+from qtool.analysis.mixed_precision import mixed_precision, parse_candidates
+from qtool.encodings_io import EncodingSet, save_encodings
+from qtool.overrides import parse_overrides
+from qtool.plots import pareto_plot, plots_available
+from qtool.qdq import build_qdq_model
+from qtool.quant.observers import SCHEMES
+from qtool.steps.calibrate import CalibrateOptions
 from qtool.analysis.metric import BUILTIN_METRICS, load_metric
 from qtool.analysis.report_html import render_html
 from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
 from qtool.config import load_config
 from qtool.graph import atomic_write_bytes, load_model
-from qtool.io import StagedOutputs, load_labels, load_pair, open_model_data
+from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data
 from qtool.plan import PlanOptions, build_plan
 from qtool.steps.calibrate import calibrate
 
@@ -110,4 +117,83 @@ def _lines(report: dict, folder: Path, write_overrides: str | None) -> list[str]
         lines += [f"    {json.dumps(sug['override'], sort_keys=True)}" for sug in report["suggestions"][:10]]
     lines.append(f"wrote {folder / 'report.html'}, report.json, overrides.json" +
                  (f" and {write_overrides}" if write_overrides else ""))
+    return lines
+
+
+@cli.command("mixed-precision")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("--eval-data", default=None, help="Evaluation data (default: --data).")
+@click.option("--labels", default=None, help="Integer labels of the evaluation samples: metric accuracy.")
+@metric_option
+@click.option("--candidates", default="w8a8,w8a16,w16a16", show_default=True,
+              help="Precisions to choose from per layer, wNaM (N-bit weights, M-bit activations).")
+@click.option("--budget", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Allowed metric drop from float (metric units: points for %, dB for sqnr).")
+@click.option("--target", type=float, default=None, help="A metric value to reach instead of float - budget.")
+@click.option("--config", default="default", show_default=True, help="Runtime config (granularity, symmetry).")
+@click.option("--scheme", type=click.Choice(SCHEMES, case_sensitive=False), default="sqnr", show_default=True,
+              help="Activation range setting for every candidate's calibration.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Processes for the sensitivity runs.")
+@click.option("-o", "--output-dir", required=True,
+              help="Writes overrides.json, mixed_precision.json, pareto.png (with matplotlib) and the final pair "
+                   "model.onnx + model.encodings.json.")
+@json_option
+@reporting
+def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval_data, labels, metric, candidates,
+                        budget, target, config, scheme, jobs, output_dir) -> Report:
+    """Raise the precision of the most sensitive layers until the metric is within --budget of float.
+
+    Example: qtool mixed-precision model.onnx --data calib.npz --labels labels.npy --candidates w8a8,w8a16 -o amp
+    """
+    choices = parse_candidates(candidates)
+    graph = load_model(model)
+    calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    runtime_config = load_config(config)
+    calibrate_options = CalibrateOptions(scheme=scheme.lower())
+
+    def calibrated(param_bw: int, act_bw: int, overrides=()) -> EncodingSet:
+        plan = build_plan(graph, runtime_config, PlanOptions(act_bw, param_bw, overrides=tuple(overrides)))
+        return calibrate(graph, plan, lambda: calib.batches(batch_size), calibrate_options, total=calib.count(),
+                         progress=Bar(f"calibrate w{param_bw}a{act_bw}")).encodings
+
+    encodings = [calibrated(c.param_bw, c.act_bw) for c in choices]
+    evaluation = open_model_data(graph, eval_data or data, samples=samples or 64, preprocess=preprocess, seed=seed)
+    final: dict = {}
+
+    def finalize(overrides: list[dict]):
+        final["encodings"] = calibrated(choices[0].param_bw, choices[0].act_bw,
+                                        parse_overrides(overrides, "mixed-precision"))
+        return build_qdq_model(graph, final["encodings"])
+
+    chosen = load_metric(metric or ("accuracy" if labels else "sqnr"))
+    result = mixed_precision(graph, encodings, choices, list(evaluation.batches(batch_size)), chosen,
+                             labels=load_labels(labels) if labels else None, budget=budget, target=target, jobs=jobs,
+                             progress=lambda label: Bar(label, unit="runs"), finalize=finalize)
+    folder = Path(output_dir)
+    overrides_doc = {"comment": f"qtool mixed-precision {model}: {', '.join(c.name for c in choices)}",
+                     "metric": chosen.name, "overrides": result["overrides"]}
+    with StagedOutputs() as out:
+        out.path(folder / "overrides.json").write_bytes(json.dumps(overrides_doc, indent=2, sort_keys=True).encode())
+        out.path(folder / "mixed_precision.json").write_bytes(json.dumps(result, indent=2, sort_keys=True).encode())
+        copy_file_atomic(model, out.path(folder / "model.onnx"))
+        save_encodings(final["encodings"], out.path(folder / "model.encodings.json"))
+        plotted = pareto_plot(result, out.path(folder / "pareto.png")) if plots_available() else False
+    return Report(result, _mp_lines(result, folder, plotted))
+
+
+def _mp_lines(result: dict, folder: Path, plotted: bool) -> list[str]:
+    unit = result["metric"]["unit"]
+    lines = [f"{result['metric']['name']}: float {result['float']:.2f} {unit}, goal {result['goal']:.2f}; "
+             f"{result['blocks']} layer blocks, {result['samples']} samples, {result['seconds']:.0f}s",
+             f"  {'step':48} {'metric':>9} {'BOPs':>7} {'size':>7}"]
+    for point in result["curve"] + [result["all_highest"]]:
+        lines.append(f"  {point['step'][:48]:48} {point['metric']:9.2f} {point['relative_bops']:6.2f}x "
+                     f"{point['relative_size']:6.2f}x")
+    verdict = "met" if result["met"] else "NOT met (all candidates raised would give " \
+              f"{result['all_highest']['metric']:.2f})"
+    lines.append(f"goal {verdict}: {len(result['raised'])} of {result['blocks']} blocks raised; final pair "
+                 f"(calibrated with the overrides) measures {result['final_metric']:.2f} {unit}")
+    lines.append(f"wrote {folder / 'overrides.json'}, mixed_precision.json, model.onnx, model.encodings.json"
+                 + (", pareto.png" if plotted else ""))
     return lines

@@ -44,7 +44,7 @@ def _import_matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise QtoolError("plot-ranges needs matplotlib", "pip install 'qtool[plots]'") from exc
+        raise QtoolError("plots need matplotlib", "pip install 'qtool[plots]'") from exc
     return Figure, FigureCanvasAgg
 
 
@@ -102,3 +102,33 @@ def plot_ranges(before: list[LayerRanges], after: list[LayerRanges] | None = Non
     # svg.hashsalt fixes the ids SVG output would otherwise draw at random.
     with matplotlib.rc_context({"svg.hashsalt": "qtool"}), atomic_output(path) as handle:
         fig.savefig(handle, format=fmt, dpi=100, metadata=_METADATA[fmt])
+
+
+def plots_available() -> bool:
+    """Whether the optional matplotlib extra is installed (commands then add a picture)."""
+    try:
+        _import_matplotlib()
+    except QtoolError:
+        return False
+    return True
+
+
+def pareto_plot(result: dict, path: str | os.PathLike) -> bool:
+    """Mixed precision's accuracy/cost curve: metric against relative bit-operations, one point per
+    raised layer block, the goal as a dashed line. Returns True when written."""
+    Figure, FigureCanvasAgg = _import_matplotlib()
+    curve = result["curve"] + [result["all_highest"]]
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([p["relative_bops"] for p in result["curve"]], [p["metric"] for p in result["curve"]], "o-",
+            color="tab:blue", markersize=3, label="greedy raises")
+    ax.plot([curve[-1]["relative_bops"]], [curve[-1]["metric"]], "s", color="tab:green", label=curve[-1]["step"])
+    ax.axhline(result["goal"], color="tab:red", linestyle="--", linewidth=1, label="goal")
+    unit = result["metric"]["unit"]
+    ax.set_xlabel(f"bit-operations relative to all {result['candidates'][0]}")
+    ax.set_ylabel(f"{result['metric']['name']} ({unit})" if unit else result["metric"]["name"])
+    ax.legend(fontsize=8)
+    with atomic_output(path) as handle:
+        fig.savefig(handle, format="png", dpi=100, metadata=_METADATA["png"])
+    return True

@@ -150,6 +150,24 @@ def evaluate(model_path: str | Path, task: str, split: str = "eval",
     return char_accuracy(preds, targets)
 
 
+REC_MODEL = Path(__file__).resolve().parents[1] / "build" / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+_REC_CACHE: dict[str, object] = {}
+
+
+def rec_char_accuracy(outputs: dict, reference: dict, labels) -> float:
+    """A `qtool analyze/mixed-precision --metric sample_models/ocr_data.py:rec_char_accuracy`
+    metric: character accuracy (%) of the recogniser's outputs on the first samples of the eval
+    split (the ones `--split eval` wrote, in order). CTC table from $QTOOL_REC_MODEL or REC_MODEL."""
+    import os
+
+    if "chars" not in _REC_CACHE:
+        _REC_CACHE["chars"] = load_characters(os.environ.get("QTOOL_REC_MODEL", REC_MODEL))
+        _REC_CACHE["texts"] = load_split("rec", "eval")[1]
+    logits = next(iter(outputs.values()))
+    preds = ctc_greedy_decode(logits, _REC_CACHE["chars"])
+    return 100.0 * char_accuracy(preds, _REC_CACHE["texts"][: len(preds)])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", choices=("cls", "rec"), required=True)

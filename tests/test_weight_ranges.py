@@ -173,5 +173,5 @@ def test_plot_without_matplotlib(tmp_path, monkeypatch, mobilenet):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
     with pytest.raises(QtoolError) as err:
         plot_ranges(layer_ranges(mobilenet), path=tmp_path / "r.png")
-    assert err.value.message == "plot-ranges needs matplotlib" and "qtool[plots]" in err.value.hint
+    assert err.value.message == "plots need matplotlib" and "qtool[plots]" in err.value.hint
     assert not list(tmp_path.iterdir())

@@ -79,6 +79,11 @@ class Evaluator:
     def score(self, setting: Setting) -> float:
         return self.metric.score(self.outputs(setting), self.reference, self.labels)
 
+    def score_model(self, model: ir.Model) -> float:
+        """The metric of another model (e.g. the final QDQ model) on the same cached data."""
+        session = make_session(model, optimize=False, threads=self.threads)
+        return self.metric.score(_run(session, self.batches, {}, self.names), self.reference, self.labels)
+
     def float_score(self) -> float:
         """The metric of the float model against itself (100% agreement, inf dB capped...)."""
         return self.metric.score(self.reference, self.reference, self.labels)

@@ -34,6 +34,7 @@ class ChainState:
 
     model: Path
     encodings: Path | None = None
+    overrides: Path | None = None  # written by the last analyze / mixed_precision step
 
 
 @dataclass
@@ -130,8 +131,12 @@ def _arguments(step: PlannedStep, state: ChainState, recipe: Recipe, folder: Pat
                 kwargs[option] = recipe.data[option]
     if step.name == "simulate":
         kwargs["reference"] = str(recipe.model)  # the drop is measured against the original float model
-        if "labels" in recipe.data:
-            kwargs["labels"] = recipe.data["labels"]
+    if "labels" in recipe.data and "labels" in kwargs:
+        kwargs["labels"] = recipe.data["labels"]
+    if "eval_data" in kwargs and "evaluation" in recipe.data:
+        kwargs["eval_data"] = recipe.data["evaluation"]
+    if kind.takes_overrides and state.overrides is not None:
+        kwargs["overrides"] = str(state.overrides)
     if kind.uses_config and config is not None:
         kwargs["config"] = config
     kwargs.update(step.options)
@@ -168,6 +173,8 @@ def _advance(state: ChainState, step: PlannedStep, folder: Path, stem: str, kwar
     paths = output_paths(step.kind, folder, stem)
     if "model" in paths:
         state.model = paths["model"]
+    if "overrides" in paths:
+        state.overrides = paths["overrides"]
     if step.kind.encodings_out == "new":
         state.encodings = paths["encodings"]
     elif step.kind.encodings_out == "dropped":
@@ -202,6 +209,8 @@ def execute(recipe: Recipe, runs: list[StepRun], say: Callable[[str], None]) -> 
 
 def _outputs(run: StepRun, stem: str) -> dict[str, Path]:
     paths = output_paths(run.step.kind, run.folder, stem)
+    if run.step.kind.output in ("report", "pair-folder"):
+        return {**paths, **({"report_html": run.folder / "report.html"} if run.step.kind.output == "report" else {})}
     if "folder" in paths:  # export: the files it reports
         return {Path(name).name: Path(name) for name in run.summary.get("files", [])}
     return paths

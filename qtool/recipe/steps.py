@@ -31,8 +31,9 @@ class StepKind:
     needs_encodings: bool
     takes_encodings: bool
     encodings_out: str
-    output: str  # "prefix" | "model" | "qdq" | "folder"
+    output: str  # "prefix" | "model" | "qdq" | "folder" | "report" | "pair-folder"
     uses_config: bool = False
+    takes_overrides: bool = False  # reads an overrides file: the last analyze/mixed_precision step's
 
     @property
     def command(self) -> click.Command:
@@ -43,18 +44,23 @@ class StepKind:
     def wired_options(self) -> set[str]:
         """Options the recipe sets itself; a step that sets them is an error."""
         wired = {"model"}
-        wired |= {"output_dir"} if self.output == "folder" else {"output"}
+        wired |= {"output_dir"} if self.output in ("folder", "report", "pair-folder") else {"output"}
         return wired
 
 
 STEP_KINDS: dict[str, StepKind] = {
     "fold": StepKind("fold", None, False, False, "dropped", "model"),
     "equalize": StepKind("equalize", None, False, False, "dropped", "model"),
-    "calibrate": StepKind("calibrate", "calibration", False, True, "new", "prefix", uses_config=True),
+    "calibrate": StepKind("calibrate", "calibration", False, True, "new", "prefix", uses_config=True,
+                          takes_overrides=True),
     "bias_correct": StepKind("bias-correct", "calibration", True, True, "new", "prefix"),
-    "adaround": StepKind("adaround", "calibration", False, True, "new", "prefix", uses_config=True),
+    "adaround": StepKind("adaround", "calibration", False, True, "new", "prefix", uses_config=True,
+                         takes_overrides=True),
     "simulate": StepKind("simulate", "evaluation", True, True, "kept", "qdq"),
     "export": StepKind("export", None, True, True, "kept", "folder"),
+    "analyze": StepKind("analyze", "calibration", True, True, "kept", "report", uses_config=True),
+    "mixed_precision": StepKind("mixed-precision", "calibration", False, False, "new", "pair-folder",
+                                uses_config=True),
 }
 
 DATA_OPTIONS = ("data", "samples", "batch_size", "preprocess", "seed")  # filled from the recipe's data block
@@ -74,6 +80,11 @@ def output_paths(kind: StepKind, folder: Path, stem: str) -> dict[str, Path]:
         return {"model": folder / f"{stem}.onnx"}
     if kind.output == "qdq":
         return {"qdq": folder / f"{stem}_qdq.onnx"}
+    if kind.output == "report":
+        return {"overrides": folder / "overrides.json", "report": folder / "report.json"}
+    if kind.output == "pair-folder":
+        return {"model": folder / "model.onnx", "encodings": folder / "model.encodings.json",
+                "overrides": folder / "overrides.json"}
     return {"folder": folder}
 
 
