@@ -15,7 +15,7 @@ from qtool.plots import pareto_plot, plots_available
 from qtool.qdq import build_qdq_model
 from qtool.quant.observers import SCHEMES
 from qtool.steps.calibrate import CalibrateOptions
-from qtool.analysis.metric import BUILTIN_METRICS, load_metric
+from qtool.analysis.metric import BUILTIN_METRICS, metric_for
 from qtool.analysis.report_html import render_html
 from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
 from qtool.config import load_config
@@ -54,28 +54,30 @@ def pair_for_analysis(model: str, encodings: str | None, config: str, overrides:
 @overrides_option
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes for the sensitivity runs (each gets a share of the cores).")
+@click.option("--budget", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Stop suggesting once the metric is within this of float (metric units).")
 @click.option("--target", type=float, default=None,
-              help="Stop suggesting once the metric reaches this [float - 0.5 for % metrics].")
+              help="Stop suggesting once the metric reaches this (default: float - budget; sqnr: an estimate).")
 @click.option("--max-suggestions", type=click.IntRange(0, 100), default=10, show_default=True)
 @click.option("--write-overrides", default=None, help="Also write the suggested overrides to this JSON file.")
 @click.option("-o", "--output-dir", required=True, help="Report folder: report.html, report.json, overrides.json.")
 @json_option
 @reporting
 def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, eval_data, labels, metric, config,
-                overrides, jobs, target, max_suggestions, write_overrides, output_dir) -> Report:
+                overrides, jobs, budget, target, max_suggestions, write_overrides, output_dir) -> Report:
     """Find the quantizers that cost accuracy and write overrides that fix them (white paper 4.8).
 
     Example: qtool analyze out/model.onnx --data calib.npz --labels labels.npy --jobs 2 -o report
     """
+    label_array = load_labels(labels) if labels else None
+    chosen = metric_for(metric, label_array)
     graph = load_model(model)
     calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     graph, enc_set, enc_source = pair_for_analysis(model, _sibling_encodings(model, encodings), config, overrides,
                                                    calib, batch_size)
     evaluation = open_model_data(graph, eval_data, samples=samples or 64, preprocess=preprocess, seed=seed) \
         if eval_data else open_model_data(graph, data, samples=samples or 64, preprocess=preprocess, seed=seed)
-    label_array = load_labels(labels) if labels else None
-    chosen = load_metric(metric or ("accuracy" if labels else "sqnr"))
-    options = AnalyzeOptions(chosen, jobs, target, max_suggestions)
+    options = AnalyzeOptions(chosen, jobs, target, budget, max_suggestions)
     report = analyze(graph, enc_set, list(evaluation.batches(batch_size)), options, labels=label_array,
                      progress=lambda label: Bar(label, unit="runs"), source=enc_source, model_path=model)
     folder = Path(output_dir)
@@ -147,6 +149,8 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval
     Example: qtool mixed-precision model.onnx --data calib.npz --labels labels.npy --candidates w8a8,w8a16 -o amp
     """
     choices = parse_candidates(candidates)
+    label_array = load_labels(labels) if labels else None
+    chosen = metric_for(metric, label_array)
     graph = load_model(model)
     calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     runtime_config = load_config(config)
@@ -166,9 +170,8 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval
                                         parse_overrides(overrides, "mixed-precision"))
         return build_qdq_model(graph, final["encodings"])
 
-    chosen = load_metric(metric or ("accuracy" if labels else "sqnr"))
     result = mixed_precision(graph, encodings, choices, list(evaluation.batches(batch_size)), chosen,
-                             labels=load_labels(labels) if labels else None, budget=budget, target=target, jobs=jobs,
+                             labels=label_array, budget=budget, target=target, jobs=jobs,
                              progress=lambda label: Bar(label, unit="runs"), finalize=finalize)
     folder = Path(output_dir)
     overrides_doc = {"comment": f"qtool mixed-precision {model}: {', '.join(c.name for c in choices)}",

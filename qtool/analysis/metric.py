@@ -79,6 +79,15 @@ BUILTIN_METRICS = {
 }
 
 
+def metric_for(spec: str | None, labels: np.ndarray | None) -> Metric:
+    """The --metric the user asked for (default: accuracy with labels, else sqnr), checked
+    against the labels before any long work starts."""
+    metric = load_metric(spec or ("accuracy" if labels is not None else "sqnr"))
+    if metric.name == "accuracy" and labels is None:
+        raise QtoolError("--metric accuracy needs --labels")
+    return metric
+
+
 def load_metric(spec: str) -> Metric:
     """A built-in name or `module:function` / `file.py:function`."""
     if spec in BUILTIN_METRICS:
