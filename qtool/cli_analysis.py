@@ -47,7 +47,9 @@ def pair_for_analysis(model: str, encodings: str | None, config: str, overrides:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--encodings", default=None, help="Encodings JSON (default: MODEL's sibling, else calibrate with --config).")
 @data_options
-@click.option("--eval-data", default=None, help="Evaluation data (default: --data); 64 samples are plenty.")
+@click.option("--eval-data", default=None, help="Evaluation data (default: --data).")
+@click.option("--eval-samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Evaluation samples (cached in memory; every setting runs over all of them).")
 @click.option("--labels", default=None, help="Integer labels of the evaluation samples (.npy/.txt): metric accuracy.")
 @metric_option
 @click.option("--config", default="default", show_default=True, help="Runtime config, when calibrating first.")
@@ -63,7 +65,7 @@ def pair_for_analysis(model: str, encodings: str | None, config: str, overrides:
 @click.option("-o", "--output-dir", required=True, help="Report folder: report.html, report.json, overrides.json.")
 @json_option
 @reporting
-def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, eval_data, labels, metric, config,
+def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, eval_data, eval_samples, labels, metric, config,
                 overrides, jobs, budget, target, max_suggestions, write_overrides, output_dir) -> Report:
     """Find the quantizers that cost accuracy and write overrides that fix them (white paper 4.8).
 
@@ -75,8 +77,7 @@ def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, e
     calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     graph, enc_set, enc_source = pair_for_analysis(model, _sibling_encodings(model, encodings), config, overrides,
                                                    calib, batch_size)
-    evaluation = open_model_data(graph, eval_data, samples=samples or 64, preprocess=preprocess, seed=seed) \
-        if eval_data else open_model_data(graph, data, samples=samples or 64, preprocess=preprocess, seed=seed)
+    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed)
     options = AnalyzeOptions(chosen, jobs, target, budget, max_suggestions)
     report = analyze(graph, enc_set, list(evaluation.batches(batch_size)), options, labels=label_array,
                      progress=lambda label: Bar(label, unit="runs"), source=enc_source, model_path=model)
@@ -126,6 +127,8 @@ def _lines(report: dict, folder: Path, write_overrides: str | None) -> list[str]
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
 @click.option("--eval-data", default=None, help="Evaluation data (default: --data).")
+@click.option("--eval-samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Evaluation samples (cached in memory; every setting runs over all of them).")
 @click.option("--labels", default=None, help="Integer labels of the evaluation samples: metric accuracy.")
 @metric_option
 @click.option("--candidates", default="w8a8,w8a16,w16a16", show_default=True,
@@ -142,7 +145,7 @@ def _lines(report: dict, folder: Path, write_overrides: str | None) -> list[str]
                    "model.onnx + model.encodings.json.")
 @json_option
 @reporting
-def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval_data, labels, metric, candidates,
+def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval_data, eval_samples, labels, metric, candidates,
                         budget, target, config, scheme, jobs, output_dir) -> Report:
     """Raise the precision of the most sensitive layers until the metric is within --budget of float.
 
@@ -162,7 +165,7 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval
                          progress=Bar(f"calibrate w{param_bw}a{act_bw}")).encodings
 
     encodings = [calibrated(c.param_bw, c.act_bw) for c in choices]
-    evaluation = open_model_data(graph, eval_data or data, samples=samples or 64, preprocess=preprocess, seed=seed)
+    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed)
     final: dict = {}
 
     def finalize(overrides: list[dict]):

@@ -12,6 +12,7 @@ the metric within a budget of float.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from qtool.encodings_io import EncodingSet
 from qtool.errors import QtoolError
 from qtool.progress import Progress, no_progress
 
+log = logging.getLogger("qtool")
 _CANDIDATE = re.compile(r"w(\d+)a(\d+)")
 
 
@@ -101,6 +103,8 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
     base_levels: dict[int, int] = {}
     base = evaluator.score(setting(base_levels))
     trials = [(i, c) for i in range(len(block_list)) for c in range(1, len(candidates))]
+    log.info("mixed-precision: float %.2f, all %s %.2f, goal %.2f; sensitivity of %d blocks (%d runs)",
+             float_score, candidates[0].name, base, goal, len(block_list), len(trials))
     scores = evaluator.scores([setting({i: c}) for i, c in trials], progress("mixed-precision sensitivity"))
     moves = []
     for (i, c), score in zip(trials, scores):
@@ -108,6 +112,7 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
         moves.append((max(score - base, 0.0) / max(extra, 1.0), score - base, i, c))
     moves.sort(key=lambda m: (-m[0], -m[1], m[2], m[3]))
 
+    log.info("mixed-precision: greedy raises (%.0fs so far)", time.perf_counter() - start)
     levels: dict[int, int] = {}
     curve = [_point(block_list, candidates, levels, base, "all " + candidates[0].name)]
     bar = progress("mixed-precision search")
