@@ -142,3 +142,15 @@ def test_analyze_errors_are_one_line(data_dir, capsys):
     code, _, err = run_main(["analyze", f"{data_dir / 'broken_layer_0'}.onnx", "--data", data_dir / "d.npz",
                              "--metric", "accuracy", "-o", data_dir / "r2"], capsys)
     assert code == 2 and err.strip() == "qtool: error: --metric accuracy needs --labels"
+
+
+def test_outliers_are_values_clipped_by_more_than_half_a_step():
+    from qtool.analysis.tensors import clip_bounds, outlier_ratio
+    from qtool.quant.encoding import compute_encoding
+
+    enc = compute_encoding(-0.375, 10.0, QuantSpec(bw=8))
+    encodings = EncodingSet({"t": enc}, {})
+    low, high = clip_bounds(encodings, "t")
+    assert float(enc.min[0]) - low == pytest.approx(float(enc.scale[0]) / 2)
+    values = np.array([-0.375, 0.0, float(enc.max[0]) + 0.4 * float(enc.scale[0]), 11.0], np.float32)
+    assert outlier_ratio(values, low, high) == 0.25  # only 11.0: the others are within rounding

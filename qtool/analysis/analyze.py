@@ -27,7 +27,7 @@ from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.groups import Group, blocks, fix_encoding, override_for, quantizer_groups
 from qtool.analysis.metric import Metric
 from qtool.analysis.switchable import build_switchable
-from qtool.analysis.tensors import activation_views, encoding_range, param_view, statistic
+from qtool.analysis.tensors import activation_views, clip_bounds, param_view, statistic
 from qtool.encodings_io import EncodingSet
 from qtool.progress import Progress, no_progress
 
@@ -172,8 +172,8 @@ def _sensitivity(evaluator: Evaluator, groups: list[Group], summary: dict, progr
 
 def _tensor_views(model, encodings, evaluator, switchable, groups, worst_groups) -> tuple[list[dict], list[dict]]:
     activations = [a for g in groups for a in g.activations if a in switchable.quantized_values]
-    worst_acts = {a: encoding_range(encodings, a) for g in worst_groups for a in g.activations
-                  if a in switchable.quantized_values and encoding_range(encodings, a) is not None}
+    worst_acts = {a: clip_bounds(encodings, a) for g in worst_groups for a in g.activations
+                  if a in switchable.quantized_values and clip_bounds(encodings, a) is not None}
     views = activation_views(model, switchable, evaluator.batches, activations, worst_acts)
     owner = {q: g for g in groups for q in g.quantizers}
     layer_sqnr = [{"tensor": a, "node": owner[a].name, "op_type": owner[a].op_type, "sqnr_db": views[a]["sqnr_db"]}
@@ -184,7 +184,7 @@ def _tensor_views(model, encodings, evaluator, switchable, groups, worst_groups)
             if name in views:
                 statistics.append(statistic(encodings, name, "activation", group.name, views[name]))
         for name in group.params:
-            view = param_view(model, name, encoding_range(encodings, name))
+            view = param_view(model, name, clip_bounds(encodings, name))
             statistics.append(statistic(encodings, name, "param", group.name, view))
     return layer_sqnr, statistics
 

@@ -3,8 +3,8 @@ the metric within a budget of float.
 
 1. Calibrate the model once per candidate (e.g. w8a8, w8a16, w16a16): every quantizer then has
    one encoding per candidate, and one switchable model selects among them at run time.
-2. Sensitivity: for every layer block (a layer's weights and outputs with the ops up to the
-   next layer), the metric with only that block raised to each higher candidate.
+2. Sensitivity, as AIMET measures it: everything at the highest candidate except one layer
+   block (a layer's weights and outputs with the ops up to the next layer) at each lower one.
 3. Greedy: raise blocks in the order of metric gained per bit-operation spent, measuring the
    model after each raise, until the metric is within the budget; every measurement is a point
    of the accuracy/cost curve.
@@ -100,16 +100,24 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
                   if q in switchable.selectors}
         return Setting.of(choice, default=1)
 
-    base_levels: dict[int, int] = {}
-    base = evaluator.score(setting(base_levels))
-    trials = [(i, c) for i in range(len(block_list)) for c in range(1, len(candidates))]
-    log.info("mixed-precision: float %.2f, all %s %.2f, goal %.2f; sensitivity of %d blocks (%d runs)",
-             float_score, candidates[0].name, base, goal, len(block_list), len(trials))
-    scores = evaluator.scores([setting({i: c}) for i, c in trials], progress("mixed-precision sensitivity"))
+    top_level = len(candidates) - 1
+    top = {i: top_level for i in range(len(block_list))}
+    base = evaluator.score(setting({}))
+    ceiling = evaluator.score(setting(top))
+    # AIMET's sensitivity: everything at the highest candidate but one block at a lower one. From
+    # the bottom, a collapsed model (per-tensor W8A8 at 0%) gains nothing from any single raise.
+    trials = [(i, c) for i in range(len(block_list)) for c in range(top_level)]
+    log.info("mixed-precision: float %.2f, all %s %.2f, all %s %.2f, goal %.2f; sensitivity of %d blocks (%d runs)",
+             float_score, candidates[0].name, base, candidates[-1].name, ceiling, goal, len(block_list), len(trials))
+    scores = dict(zip(trials, evaluator.scores([setting({**top, i: c}) for i, c in trials],
+                                              progress("mixed-precision sensitivity"))))
     moves = []
-    for (i, c), score in zip(trials, scores):
-        extra = _bops(block_list[i], candidates[c]) - _bops(block_list[i], candidates[0])
-        moves.append((max(score - base, 0.0) / max(extra, 1.0), score - base, i, c))
+    for i in range(len(block_list)):
+        at_bottom = scores[(i, 0)]
+        for c in range(1, len(candidates)):
+            benefit = (ceiling if c == top_level else scores[(i, c)]) - at_bottom
+            extra = _bops(block_list[i], candidates[c]) - _bops(block_list[i], candidates[0])
+            moves.append((max(benefit, 0.0) / max(extra, 1.0), benefit, i, c))
     moves.sort(key=lambda m: (-m[0], -m[1], m[2], m[3]))
 
     log.info("mixed-precision: greedy raises (%.0fs so far)", time.perf_counter() - start)
@@ -125,8 +133,6 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
         score = evaluator.score(setting(levels))
         curve.append(_point(block_list, candidates, levels, score, f"{block_list[i].group.name} -> {candidates[c].name}"))
         bar(step + 1, len(moves))
-    top = {i: len(candidates) - 1 for i in range(len(block_list))}
-    ceiling = evaluator.score(setting(top))
     overrides = _overrides(block_list, candidates, levels)
     final = evaluator.score_model(finalize(overrides)) if finalize is not None else None
     return {

@@ -82,19 +82,19 @@ def _distribution(values: np.ndarray, axis: int | None) -> dict:
 
 
 def outlier_ratio(values: np.ndarray, low: float, high: float) -> float:
-    """Fraction of values the encoding clips."""
+    """Fraction of values outside [low, high] (clip_bounds: clipped by more than half a step)."""
     return float(np.mean((values < low) | (values > high))) if values.size else 0.0
 
 
-def param_view(model: ir.Model, name: str, encoding_range: tuple[float, float] | None) -> dict:
+def param_view(model: ir.Model, name: str, bounds: tuple[float, float] | None) -> dict:
     """Min/max, histogram, per-output-channel ranges and clipped fraction of a weight tensor."""
     value = value_by_name(model)[name]
     weights = value.const_value.numpy().astype(np.float32)
     view = {"min": float(weights.min(initial=0.0)), "max": float(weights.max(initial=0.0))}
     axis = param_axis(value, default=None)
     view.update(_distribution(weights, axis if weights.ndim >= 2 else None))
-    if encoding_range is not None:
-        view["outlier_ratio"] = outlier_ratio(weights, *encoding_range)
+    if bounds is not None:
+        view["outlier_ratio"] = outlier_ratio(weights, *bounds)
     return view
 
 
@@ -104,6 +104,18 @@ def encoding_range(encodings: EncodingSet, name: str) -> tuple[float, float] | N
     if enc is None or enc.is_float:
         return None
     return float(enc.min.min()), float(enc.max.max())
+
+
+def clip_bounds(encodings: EncodingSet, name: str) -> tuple[float, float] | None:
+    """The range widened by half a step: a value beyond it is clipped by more than rounding
+    would move it (values at the very edge, e.g. hard-swish's -0.375 against a grid point at
+    -0.3735, are not outliers)."""
+    bounds = encoding_range(encodings, name)
+    if bounds is None:
+        return None
+    enc = encodings.params.get(name) or encodings.activations.get(name)
+    half_step = float(enc.scale.max()) / 2.0
+    return bounds[0] - half_step, bounds[1] + half_step
 
 
 def statistic(encodings: EncodingSet, name: str, kind: str, node: str, view: dict) -> dict:
