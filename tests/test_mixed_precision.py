@@ -52,7 +52,8 @@ def test_mixed_precision_meets_a_reachable_goal_with_a_recalibrated_pair(data_di
     assert result["met"] and 1 <= len(result["raised"]) < result["blocks"]
     curve = result["curve"]
     assert curve[0]["metric"] < 3 and curve[-1]["metric"] >= 15
-    assert all(b["relative_bops"] > a["relative_bops"] for a, b in zip(curve, curve[1:]))
+    raises = [p for p in curve if "back to" not in p["step"]]
+    assert all(b["relative_bops"] > a["relative_bops"] for a, b in zip(raises, raises[1:]))
     assert result["final_metric"] == pytest.approx(curve[-1]["metric"], abs=0.5)
     overrides = load_overrides(out / "overrides.json")
     assert overrides[0].tensors == ("*",) and any(o.bitwidth == 16 for o in overrides)

@@ -3,11 +3,12 @@ the metric within a budget of float.
 
 1. Calibrate the model once per candidate (e.g. w8a8, w8a16, w16a16): every quantizer then has
    one encoding per candidate, and one switchable model selects among them at run time.
-2. Sensitivity, as AIMET measures it: everything at the highest candidate except one layer
-   block (a layer's weights and outputs with the ops up to the next layer) at each lower one.
+2. Sensitivity of every layer block (a layer's weights and outputs with the ops up to the next
+   layer), two ways: raised alone from the lowest candidate, and, as AIMET measures it, lowered
+   alone from the highest.
 3. Greedy: raise blocks in the order of metric gained per bit-operation spent, measuring the
-   model after each raise, until the metric is within the budget; every measurement is a point
-   of the accuracy/cost curve.
+   model after each raise, until the metric is within the budget; then undo the raises the goal
+   does not need (most expensive first). Every measurement is a point of the accuracy/cost curve.
 """
 
 from __future__ import annotations
@@ -104,35 +105,50 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
     top = {i: top_level for i in range(len(block_list))}
     base = evaluator.score(setting({}))
     ceiling = evaluator.score(setting(top))
-    # AIMET's sensitivity: everything at the highest candidate but one block at a lower one. From
-    # the bottom, a collapsed model (per-tensor W8A8 at 0%) gains nothing from any single raise.
-    trials = [(i, c) for i in range(len(block_list)) for c in range(top_level)]
+    # Two views of each block: raised alone from the bottom (finds single culprits) and lowered
+    # alone from the top (AIMET's; still ranks blocks when the bottom has collapsed to 0%).
+    raised = [(i, c) for i in range(len(block_list)) for c in range(1, len(candidates))]
+    lowered = [(i, c) for i in range(len(block_list)) for c in range(top_level)]
     log.info("mixed-precision: float %.2f, all %s %.2f, all %s %.2f, goal %.2f; sensitivity of %d blocks (%d runs)",
-             float_score, candidates[0].name, base, candidates[-1].name, ceiling, goal, len(block_list), len(trials))
-    scores = dict(zip(trials, evaluator.scores([setting({**top, i: c}) for i, c in trials],
-                                              progress("mixed-precision sensitivity"))))
+             float_score, candidates[0].name, base, candidates[-1].name, ceiling, goal, len(block_list),
+             len(raised) + len(lowered))
+    settings = [setting({i: c}) for i, c in raised] + [setting({**top, i: c}) for i, c in lowered]
+    scores = evaluator.scores(settings, progress("mixed-precision sensitivity"))
+    up = dict(zip(raised, scores[: len(raised)]))
+    down = dict(zip(lowered, scores[len(raised):]))
     moves = []
     for i in range(len(block_list)):
-        at_bottom = scores[(i, 0)]
         for c in range(1, len(candidates)):
-            benefit = (ceiling if c == top_level else scores[(i, c)]) - at_bottom
+            from_top = (ceiling if c == top_level else down[(i, c)]) - down[(i, 0)]
+            benefit = max(up[(i, c)] - base, from_top)
             extra = _bops(block_list[i], candidates[c]) - _bops(block_list[i], candidates[0])
             moves.append((max(benefit, 0.0) / max(extra, 1.0), benefit, i, c))
     moves.sort(key=lambda m: (-m[0], -m[1], m[2], m[3]))
+    # moves that showed no benefit alone come last, cheapest first: raising every block reaches
+    # the all-highest metric, so a goal it meets is always met
+    moves = [m for m in moves if m[1] > 0] + sorted((m for m in moves if m[1] <= 0),
+                                                    key=lambda m: (_bops(block_list[m[2]], candidates[m[3]]), m[2], m[3]))
 
-    log.info("mixed-precision: greedy raises (%.0fs so far)", time.perf_counter() - start)
     levels: dict[int, int] = {}
     curve = [_point(block_list, candidates, levels, base, "all " + candidates[0].name)]
     bar = progress("mixed-precision search")
     for step, (_, gain, i, c) in enumerate(moves):
         if curve[-1]["metric"] >= goal:
             break
-        if levels.get(i, 0) >= c or gain <= 0:
+        if levels.get(i, 0) >= c:
             continue
         levels[i] = c
         score = evaluator.score(setting(levels))
         curve.append(_point(block_list, candidates, levels, score, f"{block_list[i].group.name} -> {candidates[c].name}"))
         bar(step + 1, len(moves))
+    if curve[-1]["metric"] >= goal:  # undo raises the goal does not need, cheapest saving first
+        for i in sorted(levels, key=lambda i: -(_bops(block_list[i], candidates[levels[i]]))):
+            trial = {j: c for j, c in levels.items() if j != i}
+            score = evaluator.score(setting(trial))
+            if score >= goal:
+                levels = trial
+                curve.append(_point(block_list, candidates, levels, score,
+                                    f"{block_list[i].group.name} back to {candidates[0].name}"))
     overrides = _overrides(block_list, candidates, levels)
     final = evaluator.score_model(finalize(overrides)) if finalize is not None else None
     return {
