@@ -60,7 +60,8 @@ def pair_for_analysis(model: str, encodings: str | None, config: str, overrides:
               help="Stop suggesting once the metric is within this of float (metric units).")
 @click.option("--target", type=float, default=None,
               help="Stop suggesting once the metric reaches this (default: float - budget; sqnr: an estimate).")
-@click.option("--max-suggestions", type=click.IntRange(0, 100), default=10, show_default=True)
+@click.option("--max-suggestions", type=click.IntRange(0, 100), default=10, show_default=True,
+              help="At most this many overrides.")
 @click.option("--write-overrides", default=None, help="Also write the suggested overrides to this JSON file.")
 @click.option("-o", "--output-dir", required=True, help="Report folder: report.html, report.json, overrides.json.")
 @json_option

@@ -41,6 +41,7 @@ SYNTHETIC = {
     "relu6_attr_opset6.onnx": ({"input": (2, 3, 8, 8)}, {"logits": (2, 4)}, 6),
     "attention_block.onnx": ({"tokens": (2, 16, 32)}, {"out": (2, 16, 32)}, 17),
     "two_inputs.onnx": ({"image": (2, 3, 16, 16), "features": (2, 8)}, {"scores": (2, 4)}, 17),
+    "broken_layer.onnx": ({"input": (2, 3, 32, 32)}, {"logits": (2, 10)}, 17),
 }
 
 
