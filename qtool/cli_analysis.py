@@ -19,7 +19,7 @@ from qtool.analysis.metric import BUILTIN_METRICS, metric_for
 from qtool.analysis.report_html import render_html
 from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
 from qtool.config import load_config
-from qtool.graph import atomic_write_bytes, load_model
+from qtool.graph import load_model
 from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data
 from qtool.plan import PlanOptions, build_plan
 from qtool.steps.calibrate import calibrate

@@ -27,14 +27,6 @@ CBR = ROOT / "sample_models" / "conv_bn_relu.onnx"
 BROKEN = ROOT / "sample_models" / "broken_layer.onnx"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("analyze")
-    rng = np.random.default_rng(0)
-    np.savez(folder / "d.npz", input=rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
-    return folder
-
-
 def calibrated(model: Path, folder: Path, capsys, *extra) -> tuple:
     out = folder / f"{model.stem}_{len(extra)}"
     assert run_main(["calibrate", model, "--data", folder / "d.npz", "-o", out, *extra], capsys)[0] == 0
@@ -114,7 +106,7 @@ def test_blocks_split_at_layers(data_dir, capsys):
 
 def test_analyze_finds_the_broken_layer_and_its_overrides_recover_the_model(data_dir, capsys):
     report_dir = data_dir / "report"
-    base = calibrated(BROKEN, data_dir, capsys)
+    calibrated(BROKEN, data_dir, capsys)
     code, out, err = run_main(["analyze", f"{data_dir / 'broken_layer_0'}.onnx", "--data", data_dir / "d.npz",
                                "--jobs", "2", "--write-overrides", data_dir / "ov.json", "-o", report_dir], capsys)
     assert code == 0, err

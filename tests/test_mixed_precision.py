@@ -20,14 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BROKEN = ROOT / "sample_models" / "broken_layer.onnx"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("amp")
-    rng = np.random.default_rng(0)
-    np.savez(folder / "d.npz", input=rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
-    return folder
-
-
 def test_candidates_are_sorted_cheapest_first_and_checked():
     assert parse_candidates("w16a16, w8a8,w8a16") == [Candidate(8, 8), Candidate(8, 16), Candidate(16, 16)]
     for bad in ("w8a8", "w8a8,int8", "w8a8,w1a8", "w8a8,w8a8"):

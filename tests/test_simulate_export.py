@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -39,16 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 SYNTHETIC = ["conv_bn_relu", "mobilenet_block", "attention_block", "two_inputs"]
 DEFAULT_DOC = json.loads((ROOT / "qtool" / "configs" / "default.json").read_text())
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI reconfigures the root logger onto CliRunner's (soon closed) stream; undo that."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -63,7 +63,6 @@ STEP_KINDS: dict[str, StepKind] = {
                                 uses_config=True),
 }
 
-DATA_OPTIONS = ("data", "samples", "batch_size", "preprocess", "seed")  # filled from the recipe's data block
 PATH_OPTIONS = {"data", "labels", "encodings", "reference", "config", "overrides"}  # resolved against the recipe's folder
 
 

@@ -22,7 +22,7 @@ from qtool.config import BUILTIN_CONFIGS, parse_config
 from qtool.errors import QtoolError
 from qtool.recipe.document import Document, RecipeError
 from qtool.recipe.schema import TOP_LEVEL_KEYS, RecipeSchema
-from qtool.recipe.steps import DATA_OPTIONS, PATH_OPTIONS, STEP_KINDS, StepKind, step_name
+from qtool.recipe.steps import PATH_OPTIONS, STEP_KINDS, StepKind, step_name
 
 
 @dataclass
