@@ -83,3 +83,17 @@ expect: {{min_sqnr_db: 15}}
     fixed = summary["steps"][3]["summary"]["outputs"]["logits"]["sqnr_db"]
     broken = summary["steps"][1]["summary"]["summary"]["quantized"]
     assert broken < 3 and fixed > 30
+
+
+def test_changed_evaluation_data_reruns_analyze(data_dir, capsys):
+    folder = data_dir / "evalchange"
+    folder.mkdir()
+    np.save(folder / "e.npy", np.load(data_dir / "d.npz")["input"][:4])
+    recipe = folder / "r.yaml"
+    recipe.write_text(f"model: {BROKEN}\noutput: out\ndata: {{calibration: {data_dir / 'd.npz'}, evaluation: e.npy}}\n"
+                      "steps:\n  - calibrate: {}\n  - analyze: {max_suggestions: 1}\n")
+    assert run_main(["run", recipe], capsys)[0] == 0
+    np.save(folder / "e.npy", np.load(data_dir / "d.npz")["input"][4:8])
+    assert run_main(["run", recipe], capsys)[0] == 0
+    steps = json.loads((folder / "out" / "run.json").read_text())["steps"]
+    assert [s["status"] for s in steps] == ["skipped", "ran"]

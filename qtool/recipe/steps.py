@@ -63,7 +63,7 @@ STEP_KINDS: dict[str, StepKind] = {
                                 uses_config=True),
 }
 
-PATH_OPTIONS = {"data", "labels", "encodings", "reference", "config", "overrides"}  # resolved against the recipe's folder
+PATH_OPTIONS = {"data", "eval_data", "labels", "encodings", "reference", "config", "overrides"}  # resolved against the recipe's folder
 
 
 def step_name(key: object) -> str:

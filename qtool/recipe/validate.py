@@ -193,7 +193,7 @@ def _step_options(doc: Document, location: tuple, kind: StepKind, options: dict,
 
 
 def _special_value(option: str, value: str) -> bool:
-    return (option == "data" and value == "random") or (option == "config" and value in BUILTIN_CONFIGS)
+    return (option in ("data", "eval_data") and value == "random") or (option == "config" and value in BUILTIN_CONFIGS)
 
 
 def _check_order(doc: Document, steps: list[PlannedStep], data: dict, expect: dict, problems: list[str]) -> None:
