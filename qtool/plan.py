@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from qtool.config import OpTypeSettings, QuantizerSettings, RuntimeConfig
 from qtool.errors import QtoolError
-from qtool.graph import graph_inputs, is_float, node_label, value_by_name
+from qtool.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
 from qtool.overrides import Override, apply_overrides
 from qtool.quant import QuantSpec
 
@@ -171,10 +171,48 @@ def _decomposed_layer_norm_internals(model: ir.Model) -> set[str]:
     return inner
 
 
+def _scalar(value: ir.Value | None) -> float | None:
+    array = constant_array(value)
+    return float(array.reshape(-1)[0]) if array is not None and array.size == 1 else None
+
+
+def _only_consumer(node: ir.Node, op_types: tuple[str, ...]) -> ir.Node | None:
+    out = node.outputs[0]
+    consumers = out.consumers()
+    if out.is_graph_output() or len(consumers) != 1 or consumers[0].op_type not in op_types:
+        return None
+    return consumers[0]
+
+
+def _clip_range(node: ir.Node) -> tuple[float | None, float | None]:
+    if len(node.inputs) > 1:  # opset 11+: bounds are inputs
+        return (_scalar(node.inputs[1]), _scalar(node.inputs[2]) if len(node.inputs) > 2 else None)
+    low, high = node.attributes.get("min"), node.attributes.get("max")
+    return (low.as_float() if low is not None else None, high.as_float() if high is not None else None)
+
+
+def _clipped_offsets(model: ir.Model) -> set[str]:
+    """x + 3 in hard-swish / hard-sigmoid written out as ops (x * Clip(x + 3, 0, 6) / 6, as
+    PaddlePaddle exports them), when its only use is that Clip. A quantizer there spans the whole
+    range of x + 3 (-20..40 in PP-OCRv4) and rounds away the resolution of [0, 6], the only part
+    the Clip passes, before the Clip's own quantizer can keep it: Add and Clip act as one op, like
+    the Conv+Clip supergroup. onnxruntime's quantize_static leaves it unquantized too. PP-OCRv4,
+    min-max ranges, per-channel: 85.3% -> 90.1% characters (quantize_static: 90.5%)."""
+    offsets: set[str] = set()
+    for add in model.graph:
+        if add.op_type != "Add" or len(add.inputs) != 2 or 3.0 not in (_scalar(v) for v in add.inputs):
+            continue
+        clip = _only_consumer(add, ("Clip",))
+        if clip is not None and _clip_range(clip) == (0.0, 6.0):
+            offsets.add(add.outputs[0].name)
+    return offsets
+
+
 def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = PlanOptions()) -> QuantPlan:
     """Decide every quantizer of the model. Pure: reads the graph, changes nothing."""
     plan = QuantPlan()
-    fused = _fused_outputs(model, config) | _decomposed_layer_norm_internals(model)
+    fused = (_fused_outputs(model, config) | _decomposed_layer_norm_internals(model)
+             | _clipped_offsets(model))
     plan.fused = sorted(fused)
     # --act-bw/--param-bw ask for integer grids, whatever dtype the config had
     act_override = QuantizerSettings(bitwidth=options.act_bw, dtype="int" if options.act_bw else None)

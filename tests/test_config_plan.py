@@ -438,3 +438,25 @@ def test_asymmetric_weights_override_gives_asymmetric_param_grids():
     values = model.graph.initializers[weights[0].name].const_value.numpy()
     enc = encode_param(values, weights[0].spec)
     assert enc.offset[0] == round(min(values.min(), 0) / enc.scale[0])  # asymmetric: offset from the minimum
+
+
+def _hard_swish_model(extra_use: bool):
+    import onnx_ir as ir
+
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "lo", "hi"], ["c"]),
+             helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_use:  # x + 3 used elsewhere too: no longer only the Clip's input
+        nodes.append(helper.make_node("Relu", ["a"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("three", 3), ("lo", 0), ("hi", 6), ("six", 6))]
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])], outputs, inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ir.from_proto(onnx.shape_inference.infer_shapes(proto))
+
+
+def test_hard_swish_offset_feeding_only_its_clip_is_not_quantized():
+    plan = build_plan(_hard_swish_model(False), load_config("default"))
+    assert "a" not in plan.activations and "a" in plan.fused
+    assert {"c", "m", "y"} <= set(plan.activations)
+    assert "a" in build_plan(_hard_swish_model(True), load_config("default")).activations

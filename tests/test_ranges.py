@@ -48,7 +48,7 @@ def test_chain_of_monotonic_ops_is_derived_and_exact():
     nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "lo", "hi"], ["c"]),
              helper.make_node("Mul", ["neg", "c"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["r"]),
              helper.make_node("Mul", ["r", "r"], ["y"])]
-    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("three", 3), ("lo", 0), ("hi", 6), ("neg", -0.5))]
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("three", 2), ("lo", 0), ("hi", 6), ("neg", -0.5))]
     inits.append(numpy_helper.from_array(np.array([-1], np.int64), "shape"))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)

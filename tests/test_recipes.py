@@ -75,7 +75,7 @@ def sha(path: Path) -> str:
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_ready_recipe_runs_green_on_the_bundled_classifier(recipe, cls_data, tmp_path, capsys):
     sets = [f"data.{key}={path}" for key, path in cls_data.items()]
-    sets += ["data.samples=24", f"output={tmp_path / 'out'}", f"model={CLS}"]
+    sets += ["data.samples=64", f"output={tmp_path / 'out'}", f"model={CLS}"]
     if recipe.stem == "w4a8-adaround":
         # 30 iterations instead of 2000 to keep the suite fast; the full recipe loses 0.0 points here
         sets += ["adaround.iterations=30", "adaround.rows=256", "expect.max_accuracy_drop=15"]
