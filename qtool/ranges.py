@@ -86,17 +86,34 @@ def range_function(node: ir.Node) -> tuple[ir.Value, RangeFn] | None:
 
 def derivations(model: ir.Model, names: Iterable[str]) -> dict[str, tuple[str, RangeFn]]:
     """For each named tensor whose range follows from another named (or derived) tensor's:
-    name -> (source name, f). Sources are the tensors that must still be measured."""
+    name -> (source name, f). Sources are the tensors that must still be measured. Chains may
+    pass through tensors that are not named (hard-swish's x + 3 feeding its Clip): their
+    functions compose, so no extra tensor is measured."""
     wanted = set(names)
     derived: dict[str, tuple[str, RangeFn]] = {}
+    hidden: dict[str, tuple[str, RangeFn]] = {}  # unnamed tensors reachable from a named one
     for node in model.graph:
         out = node.outputs[0] if node.outputs else None
-        if out is None or out.name not in wanted:
+        found = range_function(node) if out is not None else None
+        if found is None:
             continue
-        found = range_function(node)
-        if found is not None and found[0].name in wanted:
-            derived[out.name] = (found[0].name, found[1])
+        source, fn = found[0].name, found[1]
+        if source in wanted:
+            link = (source, fn)
+        elif source in hidden:
+            root, inner = hidden[source]
+            link = (root, _compose(fn, inner))
+        else:
+            continue
+        if out.name in wanted:
+            derived[out.name] = link
+        else:
+            hidden[out.name] = link
     return derived
+
+
+def _compose(outer: RangeFn, inner: RangeFn) -> RangeFn:
+    return lambda r: outer(inner(r))
 
 
 def resolve(ranges: dict[str, Range], derived: dict[str, tuple[str, RangeFn]]) -> None:

@@ -67,3 +67,17 @@ def test_division_by_the_tensor_is_not_monotonic():
     node = ir.node("Div", [ir.Value(name="c", const_value=ir.tensor(np.float32(1))), ir.Value(name="x")])
     node.inputs[1].dtype = ir.DataType.FLOAT
     assert range_function(node) is None
+
+
+def test_derivation_passes_through_unmeasured_tensors():
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "lo", "hi"], ["c"])]
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("three", 3), ("lo", 0), ("hi", 6))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], inits)
+    model = ir.from_proto(onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)))
+    found = derivations(model, ["x", "c"])  # "a" (x + 3) is not quantized, so not measured
+    assert list(found) == ["c"] and found["c"][0] == "x"
+    x = np.array([[-5, -1, 0, 2, 10], [1, 1, 1, 1, 1]], np.float32)
+    derived, full = observe_both(model, {"x": x})
+    assert (derived["c"]._min, derived["c"]._max) == (full["c"]._min, full["c"]._max) == (0.0, 6.0)
