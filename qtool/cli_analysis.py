@@ -25,6 +25,22 @@ from qtool.plan import PlanOptions, build_plan
 from qtool.steps.calibrate import calibrate
 
 
+def evaluation_options(func):
+    """--eval-data/--eval-samples/--labels/--metric: the evaluation set and what is measured on it,
+    shared by analyze and mixed-precision."""
+    options = [
+        click.option("--eval-data", default=None, help="Evaluation data (default: --data)."),
+        click.option("--eval-samples", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Evaluation samples (cached in memory; every setting runs over all of them)."),
+        click.option("--labels", default=None,
+                     help="Integer labels of the evaluation samples (.npy/.txt): metric accuracy."),
+        metric_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def metric_option(func):
     return click.option("--metric", default=None,
                         help=f"What to keep: {', '.join(BUILTIN_METRICS)} or module:function / file.py:function "
@@ -47,11 +63,7 @@ def pair_for_analysis(model: str, encodings: str | None, config: str, overrides:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--encodings", default=None, help="Encodings JSON (default: MODEL's sibling, else calibrate with --config).")
 @data_options
-@click.option("--eval-data", default=None, help="Evaluation data (default: --data).")
-@click.option("--eval-samples", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Evaluation samples (cached in memory; every setting runs over all of them).")
-@click.option("--labels", default=None, help="Integer labels of the evaluation samples (.npy/.txt): metric accuracy.")
-@metric_option
+@evaluation_options
 @click.option("--config", default="default", show_default=True, help="Runtime config, when calibrating first.")
 @overrides_option
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -127,11 +139,7 @@ def _lines(report: dict, folder: Path, write_overrides: str | None) -> list[str]
 @cli.command("mixed-precision")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
-@click.option("--eval-data", default=None, help="Evaluation data (default: --data).")
-@click.option("--eval-samples", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Evaluation samples (cached in memory; every setting runs over all of them).")
-@click.option("--labels", default=None, help="Integer labels of the evaluation samples: metric accuracy.")
-@metric_option
+@evaluation_options
 @click.option("--candidates", default="w8a8,w8a16,w16a16", show_default=True,
               help="Precisions to choose from per layer, wNaM (N-bit weights, M-bit activations).")
 @click.option("--budget", type=click.FloatRange(min=0), default=0.5, show_default=True,
