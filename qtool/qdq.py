@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from qtool.encodings_io import EncodingSet
 from qtool.errors import QtoolError
-from qtool.graph import add_initializer, clone, ensure_opset, unique_name, value_by_name
+from qtool.graph import add_initializer, clone, ensure_opset, set_initializer, unique_name, value_by_name
 from qtool.quant import Encoding, quantize, quantize_dequantize
 
 MS_DOMAIN = "com.microsoft"
@@ -82,12 +82,10 @@ def param_quantizer(qdq: ir.Model, value: ir.Value, enc: Encoding) -> tuple[list
     weights = value.const_value.numpy()
     if weights.dtype != np.float32:
         return None
-    if enc.is_float or enc.bw > 8:
+    if _fake_quantized(enc):
         return [], add_initializer(qdq, f"{value.name}_fakequant", quantize_dequantize(weights, enc))
     dtype, _ = _container(enc, 8)
-    grid = quantize(weights, enc)  # unsigned grid, float32 holding integers
-    stored = grid + enc.offset.reshape(_axis_shape(enc, weights.ndim)) if dtype.kind == "i" else grid
-    int_value = add_initializer(qdq, f"{value.name}_quantized", stored.astype(dtype))
+    int_value = add_initializer(qdq, f"{value.name}_quantized", _stored_integers(weights, enc))
     scale, zp = _scale_zp(qdq, value.name, enc, dtype)
     attrs = {"axis": enc.axis} if enc.per_channel else {}
     out = ir.Value(name=unique_name(qdq, f"{value.name}_dequantized"))
@@ -95,6 +93,33 @@ def param_quantizer(qdq: ir.Model, value: ir.Value, enc: Encoding) -> tuple[list
                    name=unique_name(qdq, f"{value.name}_DequantizeLinear"))
     out.dtype, out.shape = ir.DataType.FLOAT, ir.Shape(weights.shape)
     return [node], out
+
+
+def _fake_quantized(enc: Encoding) -> bool:
+    """Parameters onnxruntime has no integer type for are stored already fake-quantized."""
+    return enc.is_float or enc.bw > 8
+
+
+def _stored_integers(weights: np.ndarray, enc: Encoding) -> np.ndarray:
+    """The weight's grid integers in the 8-bit container DequantizeLinear reads."""
+    dtype, _ = _container(enc, 8)
+    grid = quantize(weights, enc)  # unsigned grid, float32 holding integers
+    stored = grid + enc.offset.reshape(_axis_shape(enc, weights.ndim)) if dtype.kind == "i" else grid
+    return stored.astype(dtype)
+
+
+def requantize_param(qdq: ir.Model, consumer: ir.Node, index: int, weights: np.ndarray, enc: Encoding) -> None:
+    """Give an already-quantized parameter new float values (same encoding, same nodes): what
+    `param_quantizer` would have built for `weights`, without rebuilding the model."""
+    value = consumer.inputs[index]
+    if _fake_quantized(enc):
+        stored, array = value, quantize_dequantize(weights, enc)
+    else:
+        dequantize_node = value.producer()
+        if dequantize_node is None or dequantize_node.op_type != "DequantizeLinear":
+            raise ValueError(f"{consumer.name}: input {index} is not a quantized parameter")
+        stored, array = dequantize_node.inputs[0], _stored_integers(weights, enc)
+    set_initializer(qdq, stored, array)
 
 
 def _quantize_param(qdq: ir.Model, value: ir.Value, enc: Encoding) -> None:

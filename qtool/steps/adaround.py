@@ -9,8 +9,10 @@ their encodings are marked frozen, so that `calibrate` recomputes activation enc
 
 Inputs are streamed: per batch only the sampled rows of each layer are kept (`rows` in all per
 layer, spread evenly over the batches), so memory does not grow with the number of samples.
-x_fp comes from one pass of the float model for all layers; x_q is collected for each layer from
-the model adarounded so far (one simulated pass per layer, as AIMET does).
+x_fp comes from one pass of the float model for all layers; x_q for each layer from the model
+adarounded so far, as AIMET does, but without AIMET's pass per layer: `qtool.segmented` runs
+only the nodes between the previous layer and this one, from the activations cached at their
+boundary, so all layers together cost one simulated pass.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from qtool.errors import QtoolError
 from qtool.graph import clone, set_initializer
 from qtool.layers import attr_int
 from qtool.progress import Progress, no_progress
-from qtool.qdq import build_qdq_model
+from qtool.qdq import build_qdq_model, requantize_param
 from qtool.quant import Encoding
 from qtool.quant.adaround import AdaRoundParams, adaround_matrix
 from qtool.quant.layer_rows import LayerRows
 from qtool.quant.patches import conv_patches, output_shape, sample_rows
 from qtool.runtime import make_session, run_batches, with_taps
+from qtool.segmented import SegmentedRunner
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 
@@ -44,6 +47,7 @@ class AdaRoundOptions:
     rows: int = 4096  # sampled output positions per layer
     layers: tuple[str, ...] | None = None  # only these (node or output names)
     exclude: tuple[str, ...] = ()
+    cache_bytes: int = 2 << 30  # activations kept in RAM between layers; beyond, memory-mapped files
 
 
 @dataclass
@@ -145,24 +149,30 @@ def _candidates(model: ir.Model, encodings: EncodingSet, options: AdaRoundOption
     return chosen, skipped
 
 
-def _collect(model: ir.Model, layers: list[ir.Node], batches: Iterable[dict[str, np.ndarray]],
-             options: AdaRoundOptions, simulate: bool, total_batches: int) -> dict[str, np.ndarray]:
-    """Sampled input rows of each layer over all batches (same positions in every model)."""
-    nodes = {node.name: node for node in model.graph}
-    inputs = {layer.name: nodes[layer.name].inputs[0].name for layer in layers}
+def _rows_per_batch(options: AdaRoundOptions, total_batches: int) -> int:
+    return max(1, -(-options.rows // max(total_batches, 1)))
+
+
+def _row_rng(options: AdaRoundOptions, layer: ir.Node, batch_index: int) -> np.random.Generator:
+    """Seeded by layer name and batch: the float and the quantized pass sample the same rows."""
+    return np.random.default_rng([options.params.seed, zlib.crc32(layer.name.encode()), batch_index])
+
+
+def _float_rows(model: ir.Model, layers: list[ir.Node], batches: Iterable[dict[str, np.ndarray]],
+                options: AdaRoundOptions, total_batches: int) -> dict[str, np.ndarray]:
+    """Sampled input rows of every layer in the float model, from one pass over all batches."""
+    inputs = {layer.name: layer.inputs[0].name for layer in layers}
     graph_inputs = {v.name for v in model.graph.inputs}
-    tapped = with_taps(model, [n for n in inputs.values() if n not in graph_inputs])
-    session = make_session(tapped, simulate=simulate)
-    per_batch = max(1, -(-options.rows // max(total_batches, 1)))
+    names = sorted({n for n in inputs.values() if n not in graph_inputs})
+    session = make_session(with_taps(model, names))
+    per_batch = _rows_per_batch(options, total_batches)
     collected: dict[str, list[np.ndarray]] = {name: [] for name in inputs}
-    names = [n for n in inputs.values() if n not in graph_inputs]
     for batch_index, (feeds, outputs) in enumerate(run_batches(session, batches, names or None)):
         for layer in layers:
             tensor = feeds.get(inputs[layer.name], outputs.get(inputs[layer.name]))
             groups = _matrix(layer, layer.inputs[1].const_value.numpy())[1]
-            # seeded by layer name and batch: the float and the quantized pass sample the same rows
-            rng = np.random.default_rng([options.params.seed, zlib.crc32(layer.name.encode()), batch_index])
-            collected[layer.name].append(_sampled_rows(layer, tensor, groups, per_batch, rng))
+            collected[layer.name].append(
+                _sampled_rows(layer, tensor, groups, per_batch, _row_rng(options, layer, batch_index)))
     return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
 
 
@@ -179,31 +189,59 @@ def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_ba
     layers, result.skipped = _candidates(model, encodings, options)
     if not layers:
         return result
-    float_rows = _collect(model, layers, batches(), options, False, total_batches)
-    for index, layer in enumerate(layers):
-        # the layer's quantized input comes from the model adarounded so far: with inputs from the
-        # round-to-nearest model instead, each layer learns to undo errors that the earlier layers'
-        # own AdaRound then removes, and the two corrections add up (mobilenet_block W4: 11 dB
-        # instead of 28 dB after 3000 iterations; round-to-nearest gives 16.5 dB)
-        quant = build_qdq_model(model, encodings, source=source)
-        quant_rows = _collect(quant, [layer], batches(), options, True, total_batches)
-        weight_value = layer.inputs[1]
-        weight = weight_value.const_value.numpy()
-        matrix, groups = _matrix(layer, weight)
-        enc = encodings.params[weight_value.name]
-        x_q = quant_rows[layer.name]
-        target = _targets(float_rows[layer.name], matrix, groups)
-        if groups == 1:
-            x_q = x_q[:, 0, :]
-        step = (lambda it, n, name=layer.name: layer_progress(name, it, n)) if layer_progress else None
-        began = time.perf_counter()
-        rounded, stats = adaround_matrix(matrix, _matrix_encoding(layer, enc), x_q, target.astype(np.float32),
-                                         options.params, groups=groups, progress=step)
-        set_initializer(model, weight_value, _from_matrix(layer, rounded, weight.shape).astype(np.float32))
-        encodings.params[weight_value.name] = enc.with_frozen(True)
-        result.layers.append(LayerReport(layer.name, time.perf_counter() - began, stats["loss_nearest"],
-                                         stats["loss_adaround"], stats["flipped"]))
-        progress(index + 1, len(layers))
+    float_rows = _float_rows(model, layers, batches(), options, total_batches)
+    # the layer's quantized input comes from the model adarounded so far: with inputs from the
+    # round-to-nearest model instead, each layer learns to undo errors that the earlier layers'
+    # own AdaRound then removes, and the two corrections add up (mobilenet_block W4: 11 dB
+    # instead of 28 dB after 3000 iterations; round-to-nearest gives 16.5 dB). The segmented
+    # runner makes that one simulated pass in all instead of one per layer.
+    runner = SegmentedRunner(batches(), options.cache_bytes)
+    quant = build_qdq_model(model, encodings, source=source)
+    quant_layers = {node.name: node for node in quant.graph}
+    try:
+        for index, layer in enumerate(layers):
+            x_q = _quantized_rows(runner, quant, quant_layers[layer.name], layer, options, total_batches)
+            rounded = _round_layer(model, encodings, layer, x_q, float_rows.pop(layer.name), options, result,
+                                   layer_progress)
+            requantize_param(quant, quant_layers[layer.name], 1, rounded, encodings.params[layer.inputs[1].name])
+            progress(index + 1, len(layers))
+    finally:
+        runner.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _quantized_rows(runner: SegmentedRunner, quant: ir.Model, node: ir.Node, layer: ir.Node,
+                    options: AdaRoundOptions, total_batches: int) -> np.ndarray:
+    """The layer's sampled input rows in the simulated model (same positions as the float rows);
+    ``node`` is the layer in ``quant``, ``layer`` in the float model."""
+    groups = _matrix(layer, layer.inputs[1].const_value.numpy())[1]
+    per_batch = _rows_per_batch(options, total_batches)
+    parts = [_sampled_rows(layer, x, groups, per_batch, _row_rng(options, layer, b))
+             for b, x in runner.advance(quant, layer.name, node.inputs[0].name)]
+    return np.concatenate(parts)
+
+
+def _round_layer(model: ir.Model, encodings: EncodingSet, layer: ir.Node, x_q: np.ndarray, x_fp: np.ndarray,
+                 options: AdaRoundOptions, result: AdaRoundResult,
+                 layer_progress: Callable[[str, int, int], None] | None) -> np.ndarray:
+    """Optimise one layer's rounding; write its weights into the model, freeze the encoding and
+    return the new weights."""
+    weight_value = layer.inputs[1]
+    weight = weight_value.const_value.numpy()
+    matrix, groups = _matrix(layer, weight)
+    enc = encodings.params[weight_value.name]
+    target = _targets(x_fp, matrix, groups)
+    if groups == 1:
+        x_q = x_q[:, 0, :]
+    step = (lambda it, n, name=layer.name: layer_progress(name, it, n)) if layer_progress else None
+    began = time.perf_counter()
+    rounded, stats = adaround_matrix(matrix, _matrix_encoding(layer, enc), x_q, target.astype(np.float32),
+                                     options.params, groups=groups, progress=step)
+    new_weight = _from_matrix(layer, rounded, weight.shape).astype(np.float32)
+    set_initializer(model, weight_value, new_weight)
+    encodings.params[weight_value.name] = enc.with_frozen(True)
+    result.layers.append(LayerReport(layer.name, time.perf_counter() - began, stats["loss_nearest"],
+                                     stats["loss_adaround"], stats["flipped"]))
+    return new_weight
 
