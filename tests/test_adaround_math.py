@@ -21,6 +21,7 @@ from qtool.quant.adaround import (
     GAMMA,
     ZETA,
     AdaRoundParams,
+    LayerMoments,
     LayerRows,
     RoundingGrid,
     _FusedGradient,
@@ -199,6 +200,17 @@ def test_fused_loop_gradient_equals_reference(shape, beta):
     fused = _FusedGradient(grid, layer, 16)(v, xb, tb, beta, 0.05)
     assert fused.dtype == np.float32
     np.testing.assert_allclose(fused, expected, rtol=2e-4, atol=2e-6 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("shape", LAYERS.values(), ids=LAYERS.keys())
+@pytest.mark.parametrize("beta", [None, 4.5])
+def test_gradient_from_moments_equals_the_all_rows_reference(shape, beta):
+    """The moments path (G = mean x x^T, D = mean t x^T) is the exact gradient over all rows."""
+    layer, grid, target, rng = small_problem(*shape, dtype=np.float32)
+    v = (rng.standard_normal(grid.step.shape) * 3).astype(np.float32)
+    expected = adaround_loss(v, grid, layer, layer.gather(None), target, beta, 0.05)[2]
+    fused = _FusedGradient(grid, layer, 16, LayerMoments(layer, target, chunk=7))(v, None, None, beta, 0.05)
+    np.testing.assert_allclose(fused, expected, rtol=2e-4, atol=2e-5 * np.abs(expected).max())
 
 
 def test_soft_weight_is_the_clamp_formula():

@@ -37,7 +37,7 @@ def rounded():
     plan = build_plan(model, load_config("default"), PlanOptions(param_bw=4, per_channel=True, act_bw=16))
     nearest = calibrate(model, plan, batches_of(calib, name)()).encodings
     result = adaround(model, nearest, batches_of(calib, name), 4,
-                      AdaRoundOptions(AdaRoundParams(iterations=600), rows=2048))
+                      AdaRoundOptions(AdaRoundParams(iterations=2000), rows=2048))
     return model, nearest, result, held_out, name
 
 

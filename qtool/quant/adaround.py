@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qtool.quant.encoding import Encoding, dequantize, quantize, quantize_dequantize
-from qtool.quant.layer_rows import LayerRows
+from qtool.quant.layer_rows import LayerMoments, LayerRows
 from qtool.quant.patches import sample_rows
 
 logger = logging.getLogger(__name__)
@@ -251,12 +251,13 @@ class _FusedGradient:
     _HALF = (ZETA - GAMMA) / 2  # h = 0.5 + _HALF * tanh(v/2) before clipping (zeta + gamma = 1)
     _EDGE = (1 - (ZETA + GAMMA) / 2) / _HALF  # |tanh(v/2)| beyond which h is clipped
 
-    def __init__(self, grid: RoundingGrid, layer: LayerRows, batch: int) -> None:
-        self.grid, self.layer = grid, layer
+    def __init__(self, grid: RoundingGrid, layer: LayerRows, batch: int,
+                 moments: LayerMoments | None = None) -> None:
+        self.grid, self.layer, self.moments = grid, layer, moments
         shape = grid.step.shape
         self.t, self.h, self.a, self.b, self.grad = (np.empty(shape, np.float32) for _ in range(5))
         self.mask = np.empty(shape, bool)
-        self.pred = np.empty((batch, layer.out), np.float32)
+        self.pred = np.empty((batch, layer.out), np.float32) if moments is None else None
 
     def __call__(self, v: np.ndarray, xb: np.ndarray, tb: np.ndarray, beta: float | None, reg_param: float):
         t, h, a, grad, mask = self.t, self.h, self.a, self.grad, self.mask
@@ -265,12 +266,15 @@ class _FusedGradient:
         np.multiply(t, self._HALF, out=h)
         h += (ZETA + GAMMA) / 2
         np.clip(h, 0, 1, out=h)
-        # reconstruction: d/dW~ = X^T 2 (W~ X - T) / B, and dW~/dh = step
-        pred = self.pred[: len(tb)]
-        self.layer.forward(self.grid.soft(h, out=a), xb, out=pred)
-        pred -= tb
-        pred *= 2 / len(tb)
-        self.layer.weight_grad(pred, xb, out=grad)
+        # reconstruction: d/dW~ = X^T 2 (W~ X - T) / B (or from the moments), and dW~/dh = step
+        if self.moments is not None:
+            self.moments.weight_grad(self.grid.soft(h, out=a), out=grad)
+        else:
+            pred = self.pred[: len(tb)]
+            self.layer.forward(self.grid.soft(h, out=a), xb, out=pred)
+            pred -= tb
+            pred *= 2 / len(tb)
+            self.layer.weight_grad(pred, xb, out=grad)
         grad *= self.grid.step
         if beta is not None and reg_param:
             self._add_regularizer(h, beta, reg_param)
@@ -378,15 +382,16 @@ def adaround_matrix(
     v = inverse_rectified_sigmoid(grid.rest)  # h(V) = fractional part: starts at the float weight
     adam = _Adam(v, params.learning_rate)
     batch = min(params.batch_size, layer.rows)
-    gradient = _FusedGradient(grid, layer, batch)
-    whole = layer.gather(None) if batch == layer.rows else None
+    moments = LayerMoments(layer, target) if LayerMoments.cheaper(layer, batch) else None
+    gradient = _FusedGradient(grid, layer, batch, moments)
+    # all rows at once when they fit in one batch; with the moments no rows are needed at all
+    xb, tb = (layer.gather(None), target) if batch == layer.rows and moments is None else (None, None)
+    sampled = moments is None and batch < layer.rows
     every = max(1, params.iterations // 100)
     for it in range(params.iterations):
-        if whole is None:
+        if sampled:
             rows = sample_rows(batch, layer.rows, rng)
             xb, tb = layer.gather(rows), target[rows]
-        else:
-            xb, tb = whole, target
         adam.step(gradient(v, xb, tb, annealed_beta(it, params), params.reg_param))
         if progress is not None and ((it + 1) % every == 0 or it + 1 == params.iterations):
             progress(it + 1, params.iterations)

@@ -86,3 +86,56 @@ class LayerRows:
         """Outputs on all rows (internal-layout weight), in chunks of rows to bound temporaries."""
         parts = [self.forward(w, self.gather(slice(i, i + chunk))) for i in range(0, self.rows, chunk)]
         return np.concatenate(parts) if parts else np.zeros((0, self.out), w.dtype)
+
+
+class LayerMoments:
+    """The reconstruction gradient from the rows' second moments: exact over *all* rows.
+
+    mean_n ||W x_n - t_n||^2 has the gradient 2 (W G - D) with G = mean_n x_n x_n^T and
+    D = mean_n t_n x_n^T, so once G and D are known an iteration costs out * K_g^2 whatever the
+    number of rows, instead of 2 * B * out * K_g for a mini-batch of B rows. That is cheaper for
+    depthwise layers (K_g = the few taps) and for dense layers with K <= 2 B, and the gradient
+    is the full one, not a mini-batch estimate. Weights are in ``LayerRows``' internal layout.
+    """
+
+    def __init__(self, layer: LayerRows, target: np.ndarray, chunk: int = 1024) -> None:
+        self.layer = layer
+        g = d = 0.0
+        for i in range(0, layer.rows, chunk):  # float64 sums, a chunk of rows at a time
+            gi, di = self._moments(layer.x[i:i + chunk].astype(np.float64),
+                                   np.asarray(target[i:i + chunk], np.float64))
+            g, d = g + gi, d + di
+        self.g2 = (2 * g / layer.rows).astype(np.float32)
+        self.d2 = (2 * d / layer.rows).astype(np.float32)
+
+    def _moments(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sums of x x^T and t x^T over the rows of one chunk, in the layout weight_grad uses."""
+        layer = self.layer
+        if layer.groups == 1:  # x (n, K), weight (out, K)
+            return x.T @ x, t.T @ x
+        if layer.taps_major:  # x (n, K_g, groups), weight (K_g, groups)
+            return np.einsum("nkg,njg->kjg", x, x), np.einsum("ng,nkg->kg", t, x)
+        xg = x.transpose(1, 0, 2)  # x (n, groups, K_g), weight (out, K_g) = (groups, out_g, K_g)
+        tg = t.reshape(len(t), layer.groups, layer.out_g).transpose(1, 2, 0)  # (groups, out_g, n)
+        return np.matmul(xg.transpose(0, 2, 1), xg), np.matmul(tg, xg).reshape(layer.out, layer.k)
+
+    def weight_grad(self, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """d/dW of mean_n ||W x_n - t_n||^2 (internal layout)."""
+        layer = self.layer
+        if layer.groups == 1:
+            out = np.matmul(w, self.g2, out=out)
+        elif layer.taps_major:
+            out = np.einsum("kjg,jg->kg", self.g2, w, out=out)
+        else:
+            g = np.matmul(w.reshape(layer.groups, layer.out_g, layer.k), self.g2).reshape(layer.out, layer.k)
+            if out is None:
+                out = g
+            else:
+                out[...] = g
+        out -= self.d2
+        return out
+
+    @staticmethod
+    def cheaper(layer: LayerRows, batch: int) -> bool:
+        """Whether an iteration costs less from the moments than from a mini-batch of ``batch`` rows."""
+        return layer.groups > 1 or layer.k <= 2 * batch
