@@ -176,7 +176,8 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
     total = source.count() or 1
     bar = Bar("adaround", unit="layers")
     result = adaround(graph, start_enc, lambda: source.batches(batch_size), -(-total // batch_size), options,
-                      progress=bar, source=enc_source)
+                      progress=bar, layer_progress=lambda name, it, n: bar.detail(f"{name} {it}/{n} iterations"),
+                      source=enc_source)
     final = calibrate(result.model, plan, lambda: source.batches(batch_size), frozen=result.encodings,
                       total=source.count()).encodings if not encodings else result.encodings
     prefix = output_prefix(output)

@@ -25,8 +25,15 @@ class Bar:
         self.stream = stream or sys.stderr
         self.start = time.perf_counter()
         self.enabled = self.stream.isatty()
+        self.done, self.total, self.note = 0, None, ""
+
+    def detail(self, note: str) -> None:
+        """Redraw with `note` after the bar: progress inside the current unit (a layer's iterations)."""
+        self.note = note
+        self(self.done, self.total)
 
     def __call__(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
         if not self.enabled:
             return
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -39,7 +46,9 @@ class Bar:
                    f"{rate:.1f}/s ETA {eta:.0f}s "
         else:
             text = f"\r{self.label} {done} {self.unit} {rate:.1f}/s "
-        self.stream.write(text)
+        if self.note and not (total and done >= total):
+            text += f"| {self.note} "
+        self.stream.write(text + "\033[K")  # clear what a longer previous line left
         if total and done >= total:
             self.stream.write("\n")
         self.stream.flush()

@@ -198,6 +198,7 @@ def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_ba
     runner = SegmentedRunner(batches(), options.cache_bytes)
     quant = build_qdq_model(model, encodings, source=source)
     quant_layers = {node.name: node for node in quant.graph}
+    progress(0, len(layers))
     try:
         for index, layer in enumerate(layers):
             x_q = _quantized_rows(runner, quant, quant_layers[layer.name], layer, options, total_batches)
