@@ -190,7 +190,8 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
     lines = [f"adarounded {len(result.layers)} layers in {result.seconds:.1f}s "
              f"({params.iterations} iterations, {options.rows} rows per layer)"]
     lines += [f"  {r.layer}: reconstruction MSE {r.loss_nearest:.4g} (nearest) -> {r.loss_adaround:.4g}, "
-              f"{100 * r.flipped:.1f}% flipped, {r.seconds:.1f}s" for r in result.layers]
+              f"{100 * r.flipped:.1f}% flipped, {r.seconds:.1f}s"
+              + (" (learnt rounding was worse: kept nearest)" if r.kept_nearest else "") for r in result.layers]
     lines += [f"  not adarounded: {n}: {r}" for n, r in result.skipped]
     lines.append(f"wrote {prefix}.onnx and {prefix}.encodings.json")
     return Report(summary, lines)

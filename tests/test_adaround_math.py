@@ -213,6 +213,19 @@ def test_gradient_from_moments_equals_the_all_rows_reference(shape, beta):
     np.testing.assert_allclose(fused, expected, rtol=2e-4, atol=2e-5 * np.abs(expected).max())
 
 
+def test_a_rounding_worse_than_nearest_is_not_kept():
+    """Wild steps (learning rate 1, 3 iterations) leave a random rounding: nearest is returned."""
+    layer, grid, target, rng = small_problem(16, 40, 1, dtype=np.float32)
+    weight = rng.standard_normal((16, 40)).astype(np.float32)
+    enc = encode_tensor(weight, QuantSpec(bw=3, symmetric=True, axis=0))
+    target = layer.outputs(layer.to_internal(weight))
+    params = AdaRoundParams(iterations=3, learning_rate=1.0, warm_start=0.0, reg_param=0.0)
+    final, stats = adaround_matrix(weight, enc, layer.x, target, params)
+    assert stats["kept_nearest"] and stats["flipped"] == 0.0
+    np.testing.assert_array_equal(final, quantize_dequantize(weight, enc))
+    assert stats["loss_adaround"] == stats["loss_nearest"]
+
+
 def test_soft_weight_is_the_clamp_formula():
     rng = np.random.default_rng(5)
     weight = rng.standard_normal((8, 30)).astype(np.float32) * 2

@@ -363,7 +363,8 @@ def adaround_matrix(
     ``dequantize(q, enc)`` for an integer q in [0, q_max]. Stats: ``loss_nearest`` and
     ``loss_adaround`` (the reconstruction loss on all N rows, mean over rows of the squared
     error summed over outputs, for round-to-nearest and for the result), ``flipped`` (fraction of
-    weights rounded differently from nearest), ``iterations`` and ``seconds``.
+    weights rounded differently from nearest), ``kept_nearest`` (the learnt rounding ended worse
+    than nearest on these rows, so nearest was kept), ``iterations`` and ``seconds``.
     """
     start = time.perf_counter()
     weight = np.asarray(weight, np.float32)
@@ -400,10 +401,18 @@ def adaround_matrix(
     q_final = grid_original.quantized(up)
     final = dequantize(q_final, enc)
     nearest = quantize_dequantize(weight, enc)
+    loss_nearest = reconstruction_loss(layer.outputs(layer.to_internal(nearest)), target)[0]
+    loss_adaround = reconstruction_loss(layer.outputs(layer.to_internal(final)), target)[0]
+    # a short schedule can end with h(V) undecided and the hard rounding worse than nearest on
+    # the very rows it was fitted to: then round to nearest, never worse than the baseline
+    kept_nearest = loss_adaround > loss_nearest
+    if kept_nearest:
+        final, q_final, loss_adaround = nearest, quantize(weight, enc), loss_nearest
     stats = {
-        "loss_nearest": reconstruction_loss(layer.outputs(layer.to_internal(nearest)), target)[0],
-        "loss_adaround": reconstruction_loss(layer.outputs(layer.to_internal(final)), target)[0],
+        "loss_nearest": loss_nearest,
+        "loss_adaround": loss_adaround,
         "flipped": float(np.mean(q_final != quantize(weight, enc))) if weight.size else 0.0,
+        "kept_nearest": kept_nearest,
         "iterations": params.iterations,
         "seconds": time.perf_counter() - start,
     }

@@ -57,6 +57,7 @@ class LayerReport:
     loss_nearest: float
     loss_adaround: float
     flipped: float
+    kept_nearest: bool = False
 
 
 @dataclass
@@ -243,6 +244,6 @@ def _round_layer(model: ir.Model, encodings: EncodingSet, layer: ir.Node, x_q: n
     set_initializer(model, weight_value, new_weight)
     encodings.params[weight_value.name] = enc.with_frozen(True)
     result.layers.append(LayerReport(layer.name, time.perf_counter() - began, stats["loss_nearest"],
-                                     stats["loss_adaround"], stats["flipped"]))
+                                     stats["loss_adaround"], stats["flipped"], stats["kept_nearest"]))
     return new_weight
 
