@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO := build/demo
 CLS := sample_models/ppocr_cls.onnx
 
-.PHONY: install demo test bench bench-cle clean
+.PHONY: install demo test bench bench-cle bench-adaround clean
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -27,6 +27,10 @@ bench: install
 bench-cle: install
 	$(PYTHON) sample_models/fetch_efficientnet.py
 	$(PYTHON) bench/bench_cle.py
+
+bench-adaround: install
+	$(PYTHON) sample_models/fetch_efficientnet.py
+	$(PYTHON) bench/bench_adaround.py
 
 clean:
 	rm -rf build bench/out .pytest_cache
