@@ -77,8 +77,9 @@ def test_every_ready_recipe_runs_green_on_the_bundled_classifier(recipe, cls_dat
     sets = [f"data.{key}={path}" for key, path in cls_data.items()]
     sets += ["data.samples=64", f"output={tmp_path / 'out'}", f"model={CLS}"]
     if recipe.stem == "w4a8-adaround":
-        # 30 iterations instead of 2000 to keep the suite fast; the full recipe loses 0.0 points here
-        sets += ["adaround.iterations=30", "adaround.rows=256", "expect.max_accuracy_drop=15"]
+        # 200 iterations instead of 2000 keep the suite fast and still meet the recipe's own gate
+        # (3 points; 100% -> 100%, 20 dB on these 64 lines; 30 iterations, about nearest: -16 points)
+        sets += ["adaround.iterations=200", "adaround.rows=256"]
     code, out, err = run_main(["run", recipe, *[arg for s in sets for arg in ("--set", s)]], capsys)
     assert code == 0, err
     summary = json.loads((tmp_path / "out" / "run.json").read_text())

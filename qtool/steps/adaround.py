@@ -9,8 +9,9 @@ their encodings are marked frozen, so that `calibrate` recomputes activation enc
 
 Inputs are streamed: per batch only the sampled rows of each layer are kept (`rows` in all per
 layer, spread evenly over the batches), so memory does not grow with the number of samples.
-x_fp comes from one pass of the float model for all layers; x_q for each layer from the model
-adarounded so far, as AIMET does, but without AIMET's pass per layer: `qtool.segmented` runs
+The targets W x_fp come from one pass of the float model for all layers (only the outputs are
+kept, computed batch by batch); x_q for each layer from the model adarounded so far, as AIMET
+does, but without AIMET's pass per layer: `qtool.segmented` runs
 only the nodes between the previous layer and this one, from the activations cached at their
 boundary, so all layers together cost one simulated pass.
 """
@@ -115,9 +116,8 @@ def _sampled_rows(layer: ir.Node, x: np.ndarray, groups: int, count: int, rng: n
 
 def _targets(rows_fp: np.ndarray, matrix: np.ndarray, groups: int) -> np.ndarray:
     """W x_fp for every sampled row: (rows, out)."""
-    x = rows_fp[:, 0, :] if groups == 1 else rows_fp
-    return LayerRows(x, groups, matrix.shape[0], dtype=np.float64).outputs(
-        LayerRows(x, groups, matrix.shape[0], dtype=np.float64).to_internal(matrix.astype(np.float64)))
+    layer = LayerRows(rows_fp[:, 0, :] if groups == 1 else rows_fp, groups, matrix.shape[0], dtype=np.float64)
+    return layer.outputs(layer.to_internal(matrix.astype(np.float64)))
 
 
 def _candidates(model: ir.Model, encodings: EncodingSet, options: AdaRoundOptions
@@ -159,21 +159,26 @@ def _row_rng(options: AdaRoundOptions, layer: ir.Node, batch_index: int) -> np.r
     return np.random.default_rng([options.params.seed, zlib.crc32(layer.name.encode()), batch_index])
 
 
-def _float_rows(model: ir.Model, layers: list[ir.Node], batches: Iterable[dict[str, np.ndarray]],
-                options: AdaRoundOptions, total_batches: int) -> dict[str, np.ndarray]:
-    """Sampled input rows of every layer in the float model, from one pass over all batches."""
+def _float_targets(model: ir.Model, layers: list[ir.Node], batches: Iterable[dict[str, np.ndarray]],
+                   options: AdaRoundOptions, total_batches: int) -> dict[str, np.ndarray]:
+    """Every layer's float outputs W x_fp (no bias) at its sampled rows, from one float pass.
+
+    Only the outputs are kept, not the input rows: a layer's float weight does not change before
+    its own turn, and (rows, out) is far smaller than (rows, K) for convolutions (EfficientNet's
+    5x5 depthwise layers: 25x)."""
     inputs = {layer.name: layer.inputs[0].name for layer in layers}
     graph_inputs = {v.name for v in model.graph.inputs}
     names = sorted({n for n in inputs.values() if n not in graph_inputs})
     session = make_session(with_taps(model, names))
     per_batch = _rows_per_batch(options, total_batches)
+    matrices = {layer.name: _matrix(layer, layer.inputs[1].const_value.numpy()) for layer in layers}
     collected: dict[str, list[np.ndarray]] = {name: [] for name in inputs}
     for batch_index, (feeds, outputs) in enumerate(run_batches(session, batches, names or None)):
         for layer in layers:
             tensor = feeds.get(inputs[layer.name], outputs.get(inputs[layer.name]))
-            groups = _matrix(layer, layer.inputs[1].const_value.numpy())[1]
-            collected[layer.name].append(
-                _sampled_rows(layer, tensor, groups, per_batch, _row_rng(options, layer, batch_index)))
+            matrix, groups = matrices[layer.name]
+            rows = _sampled_rows(layer, tensor, groups, per_batch, _row_rng(options, layer, batch_index))
+            collected[layer.name].append(_targets(rows, matrix, groups).astype(np.float32))
     return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
 
 
@@ -190,7 +195,7 @@ def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_ba
     layers, result.skipped = _candidates(model, encodings, options)
     if not layers:
         return result
-    float_rows = _float_rows(model, layers, batches(), options, total_batches)
+    targets = _float_targets(model, layers, batches(), options, total_batches)
     # the layer's quantized input comes from the model adarounded so far: with inputs from the
     # round-to-nearest model instead, each layer learns to undo errors that the earlier layers'
     # own AdaRound then removes, and the two corrections add up (mobilenet_block W4: 11 dB
@@ -203,7 +208,7 @@ def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_ba
     try:
         for index, layer in enumerate(layers):
             x_q = _quantized_rows(runner, quant, quant_layers[layer.name], layer, options, total_batches)
-            rounded = _round_layer(model, encodings, layer, x_q, float_rows.pop(layer.name), options, result,
+            rounded = _round_layer(model, encodings, layer, x_q, targets.pop(layer.name), options, result,
                                    layer_progress)
             requantize_param(quant, quant_layers[layer.name], 1, rounded, encodings.params[layer.inputs[1].name])
             progress(index + 1, len(layers))
@@ -224,7 +229,7 @@ def _quantized_rows(runner: SegmentedRunner, quant: ir.Model, node: ir.Node, lay
     return np.concatenate(parts)
 
 
-def _round_layer(model: ir.Model, encodings: EncodingSet, layer: ir.Node, x_q: np.ndarray, x_fp: np.ndarray,
+def _round_layer(model: ir.Model, encodings: EncodingSet, layer: ir.Node, x_q: np.ndarray, target: np.ndarray,
                  options: AdaRoundOptions, result: AdaRoundResult,
                  layer_progress: Callable[[str, int, int], None] | None) -> np.ndarray:
     """Optimise one layer's rounding; write its weights into the model, freeze the encoding and
@@ -233,12 +238,11 @@ def _round_layer(model: ir.Model, encodings: EncodingSet, layer: ir.Node, x_q: n
     weight = weight_value.const_value.numpy()
     matrix, groups = _matrix(layer, weight)
     enc = encodings.params[weight_value.name]
-    target = _targets(x_fp, matrix, groups)
     if groups == 1:
         x_q = x_q[:, 0, :]
     step = (lambda it, n, name=layer.name: layer_progress(name, it, n)) if layer_progress else None
     began = time.perf_counter()
-    rounded, stats = adaround_matrix(matrix, _matrix_encoding(layer, enc), x_q, target.astype(np.float32),
+    rounded, stats = adaround_matrix(matrix, _matrix_encoding(layer, enc), x_q, target,
                                      options.params, groups=groups, progress=step)
     new_weight = _from_matrix(layer, rounded, weight.shape).astype(np.float32)
     set_initializer(model, weight_value, new_weight)
