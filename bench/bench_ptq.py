@@ -23,6 +23,7 @@ to build/bench/. --quick: 64 calibration / 100 evaluation samples (rec and cls),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -136,6 +137,18 @@ def bench_rec(args, results: dict, save) -> None:
                             label={"model": "rec", "method": f"qtool {scheme} {gran}", "tool": "qtool",
                                    "scheme": scheme, "granularity": gran}))
         save()
+    # qtool's own pre-processing, as quant_pre_process is onnxruntime's: fold the batch norms first
+    folded = ctx.work / "folded" / "folded.onnx"
+    folded.parent.mkdir(parents=True, exist_ok=True)
+    fold = runs._child(ctx, [*runs.qtool_cmd(), "fold", str(ctx.model), "-o", str(folded)], "fold")
+    if fold.ok:
+        fctx = dataclasses.replace(ctx, model=folded, work=ctx.work / "folded")
+        for scheme in ("minmax", "sqnr"):
+            gran = "per-channel folded"
+            rows.append(guarded(runs.qtool_row, fctx, "w8a8-per-channel", scheme, export="export" not in args.skip,
+                                tag="folded", label={"model": "rec", "method": f"qtool {scheme} {gran}",
+                                                     "tool": "qtool", "scheme": scheme, "granularity": gran}))
+            save()
     methods = ["minmax"] + ([] if "hist" in args.skip else ["entropy", "percentile"])
     for method in methods:
         for per_channel in (False, True):

@@ -48,7 +48,8 @@ def ratios(results: dict) -> dict:
                          time_vs_float_wall=_div(q.get("calib_wall_s"), flt.get("calib_wall_s")),
                          acc_minus_float=_sub(q.get("acc_sim"), flt.get("acc_sim")),
                          target_time_vs_float=TARGETS["time_vs_float"] if q["scheme"] == "minmax" else None)
-            ort = _find(rows, model=task, tool="ort", granularity=q["granularity"], primary=True,
+            gran = q["granularity"].replace(" folded", "")  # folding is qtool's pre-processing step
+            ort = _find(rows, model=task, tool="ort", granularity=gran, primary=True,
                         scheme=COUNTERPART[q["scheme"]])
             if ort is not None:
                 entry["ort"] = ort["method"]
@@ -59,7 +60,7 @@ def ratios(results: dict) -> dict:
                 else:
                     entry["ort_failure"] = ort.get("failure")
             best = max((r for r in rows if r.get("model") == task and r.get("tool") == "ort" and _ok(r)
-                        and r.get("granularity") == q["granularity"] and r.get("acc_sim") is not None),
+                        and r.get("granularity") == gran and r.get("acc_sim") is not None),
                        key=lambda r: r["acc_sim"], default=None)
             if best is not None:
                 entry.update(best_ort=best["method"], acc_minus_best_ort_sim=_sub(q.get("acc_sim"), best["acc_sim"]))

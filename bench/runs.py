@@ -135,13 +135,17 @@ def float_row(ctx: Ctx) -> dict:
     return row
 
 
-def qtool_row(ctx: Ctx, config: str, scheme: str, export: bool = True, extra: tuple[str, ...] = ()) -> dict:
+def qtool_row(ctx: Ctx, config: str, scheme: str, export: bool = True, extra: tuple[str, ...] = (),
+              tag: str = "") -> dict:
     """qtool calibrate -> simulate -o qdq.onnx (eval sim) -> export NAME_qdq.onnx (eval int).
 
-    `extra`: more calibrate flags (e.g. --asymmetric-weights, the weight grid quantize_static uses)."""
+    `extra`: more calibrate flags (e.g. --asymmetric-weights, the weight grid quantize_static uses);
+    `tag`: a word for the method name (e.g. "folded" when ctx.model is the folded model)."""
     gran = "per-channel" if "per-channel" in config else "per-tensor"
     if extra:
         gran += " " + " ".join(flag.lstrip("-") for flag in extra)
+    if tag:
+        gran += " " + tag
     name = f"qtool_{scheme}_{gran}".replace(" ", "_")
     prefix = ctx.work / name / "model"
     prefix.parent.mkdir(parents=True, exist_ok=True)
