@@ -29,6 +29,7 @@ from qtool.progress import Bar
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA
 from qtool.runtime import input_infos
 from qtool.steps.calibrate import CalibrateOptions, calibrate
+from qtool.steps.fold import foldable_batch_norms
 from qtool.steps.export import export
 from qtool.steps.simulate import simulate
 from qtool.weight_ranges import format_table, layer_ranges, ranges_table
@@ -131,6 +132,17 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     logging.getLogger("onnx_ir").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+def fold_note(graph) -> list[str]:
+    """A report line when batch norms that `qtool fold` would remove are still in the model (a
+    note, not a warning: folding usually helps, PP-OCRv4 min-max 90.1% -> 97.9%, but not always,
+    the bundled classifier loses 2 dB)."""
+    count = foldable_batch_norms(graph)
+    if not count:
+        return []
+    return [f"note: {count} BatchNormalization node(s) follow a layer and were quantized apart from it; "
+            f"'qtool fold' folds them (exact), as the white paper advises"]
+
+
 @cli.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
@@ -187,6 +199,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
         f"calibrated {result.samples} samples in {result.seconds:.1f}s: "
         f"{summary['activation_quantizers']} activation + {summary['param_quantizers']} param encodings",
         f"wrote {prefix}.onnx and {prefix}.encodings.json",
+        *fold_note(graph),
     ])
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
+from qtool.cli import Bar, Report, cli, data_options, fold_note, json_option, overrides_option, read_overrides, reporting
 from qtool.config import load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
@@ -194,4 +194,4 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
               + (" (learnt rounding was worse: kept nearest)" if r.kept_nearest else "") for r in result.layers]
     lines += [f"  not adarounded: {n}: {r}" for n, r in result.skipped]
     lines.append(f"wrote {prefix}.onnx and {prefix}.encodings.json")
-    return Report(summary, lines)
+    return Report(summary, lines + fold_note(graph))

@@ -379,3 +379,15 @@ def test_failed_encodings_write_leaves_no_half_pair(work, capsys):
     code, _, err = run_main(calibrate_args(work / "cbr.onnx", work / "cbr.npz", work / "out" / "m"), capsys)
     assert code == 2 and "m.encodings.json" in err and len(err.strip().splitlines()) == 1
     assert not (work / "out" / "m.onnx").exists()
+
+
+def test_calibrate_hints_at_fold_when_batch_norms_follow_layers(tmp_path, capsys):
+    """Unfolded BN after a conv gets its own quantizer: the user is told to fold first, once
+    the model is folded the hint is gone."""
+    model = SAMPLES / "conv_bn_relu.onnx"
+    code, out, _ = run_main(["calibrate", model, "--data", "random", "--samples", "2", "-o", tmp_path / "a"], capsys)
+    assert code == 0 and "BatchNormalization" in out and "qtool fold" in out
+    assert run_main(["fold", model, "-o", tmp_path / "f.onnx"], capsys)[0] == 0
+    code, out, _ = run_main(["calibrate", tmp_path / "f.onnx", "--data", "random", "--samples", "2",
+                             "-o", tmp_path / "b"], capsys)
+    assert code == 0 and "qtool fold" not in out

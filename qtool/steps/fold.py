@@ -150,6 +150,15 @@ def _per_channel_constant(node: ir.Node, channels: int, layer: ir.Node) -> np.nd
     return const.reshape(-1).astype(np.float64) if shape == wanted else None
 
 
+def foldable_batch_norms(model: ir.Model) -> int:
+    """BatchNormalization nodes right after a Conv / ConvTranspose / Gemm / MatMul: what `fold`
+    would most likely remove. Quantizing with them in place puts a quantizer on the layer's
+    output before the BN (PP-OCRv4 min-max per-channel: 90.1% unfolded, 97.9% folded)."""
+    layers = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    return sum(1 for node in model.graph if node.op_type == "BatchNormalization" and node.inputs[0] is not None
+               and node.inputs[0].producer() is not None and node.inputs[0].producer().op_type in layers)
+
+
 def fold_batch_norms(model: ir.Model) -> FoldResult:
     """Fold every BN (and per-channel Mul/Add) that can be folded exactly; returns a new model."""
     model = clone(model)
