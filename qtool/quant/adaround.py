@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qtool.quant.encoding import Encoding, dequantize, quantize, quantize_dequantize
+from qtool.quant.adam import Adam
 from qtool.quant.layer_rows import LayerMoments, LayerRows
 from qtool.quant.patches import sample_rows
 
@@ -50,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 ZETA = 1.1  # stretch of the rectified sigmoid (AIMET AdaroundConstants.ZETA)
 GAMMA = -0.1  # (AIMET AdaroundConstants.GAMMA)
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam defaults, which AIMET uses
-ADAM_EPS = 1e-8
 BETA_DECAYS = ("cosine", "linear")
 
 
@@ -308,36 +307,6 @@ class _FusedGradient:
         grad += b
 
 
-class _Adam:
-    """torch.optim.Adam's update on one float32 array, in place, with preallocated buffers."""
-
-    def __init__(self, param: np.ndarray, lr: float) -> None:
-        self.param, self.lr, self.t = param, lr, 0
-        self.m = np.zeros_like(param)
-        self.v = np.zeros_like(param)
-        self.tmp = np.empty_like(param)
-
-    def step(self, grad: np.ndarray) -> None:
-        b1, b2 = ADAM_BETAS
-        self.t += 1
-        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
-        m, v, tmp = self.m, self.v, self.tmp
-        np.subtract(grad, m, out=tmp)  # m += (1 - b1) (g - m)
-        tmp *= 1 - b1
-        m += tmp
-        np.multiply(grad, grad, out=tmp)  # v += (1 - b2) (g^2 - v)
-        tmp -= v
-        tmp *= 1 - b2
-        v += tmp
-        # param -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), multiplied through by sqrt(bc2)
-        root = math.sqrt(bc2)
-        np.sqrt(v, out=tmp)
-        tmp += ADAM_EPS * root
-        np.divide(m, tmp, out=tmp)
-        tmp *= self.lr * root / bc1
-        self.param -= tmp
-
-
 def adaround_matrix(
     weight: np.ndarray,
     enc: Encoding,
@@ -381,7 +350,7 @@ def adaround_matrix(
 
     rng = np.random.default_rng(params.seed)
     v = inverse_rectified_sigmoid(grid.rest)  # h(V) = fractional part: starts at the float weight
-    adam = _Adam(v, params.learning_rate)
+    adam = Adam(v, params.learning_rate)
     batch = min(params.batch_size, layer.rows)
     moments = LayerMoments(layer, target) if LayerMoments.cheaper(layer, batch) else None
     gradient = _FusedGradient(grid, layer, batch, moments)
