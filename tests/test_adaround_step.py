@@ -86,3 +86,25 @@ def test_frozen_encodings_survive_calibrate_and_export(tmp_path, rounded):
         assert exported.params[name_].same_as(recalibrated.params[name_])
     entries = json.loads((tmp_path / "re.encodings.json").read_text())["param_encodings"]
     assert {e["name"] for e in entries if e.get("frozen")} == set(frozen)
+
+
+def test_cli_layers_exclude_and_encodings(tmp_path, data_dir, capsys):
+    """--layers picks, --exclude drops, --encodings starts from a given pair; only the adarounded
+    weights come back frozen, and a misspelt layer is a one-line error (exit 2)."""
+    from conftest import run_main
+
+    model = SAMPLES / "mobilenet_block.onnx"
+    data = data_dir / "d.npz"
+    assert run_main(["calibrate", model, "--data", data, "--param-bw", "4", "-o", tmp_path / "rtn"], capsys)[0] == 0
+    code, out, err = run_main(["adaround", tmp_path / "rtn.onnx", "--encodings", tmp_path / "rtn.encodings.json",
+                               "--data", data, "--layers", "Conv_1,Conv_2", "--exclude", "Conv_2",
+                               "--iterations", "50", "-o", tmp_path / "ada", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert [row["layer"] for row in report["layers"]] == ["Conv_1"]
+    encodings = load_encodings(tmp_path / "ada.encodings.json")
+    frozen = sorted(name for name, enc in encodings.params.items() if enc.frozen)
+    conv1_weight = next(n for n in load_model(model).graph if n.name == "Conv_1").inputs[1].name
+    assert frozen == [conv1_weight]
+    code, _, err = run_main(["adaround", model, "--data", data, "--layers", "Conv_99", "-o", tmp_path / "x"], capsys)
+    assert code == 2 and "Conv_99" in err and len(err.strip().splitlines()) == 1
