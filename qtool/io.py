@@ -14,7 +14,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.data import DataSource, ImageSpec, open_data
-from qtool.encodings_io import EncodingSet, load_encodings, resolve_axes
+from qtool.encodings_io import EncodingSet, resolve_axes
+from qtool.encodings_read import load_encodings
 from qtool.errors import QtoolError
 from qtool.graph import load_model, temporary_sibling, value_by_name
 from qtool.plan import param_axis

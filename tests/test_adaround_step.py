@@ -10,7 +10,7 @@ import pytest
 
 from qtool.cli import main
 from qtool.config import load_config
-from qtool.encodings_io import load_encodings
+from qtool.encodings_read import load_encodings
 from qtool.graph import load_model
 from qtool.plan import PlanOptions, build_plan
 from qtool.quant import quantize_dequantize

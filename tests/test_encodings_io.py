@@ -11,12 +11,11 @@ import pytest
 from qtool.encodings_io import (
     ENCODING_VERSIONS,
     EncodingSet,
-    from_json_dict,
-    load_encodings,
     resolve_axes,
     save_encodings,
     to_json_dict,
 )
+from qtool.encodings_read import from_json_dict, load_encodings
 from qtool.errors import QtoolError
 from qtool.quant.encoding import Encoding, QuantSpec, compute_encoding, float_encoding
 
