@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -40,3 +41,35 @@ def data_dir(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     np.savez(folder / "d.npz", input=rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
     return folder
+
+
+@functools.lru_cache(maxsize=1)
+def integer_kernels_saturate() -> bool:
+    """Whether this CPU's onnxruntime u8 x s8 kernels saturate (x86 without VNNI).
+
+    Without VNNI, onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW, whose
+    pairwise sums saturate at int16 (its documentation recommends reduce_range there). An exported
+    QDQ model is then computed differently by onnxruntime on this machine than on the target:
+    probed with one fused Gemm whose exact result (K = 64 products of 255 x -128) differs from
+    the saturated one by 64 output steps.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.uint8(0), "zx"),
+             numpy_helper.from_array(np.full((1, 64), -128, np.int8), "wq"), numpy_helper.from_array(np.int8(0), "zw"),
+             numpy_helper.from_array(np.float32(16384.0), "sy"), numpy_helper.from_array(np.uint8(200), "zy")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "one", "zw"], ["wd"]),
+             helper.make_node("Gemm", ["xd", "wd"], ["g"], transB=1),
+             helper.make_node("QuantizeLinear", ["g", "sy", "zy"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"])]
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    exact = round(64 * 255 * -128 / 16384) * 16384  # -2088960 -> -127.5 steps -> -128 (round half to even)
+    return abs(float(session.run(None, {"x": np.full((1, 64), 255, np.float32)})[0][0, 0]) - exact) > 16384
