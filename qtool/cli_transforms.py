@@ -19,7 +19,7 @@ from qtool.quant.adaround import AdaRoundParams
 from qtool.steps.adaround import AdaRoundOptions, adaround
 from qtool.steps.bias_correction import correct_bias
 from qtool.steps.calibrate import calibrate
-from qtool.steps.equalize import RELU6_MODES, equalize
+from qtool.steps.equalize import RELU6_MODES, NoiseAwareOptions, equalize
 from qtool.steps.fold import fold_batch_norms
 
 
@@ -54,23 +54,46 @@ def fold_cmd(model, output):
                    "per-channel Min at 6/s, exact, and the pairs are scaled.")
 @click.option("--keep-relu6", is_flag=True, help="Same as --relu6 keep.")
 @click.option("--no-absorb", is_flag=True, help="Skip high-bias absorption (keeps the float outputs exact).")
+@click.option("--data", default=None,
+              help="Calibration data (see calibrate --data): scales then minimise a model of the weight AND "
+                   "activation quantization noise of each pair (one extra float pass), instead of AIMET's "
+                   "weights-only rule. For per-tensor activations; no data keeps the rule data-free.")
+@click.option("--samples", type=click.IntRange(min=1), default=256, show_default=True, help="Use at most N samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Samples per run.")
+@click.option("--preprocess", default=None, help="Image folders: see calibrate --preprocess.")
+@click.option("--aimet-scales", is_flag=True,
+              help="AIMET's data-free rule even when --data is given (recipes pass their calibration data).")
+@click.option("--param-bw", type=click.IntRange(2, 16), default=8, show_default=True,
+              help="With --data: the weight bit-width the noise model assumes.")
+@click.option("--act-bw", type=click.IntRange(2, 16), default=8, show_default=True,
+              help="With --data: the activation bit-width the noise model assumes.")
 @json_option
 @reporting
-def equalize_cmd(model, output, relu6, keep_relu6, no_absorb):
+def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, data, samples, batch_size, preprocess,
+                 aimet_scales, param_bw, act_bw):
     """Cross-layer equalization (white paper 4.3): fold BN, ReLU6 -> ReLU, scale layer pairs, absorb high biases.
 
     Example: qtool equalize model.onnx -o model_cle.onnx
+    (noise-aware: qtool equalize model.onnx --relu6 bound --data calib.npz -o model_cle.onnx)
     """
     if keep_relu6 and relu6 not in ("replace", "keep"):
         raise QtoolError(f"--keep-relu6 conflicts with --relu6 {relu6}")
-    result = equalize(load_model(model), relu6="keep" if keep_relu6 else relu6, absorb_bias=not no_absorb)
+    graph = load_model(model)
+    batches, total = None, None
+    if data is not None and not aimet_scales:
+        source = open_model_data(graph, data, samples=samples, preprocess=preprocess)
+        batches, total = (lambda: source.batches(batch_size)), source.count()  # noqa: E731
+    result = equalize(graph, relu6="keep" if keep_relu6 else relu6, absorb_bias=not no_absorb, data=batches,
+                      noise_options=NoiseAwareOptions(param_bw=param_bw, act_bw=act_bw), total=total,
+                      progress=Bar("channel statistics", unit="samples"))
     save_model(result.model, output)
     summary = {"output": output, "folded_batch_norms": result.folded, "relu6_replaced": result.relu6_replaced,
-               "pairs_scaled": len(result.pairs), "iterations": result.iterations,
-               "biases_absorbed": result.absorbed,
+               "pairs_scaled": len(result.pairs), "noise_aware_pairs": result.noise_aware,
+               "iterations": result.iterations, "biases_absorbed": result.absorbed,
                "skipped": [{"layer": layer, "reason": reason} for layer, reason in result.skipped]}
+    how = f" ({result.noise_aware} noise-aware)" if batches is not None else ""
     lines = [f"folded {result.folded} BN, replaced {result.relu6_replaced} ReLU6 ({relu6}), equalized "
-             f"{len(result.pairs)} layer pairs in {result.iterations} iterations, absorbed {result.absorbed} "
+             f"{len(result.pairs)} layer pairs{how} in {result.iterations} iterations, absorbed {result.absorbed} "
              f"high biases; wrote {output}"]
     lines += [f"  not scaled: {layer}: {reason}" for layer, reason in result.skipped]
     return Report(summary, lines)

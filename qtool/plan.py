@@ -208,11 +208,26 @@ def _clipped_offsets(model: ir.Model) -> set[str]:
     return offsets
 
 
+def _bounded_relus(model: ir.Model) -> set[str]:
+    """Relu outputs whose only use is a Min against a constant: `equalize --relu6 bound` writes a
+    ReLU6 whose bound became per channel (6 / s) that way, since Clip takes scalar bounds only.
+    The pair is one clipped activation, as Clip(0, 6) was: a quantizer between them would span
+    the unbounded ReLU range and round away the resolution the Min keeps (EfficientNet-Lite0,
+    per-tensor W8A8 after CLE: activations-only SQNR 11.1 dB with it)."""
+    bounded: set[str] = set()
+    for relu in model.graph:
+        minimum = _only_consumer(relu, ("Min",)) if relu.op_type == "Relu" else None
+        if minimum is not None and len(minimum.inputs) == 2 and any(
+                v is not None and constant_array(v) is not None for v in minimum.inputs):
+            bounded.add(relu.outputs[0].name)
+    return bounded
+
+
 def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = PlanOptions()) -> QuantPlan:
     """Decide every quantizer of the model. Pure: reads the graph, changes nothing."""
     plan = QuantPlan()
     fused = (_fused_outputs(model, config) | _decomposed_layer_norm_internals(model)
-             | _clipped_offsets(model))
+             | _clipped_offsets(model) | _bounded_relus(model))
     plan.fused = sorted(fused)
     # --act-bw/--param-bw ask for integer grids, whatever dtype the config had
     act_override = QuantizerSettings(bitwidth=options.act_bw, dtype="int" if options.act_bw else None)

@@ -117,19 +117,32 @@ def with_mean_taps(model: ir.Model, taps: dict[str, tuple[str, list[int]]]) -> t
     `taps`: key -> (tensor name, axes); returns key -> name of the new output. Per-channel means
     leave the session instead of whole tensors (bias correction needs only those).
     """
+    return with_reduce_taps(model, {key: (name, "ReduceMean", axes) for key, (name, axes) in taps.items()})
+
+
+def with_reduce_taps(model: ir.Model, taps: dict[str, tuple[str, str, list[int]]]) -> tuple[ir.Model, dict[str, str]]:
+    """A copy whose outputs include a reduction (ReduceMean/Max/Min/SumSquare) of named tensors,
+    or their "Shape" (axes ignored), which says how many elements a reduction covered.
+
+    `taps`: key -> (tensor name, op, axes); returns key -> name of the new output. Each
+    reduction sits right after its tensor's producer, so onnxruntime can free the tensor early.
+    """
     tapped = clone(model)
     values = value_by_name(tapped)
     axes_as_input = tapped.opset_imports.get("", 1) >= 18
     outputs = {}
-    for key, (name, axes) in taps.items():
+    for key, (name, op, axes) in taps.items():
         value = values[name]
-        out = ir.Value(name=unique_name(tapped, f"{name}_mean"))
+        out = ir.Value(name=unique_name(tapped, f"{name}_{op}"))
         out.dtype = value.dtype or ir.DataType.FLOAT
-        if axes_as_input:
-            axes_value = add_initializer(tapped, f"{name}_mean_axes", np.asarray(axes, np.int64))
-            node = ir.node("ReduceMean", [value, axes_value], {"keepdims": 0}, outputs=[out])
+        if op == "Shape":
+            out.dtype = ir.DataType.INT64
+            node = ir.node(op, [value], outputs=[out])
+        elif axes_as_input:
+            axes_value = add_initializer(tapped, f"{name}_{op}_axes", np.asarray(axes, np.int64))
+            node = ir.node(op, [value, axes_value], {"keepdims": 0}, outputs=[out])
         else:
-            node = ir.node("ReduceMean", [value], {"keepdims": 0, "axes": list(axes)}, outputs=[out])
+            node = ir.node(op, [value], {"keepdims": 0, "axes": list(axes)}, outputs=[out])
         producer = value.producer()
         if producer is None:
             tapped.graph.insert_before(next(iter(tapped.graph)), node)

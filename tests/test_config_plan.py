@@ -460,3 +460,27 @@ def test_hard_swish_offset_feeding_only_its_clip_is_not_quantized():
     assert "a" not in plan.activations and "a" in plan.fused
     assert {"c", "m", "y"} <= set(plan.activations)
     assert "a" in build_plan(_hard_swish_model(True), load_config("default")).activations
+
+
+def _bounded_relu_model(constant_bound: bool):
+    """x -> Relu -> Min(bound): what `equalize --relu6 bound` writes for a ReLU6."""
+    import onnx_ir as ir
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Min", ["r", "b"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])]
+    inits = []
+    if constant_bound:
+        inits.append(numpy_helper.from_array(np.array([6.0, 3.0, 1.5], np.float32), "b"))
+    else:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3]))
+    graph = helper.make_graph(nodes, "br", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ir.from_proto(onnx.shape_inference.infer_shapes(proto))
+
+
+def test_relu_bounded_by_a_constant_min_is_one_activation():
+    # a quantizer on the unbounded Relu output would round away the resolution the Min keeps
+    plan = build_plan(_bounded_relu_model(True), load_config("default"))
+    assert "r" not in plan.activations and "r" in plan.fused and "y" in plan.activations
+    # a Min against a computed tensor is an ordinary op: its inputs keep their quantizers
+    assert "r" in build_plan(_bounded_relu_model(False), load_config("default")).activations

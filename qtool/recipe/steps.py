@@ -50,7 +50,7 @@ class StepKind:
 
 STEP_KINDS: dict[str, StepKind] = {
     "fold": StepKind("fold", None, False, False, "dropped", "model"),
-    "equalize": StepKind("equalize", None, False, False, "dropped", "model"),
+    "equalize": StepKind("equalize", "calibration", False, False, "dropped", "model"),
     "calibrate": StepKind("calibrate", "calibration", False, True, "new", "prefix", uses_config=True,
                           takes_overrides=True),
     "bias_correct": StepKind("bias-correct", "calibration", True, True, "new", "prefix"),

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
-from qtool.graph import add_initializer, constant_array, set_initializer
+from qtool.channel_stats import ChannelStats, ChannelTap, channel_statistics
+from qtool.graph import add_initializer, constant_array, set_initializer, shape_of
 from qtool.layers import (
     LINEAR_OPS,
+    attr_int,
     bias_array,
     input_channel_axis,
     output_channel_axis,
@@ -39,13 +42,23 @@ from qtool.layers import (
     scale_output_channels,
     set_bias,
 )
+from qtool.progress import Progress, no_progress
+from qtool.quant.cle_scales import PairNoise, cle_scales, noise_aware_scales
 from qtool.ranges import clip_bounds
 from qtool.steps.fold import BN_STATS_KEY, fold_batch_norms
 
 log = logging.getLogger(__name__)
 
 EQUIVARIANT_ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu"}
-DEAD_CHANNEL = 1e-6
+NOISE_AWARE_ITERATIONS = 10  # grid-searched scales settle to a few % in 5-10 sweeps, not to 1e-6
+
+
+@dataclass(frozen=True)
+class NoiseAwareOptions:
+    """The grids the noise model assumes (qtool.quant.cle_scales): per-tensor, these bit-widths."""
+
+    param_bw: int = 8
+    act_bw: int = 8
 
 
 @dataclass
@@ -54,6 +67,7 @@ class EqualizeResult:
     folded: int = 0
     relu6_replaced: int = 0
     pairs: list[tuple[str, str]] = field(default_factory=list)
+    noise_aware: int = 0  # pairs whose scales came from the noise model (data given)
     iterations: int = 0
     absorbed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -183,16 +197,42 @@ def _in_ranges(node: ir.Node, weight: np.ndarray) -> np.ndarray:
     return np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
 
 
-def _scale_pair(model: ir.Model, pair: Pair, stats: dict, bounds: dict[int, np.ndarray]) -> float:
-    """Equalize one pair in place; returns the largest |log s| applied (0 when converged)."""
+def _pair_noise(pair: Pair, w1: np.ndarray, w2: np.ndarray, joining: ChannelStats, fan_in: ChannelStats,
+                options: NoiseAwareOptions) -> PairNoise:
+    """The pair's noise model (qtool.quant.cle_scales) from its current weights and the current
+    statistics of the tensor joining it and of W1's input."""
+    axis = input_channel_axis(pair.second, w2)
+    columns = np.moveaxis(w2, axis, 0).reshape(w2.shape[axis], -1)
+    channels = columns.shape[0]
+    if pair.first.op_type == "Conv":  # group g: output c sees its group's C_in / g input channels
+        groups = attr_int(pair.first, "group", 1)
+        per_group = fan_in.power.reshape(groups, -1).sum(axis=1) * int(np.prod(w1.shape[2:]))
+        input_energy = np.repeat(per_group, channels // groups)
+    else:
+        input_energy = np.full(channels, fan_in.power.sum())
+    return PairNoise(
+        first_ranges=_out_ranges(pair.first, w1), second_ranges=_in_ranges(pair.second, w2),
+        second_energy=(columns ** 2).sum(axis=1), second_fan=columns.shape[1],
+        act_high=np.maximum(joining.high, 0.0), act_low=np.minimum(joining.low, 0.0), act_power=joining.power,
+        input_energy=input_energy, param_levels=2.0 ** (options.param_bw - 1) - 1,
+        act_levels=2.0 ** options.act_bw - 1)
+
+
+def _scale_pair(model: ir.Model, pair: Pair, stats: dict, bounds: dict[int, np.ndarray],
+                channel_stats: dict[str, ChannelStats] | None = None,
+                options: NoiseAwareOptions | None = None) -> float:
+    """Equalize one pair in place; returns the largest |log s| applied (0 when converged).
+
+    With channel statistics the scales minimise the pair's quantization noise model
+    (activations included); without, they are AIMET's sqrt(r1 r2) / r2."""
     w1 = pair.first.inputs[1].const_value.numpy().astype(np.float64)
     w2 = pair.second.inputs[1].const_value.numpy().astype(np.float64)
-    r1, r2 = _out_ranges(pair.first, w1), _in_ranges(pair.second, w2)
-    # near-dead channels (a range below DEAD_CHANNEL of the layer's widest) keep s = 1: scaling
-    # them up would mostly scale their bias up, and with it the activation range of the whole tensor
-    valid = (r1 > DEAD_CHANNEL * r1.max(initial=0)) & (r2 > DEAD_CHANNEL * r2.max(initial=0))
-    s = np.ones_like(r1)
-    s[valid] = np.sqrt(r1[valid] * r2[valid]) / r2[valid]
+    joining, fan_in = pair.second.inputs[0].name, pair.first.inputs[0].name
+    if channel_stats is not None and joining in channel_stats and fan_in in channel_stats:
+        s = noise_aware_scales(_pair_noise(pair, w1, w2, channel_stats[joining], channel_stats[fan_in],
+                                           options or NoiseAwareOptions()))
+    else:
+        s = cle_scales(_out_ranges(pair.first, w1), _in_ranges(pair.second, w2))
     channels = s.size
     set_initializer(model, pair.first.inputs[1], scale_output_channels(pair.first, w1, 1 / s).astype(np.float32))
     if len(pair.first.inputs) > 2 and pair.first.inputs[2] is not None:
@@ -203,7 +243,28 @@ def _scale_pair(model: ir.Model, pair: Pair, stats: dict, bounds: dict[int, np.n
         stats[key] = {k: list(np.asarray(v) / s) for k, v in stats[key].items()}
     if pair.activation is not None and id(pair.activation) in bounds:
         bounds[id(pair.activation)] = bounds[id(pair.activation)] / s
+    if channel_stats is not None and joining in channel_stats:
+        channel_stats[joining] = channel_stats[joining].scaled(s)
     return float(np.max(np.abs(np.log(s)))) if channels else 0.0
+
+
+def _channel_taps(pairs: list[Pair]) -> list[ChannelTap]:
+    """The tensors the noise model reads: each pair's joining tensor and its first layer's input.
+    Channels are axis 1 of Conv and Gemm tensors, the last axis of MatMul's; a MatMul tensor of
+    unknown rank is left out (its pair keeps AIMET's scales)."""
+    taps: dict[str, ChannelTap] = {}
+    for pair in pairs:
+        for value, layer in ((pair.second.inputs[0], pair.second), (pair.first.inputs[0], pair.first)):
+            if layer.op_type == "Conv":
+                rank = len(layer.inputs[1].const_value.shape)
+            elif layer.op_type == "Gemm":
+                rank = 2
+            else:
+                shape = shape_of(value)
+                rank = len(shape) if shape is not None else 0
+            if rank >= 2:
+                taps[value.name] = ChannelTap(value.name, 1 if layer.op_type != "MatMul" else rank - 1, rank)
+    return list(taps.values())
 
 
 def _absorb(model: ir.Model, pair: Pair, stats: dict) -> bool:
@@ -247,12 +308,18 @@ RELU6_MODES = ("replace", "keep", "bound")
 
 
 def equalize(model: ir.Model, *, relu6: str = "replace", absorb_bias: bool = True,
-             max_iterations: int = 100, tolerance: float = 1e-6) -> EqualizeResult:
+             max_iterations: int = 100, tolerance: float = 1e-6,
+             data: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+             noise_options: NoiseAwareOptions = NoiseAwareOptions(), total: int | None = None,
+             progress: Progress = no_progress) -> EqualizeResult:
     """Fold, handle ReLU6, scale every pair to convergence, absorb high biases; a new model.
 
     relu6: "replace" (AIMET: ReLU6 -> ReLU, the float function changes where activations exceed
     6), "keep" (pairs joined by a ReLU6 are not scaled), or "bound" (qtool: ReLU6 -> ReLU and a
     per-channel Min at 6 / s, so scaling goes through it and the float function stays exact).
+    data: calibration batches (a fresh iterable per call). With it, one float pass measures the
+    channels of every joining tensor and the scales minimise each pair's noise model, activation
+    grid included (qtool.quant.cle_scales), instead of AIMET's weights-only rule.
     """
     if relu6 not in RELU6_MODES:
         raise ValueError(f"relu6 must be one of {RELU6_MODES}, not {relu6!r}")
@@ -270,8 +337,15 @@ def equalize(model: ir.Model, *, relu6: str = "replace", absorb_bias: bool = Tru
     result.pairs = [(_label(p.first), _label(p.second)) for p in pairs]
     bounds = {id(p.activation): np.full(output_channels(p.first, p.first.inputs[1].const_value.numpy()), 6.0)
               for p in pairs if p.activation is not None and p.activation.op_type == "Clip"}
+    channel_stats = None
+    if data is not None and pairs:
+        channel_stats = channel_statistics(model, _channel_taps(pairs), data(), total=total, progress=progress)
+        result.noise_aware = sum(p.second.inputs[0].name in channel_stats and p.first.inputs[0].name in channel_stats
+                                 for p in pairs)
+        max_iterations, tolerance = min(max_iterations, NOISE_AWARE_ITERATIONS), max(tolerance, 1e-3)
     for result.iterations in range(1, max_iterations + 1):
-        change = max((_scale_pair(model, pair, stats, bounds) for pair in pairs), default=0.0)
+        change = max((_scale_pair(model, pair, stats, bounds, channel_stats, noise_options) for pair in pairs),
+                     default=0.0)
         if change < tolerance:
             break
     for pair in pairs:
