@@ -148,6 +148,27 @@ class Bench:
         row["calibrate_s"] = round(calibrate_s + row["seconds"][f"{tag}.bias-correct"], 2)
         self._simulate(row, tag, out.with_suffix(".onnx"), out.with_suffix(".encodings.json"))
 
+    def weights_only_row(self, label: str, calibrated: tuple[Path | None, float], tag: str) -> None:
+        """The pair's weight quantizers alone (activation encodings dropped): the issue's reference
+        point, per-channel weights with round-to-nearest and float activations."""
+        import dataclasses
+
+        import onnx_ir as ir
+
+        from qtool.encodings_read import load_encodings
+        from qtool.qdq import build_qdq_model
+        encodings = calibrated[0]
+        row = {"method": label, "kind": "qtool"}
+        if encodings is None or not encodings.is_file():
+            self.add({**row, "status": "failed: no encodings from the calibrate before"})
+            return
+        model = encodings.with_name(encodings.name.replace(".encodings.json", ".onnx"))
+        enc = load_encodings(encodings)
+        qdq = WORK / tag / "weights_only_qdq.onnx"
+        qdq.parent.mkdir(parents=True, exist_ok=True)
+        ir.save(build_qdq_model(ir.load(model), dataclasses.replace(enc, activations={})), qdq)
+        self.add({**row, "model": str(model), **self.score(qdq)})
+
     def ort_rows(self, label: str, model: Path, tag: str, per_channel: bool) -> None:
         """quantize_static (QDQ, MinMax, QInt8 weights, QUInt8 activations) via ort_quant.py,
         evaluated as QuantSim (disable_quant_qdq) and with onnxruntime's integer kernels."""
@@ -197,7 +218,8 @@ def run_all(b: Bench) -> None:
     b.float_row("float, folded", folded, fold_s, f"{len(info.get('folded', []))} BN folded, "
                 f"{len(info.get('skipped', []))} left")
     cal = b.qtool_row("qtool W8A8 per-tensor, folded", folded, "fold_pt", pt, fold_s)
-    b.qtool_row("qtool W8A8 per-channel, folded", folded, "fold_pc", pc, fold_s)
+    pc_cal = b.qtool_row("qtool W8A8 per-channel, folded", folded, "fold_pc", pc, fold_s)
+    b.weights_only_row("qtool W8 per-channel weights only (float activations), folded: the target", pc_cal, "fold_pc")
     has_bc = bool(b.help_text("bias-correct"))
     bc = "qtool W8A8 per-tensor, fold + bias-correct"
     (b.bias_correct_row(bc, folded, cal, "fold_pt_bc", fold_s) if has_bc
@@ -228,6 +250,18 @@ def run_all(b: Bench) -> None:
         bc = f"qtool W8A8 per-tensor, {name} + bias-correct"
         (b.bias_correct_row(bc, eq, cal, f"{tag}_pt_bc", fold_s + eq_s) if has_bc
          else b.add({"method": bc, "kind": "qtool", "status": NA}))
+    if "--aimet-scales" in eq_help:  # noise-aware scales: equalize --data
+        name = "fold + equalize --relu6 bound --data (noise-aware)"
+        out = WORK / "eqd.onnx"
+        eq, eq_s, info = b.transform("eqd", QTOOL + ["equalize", folded, "--relu6", "bound", "--data", b.calib,
+                                                     "-o", out], out)
+        if eq is None:
+            b.add({"method": f"qtool W8A8 per-tensor, {name}", "kind": "qtool", "status": info["status"]})
+            return
+        for tag, label, extra in (("eqd_pt", "", []), ("eqd_pta", ", asymmetric weights", ["--asymmetric-weights"])):
+            cal = b.qtool_row(f"qtool W8A8 per-tensor{label}, {name}", eq, tag, pt + extra, fold_s + eq_s)
+            b.bias_correct_row(f"qtool W8A8 per-tensor{label}, {name} + bias-correct", eq, cal, f"{tag}_bc",
+                               fold_s + eq_s)
 
 
 def table(rows: list[dict]) -> str:

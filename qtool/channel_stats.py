@@ -37,6 +37,14 @@ class ChannelTap:
     rank: int
 
 
+def _inner_axes(tap: ChannelTap) -> list[int]:
+    """The axes onnxruntime reduces: those after the channel axis (contiguous, reduced in
+    parallel per sample and channel; reducing across the batch axis as well runs several times
+    slower), or, for a channel-last tensor, those before it."""
+    axis = tap.axis % tap.rank
+    return list(range(axis + 1, tap.rank)) or list(range(axis))
+
+
 def channel_statistics(model: ir.Model, taps: list[ChannelTap], batches: Iterable[dict[str, np.ndarray]],
                        *, total: int | None = None, progress: Progress = no_progress) -> dict[str, ChannelStats]:
     """tensor name -> ChannelStats over every sample of `batches` (one float pass)."""
@@ -45,7 +53,7 @@ def channel_statistics(model: ir.Model, taps: list[ChannelTap], batches: Iterabl
     for tap in taps:
         if tap.tensor in inputs:
             continue  # graph inputs come with the feeds; reduced here in numpy
-        axes = [a for a in range(tap.rank) if a != tap.axis % tap.rank]
+        axes = _inner_axes(tap)
         for op in ("ReduceMax", "ReduceMin", "ReduceSumSquare", "Shape"):
             reduce[f"{tap.tensor}\0{op}"] = (tap.tensor, op, axes)
     tapped, outputs = with_reduce_taps(model, reduce)
@@ -63,10 +71,15 @@ def channel_statistics(model: ir.Model, taps: list[ChannelTap], batches: Iterabl
                 values = (x.max(axis=1), x.min(axis=1), (x * x).sum(axis=1))
                 count = x.shape[1]
             else:
-                values = tuple(result[outputs[f"{tap.tensor}\0{op}"]].astype(np.float64)
-                               for op in ("ReduceMax", "ReduceMin", "ReduceSumSquare"))
+                hi, lo, sq = (result[outputs[f"{tap.tensor}\0{op}"]].astype(np.float64)
+                              for op in ("ReduceMax", "ReduceMin", "ReduceSumSquare"))
                 shape = result[outputs[f"{tap.tensor}\0Shape"]]
-                count = int(np.prod(shape)) // max(int(shape[tap.axis]), 1)
+                channels = int(shape[tap.axis])
+                # what onnxruntime left (the axes before the channel) is finished here
+                hi, lo = hi.reshape(-1, channels).max(axis=0), lo.reshape(-1, channels).min(axis=0)
+                sq = sq.reshape(-1, channels).sum(axis=0)
+                count = int(np.prod(shape)) // max(channels, 1)
+                values = (hi, lo, sq)
             hi, lo, sq = values
             high[tap.tensor] = np.maximum(high[tap.tensor], hi) if tap.tensor in high else hi
             low[tap.tensor] = np.minimum(low[tap.tensor], lo) if tap.tensor in low else lo

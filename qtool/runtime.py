@@ -81,34 +81,25 @@ def with_taps(model: ir.Model, names: Iterable[str]) -> ir.Model:
 
 
 def with_range_taps(model: ir.Model, names: Iterable[str]) -> tuple[ir.Model, dict[str, tuple[str, str]]]:
-    """A copy whose outputs include ReduceMin/ReduceMax of the named tensors (scalars).
+    """A copy whose outputs include ReduceMin/ReduceMax of the named tensors, per sample.
 
     Min-max calibration needs two numbers per tensor per batch; reducing inside onnxruntime
     avoids copying every intermediate tensor out of the session, which costs more than the
-    inference itself on conv nets (hundreds of MB per batch).
+    inference itself on conv nets (hundreds of MB per batch). Each tensor of known rank is
+    reduced over every axis but the first, leaving one value per sample for numpy to finish:
+    onnxruntime reduces contiguous inner axes in parallel, but a reduction to one scalar runs
+    far slower (PP-OCRv4, 140 tensors: +23% over the float pass reduced to scalars, +4% per
+    sample). Tensors of unknown rank are reduced whole.
     """
-    tapped = clone(model)
-    values = value_by_name(tapped)
-    outputs: dict[str, tuple[str, str]] = {}
+    values = value_by_name(model)
+    taps: dict[str, tuple[str, str, list[int]]] = {}
     for name in names:
-        pair, new_nodes = [], []
+        shape = values[name].shape
+        axes = list(range(1, len(shape))) if shape is not None and len(shape) >= 2 else []
         for op in ("ReduceMin", "ReduceMax"):
-            out = ir.Value(name=unique_name(tapped, f"{name}_{op}"))
-            new_nodes.append(ir.node(op, [values[name]], {"keepdims": 0}, outputs=[out],
-                                     name=unique_name(tapped, f"{name}_{op}_tap")))
-            out.dtype = values[name].dtype or ir.DataType.FLOAT
-            out.shape = ir.Shape([])
-            tapped.graph.outputs.append(out)
-            pair.append(out.name)
-        # right after the producer, so onnxruntime can free the tensor early instead of
-        # keeping every intermediate alive until the end of the graph
-        producer = values[name].producer()
-        if producer is None:
-            tapped.graph.insert_before(next(iter(tapped.graph)), new_nodes)
-        else:
-            tapped.graph.insert_after(producer, new_nodes)
-        outputs[name] = (pair[0], pair[1])
-    return tapped, outputs
+            taps[f"{name}\0{op}"] = (name, op, axes)
+    tapped, outputs = with_reduce_taps(model, taps)
+    return tapped, {name: (outputs[f"{name}\0ReduceMin"], outputs[f"{name}\0ReduceMax"]) for name in names}
 
 
 def with_mean_taps(model: ir.Model, taps: dict[str, tuple[str, list[int]]]) -> tuple[ir.Model, dict[str, str]]:
@@ -138,6 +129,8 @@ def with_reduce_taps(model: ir.Model, taps: dict[str, tuple[str, str, list[int]]
         if op == "Shape":
             out.dtype = ir.DataType.INT64
             node = ir.node(op, [value], outputs=[out])
+        elif not axes:  # every axis: the default of the Reduce ops
+            node = ir.node(op, [value], {"keepdims": 0}, outputs=[out])
         elif axes_as_input:
             axes_value = add_initializer(tapped, f"{name}_{op}_axes", np.asarray(axes, np.int64))
             node = ir.node(op, [value, axes_value], {"keepdims": 0}, outputs=[out])

@@ -185,3 +185,30 @@ def test_relu6_bound_mode_scales_through_relu6_and_stays_exact():
     w1, w2 = weight(result.model, "w1"), weight(result.model, "w2")
     np.testing.assert_allclose(np.abs(w1).reshape(6, -1).max(1), np.abs(w2).transpose(1, 0, 2, 3).reshape(6, -1).max(1),
                                rtol=1e-5)
+
+
+def test_high_bias_absorption_through_a_bounded_relu6_moves_the_bound():
+    c = 4
+    gamma = np.full(c, 0.1, np.float32)
+    beta = np.array([5.0, 0.0, 3.0, 8.0], np.float32)  # channel 3 sits above 6: always clipped
+    inits = [numpy_helper.from_array(RNG.normal(0, 0.01, (c, 3, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(gamma, "g"), numpy_helper.from_array(beta, "b"),
+             numpy_helper.from_array(np.zeros(c, np.float32), "m"), numpy_helper.from_array(np.ones(c, np.float32), "v"),
+             numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi"),
+             numpy_helper.from_array(RNG.normal(0, 1, (2, c, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]),
+             helper.make_node("BatchNormalization", ["c1", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("Clip", ["n", "lo", "hi"], ["a"]), helper.make_node("Conv", ["a", "w2"], ["y"])]
+    model = make(nodes, inits, [2, 3, 5, 5])
+    x = RNG.normal(0, 1, (2, 3, 5, 5)).astype(np.float32)
+    result = equalize(model, relu6="bound")
+    assert result.absorbed == 1
+    ref = run(model, x)
+    np.testing.assert_allclose(run(result.model, x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    kept = equalize(model, relu6="bound", absorb_bias=False).model
+
+    def bound(m):
+        return next(n for n in m.graph if n.op_type == "Min").inputs[1].const_value.numpy().reshape(-1)
+
+    # c = beta - 3 gamma (capped at the bound) leaves the bound as well: 6 - 4.7, 6 - 2.7, 6 - 6
+    np.testing.assert_allclose(bound(result.model) / bound(kept), [1.3 / 6, 1.0, 3.3 / 6, 0.0], atol=1e-5)

@@ -171,7 +171,7 @@ class _RangeTaps:
             if name in feeds:
                 _add_finite_range(ranges, name, feeds[name])
             elif name in self.reduced:
-                low, high = outputs[self.reduced[name][0]], outputs[self.reduced[name][1]]
+                low, high = outputs[self.reduced[name][0]].min(), outputs[self.reduced[name][1]].max()
                 if np.isfinite(low) and np.isfinite(high):
                     ranges[name] = (low, high)
                 else:

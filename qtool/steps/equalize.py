@@ -267,10 +267,14 @@ def _channel_taps(pairs: list[Pair]) -> list[ChannelTap]:
     return list(taps.values())
 
 
-def _absorb(model: ir.Model, pair: Pair, stats: dict) -> bool:
-    """High-bias absorption across a ReLU, from the BN statistics of the first layer's output."""
+def _absorb(model: ir.Model, pair: Pair, stats: dict, bounds: dict[int, np.ndarray]) -> bool:
+    """High-bias absorption across a ReLU, from the BN statistics of the first layer's output.
+
+    Also across a bounded ReLU6 (relu6="bound", before its Min is written): where x >= c,
+    min(relu(x), b) = min(relu(x - c), b - c) + c, so the bound moves down by c too."""
     key = pair.first.outputs[0].name
-    if key not in stats or pair.activation is None or pair.activation.op_type != "Relu":
+    bounded = pair.activation is not None and id(pair.activation) in bounds
+    if key not in stats or pair.activation is None or not (pair.activation.op_type == "Relu" or bounded):
         return False
     if pair.second.op_type == "MatMul":
         return False  # no bias input to absorb into
@@ -278,8 +282,12 @@ def _absorb(model: ir.Model, pair: Pair, stats: dict) -> bool:
         return False  # zero padding would add W2 c where the unabsorbed model adds nothing
     gamma, beta = np.asarray(stats[key]["gamma"]), np.asarray(stats[key]["beta"])
     c = np.maximum(0.0, beta - 3 * np.abs(gamma))
+    if bounded:
+        c = np.minimum(c, bounds[id(pair.activation)])
     if not np.any(c > 0):
         return False
+    if bounded:
+        bounds[id(pair.activation)] = bounds[id(pair.activation)] - c
     w1 = pair.first.inputs[1].const_value.numpy()
     w2 = pair.second.inputs[1].const_value.numpy().astype(np.float64)
     set_bias(model, pair.first, bias_array(pair.first, output_channels(pair.first, w1)) - c)
@@ -348,13 +356,13 @@ def equalize(model: ir.Model, *, relu6: str = "replace", absorb_bias: bool = Tru
                      default=0.0)
         if change < tolerance:
             break
+    if absorb_bias:
+        result.absorbed = sum(_absorb(model, pair, stats, bounds) for pair in pairs)
     for pair in pairs:
         if pair.activation is not None and id(pair.activation) in bounds:
             rank = len(pair.first.inputs[1].const_value.shape) if pair.first.op_type == "Conv" else 2
             _bound_relu6(model, pair.activation, bounds[id(pair.activation)], rank)
             result.relu6_replaced += 1
-    if absorb_bias:
-        result.absorbed = sum(_absorb(model, pair, stats) for pair in pairs)
     if stats:
         model.metadata_props[BN_STATS_KEY] = json.dumps(stats, sort_keys=True)
     return result
