@@ -258,8 +258,11 @@ def run_all(b: Bench) -> None:
         if eq is None:
             b.add({"method": f"qtool W8A8 per-tensor, {name}", "kind": "qtool", "status": info["status"]})
             return
-        for tag, label, extra in (("eqd_pt", "", []), ("eqd_pta", ", asymmetric weights", ["--asymmetric-weights"])):
-            cal = b.qtool_row(f"qtool W8A8 per-tensor{label}, {name}", eq, tag, pt + extra, fold_s + eq_s)
+        mse = ["--config", "default", "--scheme", "mse"]
+        for tag, label, opts in (("eqd_pt", "", pt), ("eqd_pta", ", asymmetric weights", pt + ["--asymmetric-weights"]),
+                                 ("eqd_ptm", ", mse ranges", mse),
+                                 ("eqd_ptam", ", asymmetric weights, mse ranges", mse + ["--asymmetric-weights"])):
+            cal = b.qtool_row(f"qtool W8A8 per-tensor{label}, {name}", eq, tag, opts, fold_s + eq_s)
             b.bias_correct_row(f"qtool W8A8 per-tensor{label}, {name} + bias-correct", eq, cal, f"{tag}_bc",
                                fold_s + eq_s)
 
