@@ -138,3 +138,11 @@ def test_sample_model_noise_aware_equalize_stays_exact():
     absorbed = equalize(clone(model), relu6="bound", data=lambda: [{name: calib}])
     ref = outputs(model, calib)
     np.testing.assert_allclose(outputs(absorbed.model, calib), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_cli_missing_data_is_one_line_and_writes_nothing(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    onnx.save(ir.to_proto(spread_model()), model)
+    code, _, err = run_main(["equalize", model, "--data", tmp_path / "nothere.npz", "-o", tmp_path / "o.onnx"], capsys)
+    assert code == 2 and "nothere.npz" in err and "Traceback" not in err
+    assert not (tmp_path / "o.onnx").exists()
