@@ -68,8 +68,7 @@ def channel_statistics(model: ir.Model, taps: list[ChannelTap], batches: Iterabl
             if tap.tensor in inputs:
                 x = np.moveaxis(feeds[tap.tensor].astype(np.float64), tap.axis, 0).reshape(
                     feeds[tap.tensor].shape[tap.axis], -1)
-                values = (x.max(axis=1), x.min(axis=1), (x * x).sum(axis=1))
-                count = x.shape[1]
+                hi, lo, sq, count = x.max(axis=1), x.min(axis=1), (x * x).sum(axis=1), x.shape[1]
             else:
                 hi, lo, sq = (result[outputs[f"{tap.tensor}\0{op}"]].astype(np.float64)
                               for op in ("ReduceMax", "ReduceMin", "ReduceSumSquare"))
@@ -79,8 +78,6 @@ def channel_statistics(model: ir.Model, taps: list[ChannelTap], batches: Iterabl
                 hi, lo = hi.reshape(-1, channels).max(axis=0), lo.reshape(-1, channels).min(axis=0)
                 sq = sq.reshape(-1, channels).sum(axis=0)
                 count = int(np.prod(shape)) // max(channels, 1)
-                values = (hi, lo, sq)
-            hi, lo, sq = values
             high[tap.tensor] = np.maximum(high[tap.tensor], hi) if tap.tensor in high else hi
             low[tap.tensor] = np.minimum(low[tap.tensor], lo) if tap.tensor in low else lo
             energy[tap.tensor] = energy.get(tap.tensor, 0.0) + sq
