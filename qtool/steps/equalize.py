@@ -12,7 +12,9 @@ In this order:
        s_i = sqrt(r1_i * r2_i) / r2_i,   W1' = W1 / s (per output channel), b1' = b1 / s,
        W2' = W2 * s (per input channel)
    after which both channel ranges equal sqrt(r1_i r2_i): f(W2 relu(W1 x)) is unchanged since
-   relu(x / s) = relu(x) / s for s > 0;
+   relu(x / s) = relu(x) / s for s > 0. With calibration data (`data`), s instead
+   minimises each pair's weight-and-activation noise model (qtool.quant.cle_scales), from
+   per-channel statistics measured in one float pass;
 4. high-bias absorption (section 4.3.2) where W1's output went through a BN with (gamma, beta)
    and a ReLU follows: c = max(0, beta - 3 gamma), b1' = b1 - c, b2' = b2 + W2 c. Exact as long
    as the pre-activation stays above c (BN statistics say it does, up to 3 sigma). Unlike AIMET we
