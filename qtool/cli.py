@@ -16,24 +16,18 @@ from typing import Callable
 
 import click
 
+# Only light modules at the top: building the command tree (and a recipe run whose steps are all
+# up to date) must not pay for onnx, onnx_ir and onnxruntime (about 1 s). Each command imports
+# the steps it calls in its body.
 from qtool import __version__
+from qtool.atomic import StagedOutputs, copy_file_atomic
 from qtool.config import BUILTIN_CONFIGS, load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
-from qtool.graph import load_model, save_model
 from qtool.metrics import describe_metrics
-from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data, output_prefix
 from qtool.overrides import load_overrides
-from qtool.plan import PlanOptions, build_plan
 from qtool.progress import Bar
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA
-from qtool.runtime import input_infos
-from qtool.steps.calibrate import CalibrateOptions, calibrate
-from qtool.steps.fold import foldable_batch_norms
-from qtool.steps.export import export
-from qtool.steps.simulate import simulate
-from qtool.weight_ranges import format_table, layer_ranges, ranges_table
-from qtool.plots import plot_ranges
 
 log = logging.getLogger("qtool")
 
@@ -136,6 +130,8 @@ def fold_note(graph) -> list[str]:
     """A report line when batch norms that `qtool fold` would remove are still in the model (a
     note, not a warning: folding usually helps, PP-OCRv4 min-max 90.1% -> 97.9%, but not always,
     the bundled classifier loses 2 dB)."""
+    from qtool.steps.fold import foldable_batch_norms
+
     count = foldable_batch_norms(graph)
     if not count:
         return []
@@ -176,6 +172,11 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
 
     Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
     """
+    from qtool.graph import load_model
+    from qtool.io import load_pair, open_model_data, output_prefix
+    from qtool.plan import PlanOptions, build_plan
+    from qtool.steps.calibrate import CalibrateOptions, calibrate
+
     prefix = output_prefix(output)
     if encodings:
         graph, frozen, _ = load_pair(model, encodings)
@@ -220,6 +221,10 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
 
     Example: qtool simulate out/model.onnx --data eval.npz --labels eval_labels.npy
     """
+    from qtool.graph import load_model, save_model
+    from qtool.io import load_labels, load_pair, open_model_data
+    from qtool.steps.simulate import simulate
+
     if bypass:
         graph, enc_set, enc_source = load_model(model), None, "bypass"
     else:
@@ -254,6 +259,10 @@ def export_cmd(model, encodings, output_dir, prefix, encoding_version):
 
     Example: qtool export out/model.onnx -o deploy --prefix mynet
     """
+    from qtool.graph import save_model
+    from qtool.io import load_pair
+    from qtool.steps.export import export
+
     graph, enc_set, enc_source = load_pair(model, encodings)
     result = export(graph, enc_set, source=enc_source)
     folder = Path(output_dir)
@@ -278,6 +287,10 @@ def plot_ranges_cmd(model, compare, layers, max_layers, output):
 
     Example: qtool plot-ranges folded.onnx --compare equalized.onnx -o ranges.png
     """
+    from qtool.graph import load_model
+    from qtool.plots import plot_ranges
+    from qtool.weight_ranges import layer_ranges
+
     names = [n.strip() for n in layers.split(",")] if layers else None
     before = layer_ranges(load_model(model), names)
     after = layer_ranges(load_model(compare), None) if compare else None
@@ -299,6 +312,11 @@ def info_cmd(model, config, per_channel, overrides, show_ranges, compare, as_jso
 
     Example: qtool info model.onnx --config w8a8-per-channel
     """
+    from qtool.graph import load_model
+    from qtool.plan import PlanOptions, build_plan
+    from qtool.runtime import input_infos
+    from qtool.weight_ranges import format_table, layer_ranges, ranges_table
+
     graph = load_model(model)
     if show_ranges:
         after = layer_ranges(load_model(compare)) if compare else None

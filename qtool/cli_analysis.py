@@ -7,22 +7,16 @@ from pathlib import Path
 
 import click
 
-from qtool.analysis.analyze import AnalyzeOptions, analyze
-from qtool.analysis.mixed_precision import mixed_precision, parse_candidates
-from qtool.encodings_io import EncodingSet, save_encodings
-from qtool.overrides import parse_overrides
-from qtool.plots import pareto_plot, plots_available
-from qtool.qdq import build_qdq_model
-from qtool.quant.observers import SCHEMES
-from qtool.steps.calibrate import CalibrateOptions
 from qtool.analysis.metric import BUILTIN_METRICS, metric_for
 from qtool.analysis.report_html import render_html
+from qtool.atomic import StagedOutputs, copy_file_atomic
 from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
 from qtool.config import load_config
-from qtool.graph import load_model
-from qtool.io import StagedOutputs, copy_file_atomic, load_labels, load_pair, open_model_data
-from qtool.plan import PlanOptions, build_plan
-from qtool.steps.calibrate import calibrate
+from qtool.encodings_io import EncodingSet, save_encodings
+from qtool.overrides import parse_overrides
+from qtool.quant.observers import SCHEMES
+
+# the analysis, the steps, onnx and onnxruntime are imported in each body (see the note in cli.py)
 
 
 def evaluation_options(func):
@@ -51,6 +45,11 @@ def metric_option(func):
 def pair_for_analysis(model: str, encodings: str | None, config: str, overrides: str | None, source,
                       batch_size: int):
     """The pair to analyse: given encodings, or a calibration of MODEL with --config first."""
+    from qtool.graph import load_model
+    from qtool.io import load_pair
+    from qtool.plan import PlanOptions, build_plan
+    from qtool.steps.calibrate import calibrate
+
     if encodings:
         return load_pair(model, encodings)
     graph = load_model(model)
@@ -84,6 +83,10 @@ def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, e
 
     Example: qtool analyze out/model.onnx --data calib.npz --labels labels.npy --jobs 2 -o report
     """
+    from qtool.analysis.analyze import AnalyzeOptions, analyze
+    from qtool.graph import load_model
+    from qtool.io import load_labels, open_model_data
+
     label_array = load_labels(labels) if labels else None
     chosen = metric_for(metric, label_array)
     graph = load_model(model)
@@ -160,6 +163,14 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval
 
     Example: qtool mixed-precision model.onnx --data calib.npz --labels labels.npy --candidates w8a8,w8a16 -o amp
     """
+    from qtool.analysis.mixed_precision import mixed_precision, parse_candidates
+    from qtool.graph import load_model
+    from qtool.io import load_labels, open_model_data
+    from qtool.plan import PlanOptions, build_plan
+    from qtool.plots import pareto_plot, plots_available
+    from qtool.qdq import build_qdq_model
+    from qtool.steps.calibrate import CalibrateOptions, calibrate
+
     choices = parse_candidates(candidates)
     label_array = load_labels(labels) if labels else None
     chosen = metric_for(metric, label_array)

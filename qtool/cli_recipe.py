@@ -13,7 +13,7 @@ import sys
 import click
 
 from qtool.cli import cli
-from qtool.graph import atomic_write_bytes
+from qtool.atomic import atomic_write_bytes
 from qtool.metrics import describe_metrics
 from qtool.recipe.document import apply_overrides, interpolate, read_document
 from qtool.recipe.gate import check_expectations

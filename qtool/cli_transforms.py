@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import click
 
+from qtool.atomic import StagedOutputs
 from qtool.cli import Bar, Report, cli, data_options, fold_note, json_option, overrides_option, read_overrides, reporting
 from qtool.config import load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
-from qtool.graph import load_model, save_model
-from qtool.io import StagedOutputs, load_pair, open_model_data, output_prefix
-from qtool.plan import PlanOptions, build_plan
-from qtool.quant.adaround import AdaRoundParams
-from qtool.steps.adaround import AdaRoundOptions, adaround
-from qtool.steps.bias_correction import correct_bias
-from qtool.steps.calibrate import calibrate
-from qtool.steps.equalize import RELU6_MODES, NoiseAwareOptions, equalize
-from qtool.steps.fold import fold_batch_norms
+from qtool.steps import RELU6_MODES
+
+# the steps, onnx and onnxruntime are imported in each command's body (see the note in cli.py)
 
 
 @cli.command("fold")
@@ -36,6 +31,9 @@ def fold_cmd(model, output):
 
     Example: qtool fold model.onnx -o model_folded.onnx
     """
+    from qtool.graph import load_model, save_model
+    from qtool.steps.fold import fold_batch_norms
+
     result = fold_batch_norms(load_model(model))
     save_model(result.model, output)
     summary = {"output": output, "folded": result.folded,
@@ -76,6 +74,10 @@ def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, data, samples, bat
     Example: qtool equalize model.onnx -o model_cle.onnx
     (noise-aware: qtool equalize model.onnx --relu6 bound --data calib.npz -o model_cle.onnx)
     """
+    from qtool.graph import load_model, save_model
+    from qtool.io import open_model_data
+    from qtool.steps.equalize import NoiseAwareOptions, equalize
+
     if keep_relu6 and relu6 not in ("replace", "keep"):
         raise QtoolError(f"--keep-relu6 conflicts with --relu6 {relu6}")
     graph = load_model(model)
@@ -122,6 +124,10 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
 
     Example: qtool bias-correct model_cle.onnx --encodings model_cle.encodings.json --data calib.npz -o out/model_bc
     """
+    from qtool.graph import save_model
+    from qtool.io import load_pair, open_model_data, output_prefix
+    from qtool.steps.bias_correction import correct_bias
+
     if data is None and not analytic:
         raise QtoolError("bias-correct needs --data (empirical) or --analytic (BN statistics)")
     graph, enc_set, enc_source = load_pair(model, encodings)
@@ -180,6 +186,13 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
 
     Example: qtool adaround model.onnx --data calib.npz --param-bw 4 -o out/model_w4
     """
+    from qtool.graph import load_model, save_model
+    from qtool.io import load_pair, open_model_data, output_prefix
+    from qtool.plan import PlanOptions, build_plan
+    from qtool.quant.adaround import AdaRoundParams
+    from qtool.steps.adaround import AdaRoundOptions, adaround
+    from qtool.steps.calibrate import calibrate
+
     if num_batches is not None:
         samples = min(samples or num_batches * batch_size, num_batches * batch_size)
     graph = load_model(model)

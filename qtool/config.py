@@ -22,8 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import onnx.defs
-
 from qtool.errors import QtoolError
 from qtool.overrides import Override, parse_overrides
 
@@ -147,6 +145,8 @@ def _section(doc: dict, key: str, kind: type, source: str) -> Any:
 
 
 def _known_op_types() -> set[str]:
+    import onnx.defs  # here, not at the top: building the CLI stays free of onnx
+
     return {schema.name for schema in onnx.defs.get_all_schemas_with_history()}
 
 

@@ -38,13 +38,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 
 import qtool
+from qtool.atomic import atomic_write_bytes
 from qtool.errors import QtoolError
 from qtool.quant.encoding import Encoding
 
@@ -175,19 +175,7 @@ def to_json_dict(enc_set: EncodingSet, version: str = "1.0.0") -> dict:
 
 
 def save_encodings(enc_set: EncodingSet, path: str | os.PathLike, version: str = "1.0.0") -> None:
-    """Write atomically (temp file in the same folder, then os.replace) with deterministic bytes,
-    so a crash never leaves half a file and re-running a step gives an identical file."""
+    """Write atomically (see qtool.atomic) with deterministic bytes, so a crash never leaves half a
+    file and re-running a step gives an identical file."""
     text = json.dumps(to_json_dict(enc_set, version), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:  # "x" honours the umask, unlike mkstemp
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise QtoolError(f"{path}: cannot write encodings file ({e.strerror or e})") from e
+    atomic_write_bytes(path, text.encode("utf-8"))

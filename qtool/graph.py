@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
+from qtool.atomic import atomic_write_bytes
 from qtool.errors import QtoolError
 
 log = logging.getLogger(__name__)
@@ -74,48 +72,6 @@ def model_to_proto(model: ir.Model) -> onnx.ModelProto:
 def model_bytes(model: ir.Model) -> bytes:
     """Serialised model for onnxruntime, deterministic."""
     return model_to_proto(model).SerializeToString(deterministic=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def temporary_sibling(path: Path) -> str:
-    """A new empty file beside `path` with the permissions a plain open() would give it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
-    return tmp
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary handle on a temporary file beside `path`, renamed onto it only when the block
-    succeeds: readers never see half a file, and a failure leaves nothing behind."""
-    path = Path(path)
-    try:
-        tmp = temporary_sibling(path)
-    except OSError as exc:
-        raise QtoolError(f"{path}: cannot write ({exc.strerror or exc})", "check the output path") from exc
-    try:
-        with open(tmp, "wb") as handle:
-            yield handle
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise QtoolError(f"{path}: cannot write ({exc.strerror or exc})", "check the output path") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (see atomic_output)."""
-    with atomic_output(path) as handle:
-        handle.write(data)
 
 
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:

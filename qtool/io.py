@@ -7,7 +7,6 @@ that names the file.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from qtool.data import DataSource, ImageSpec, open_data
 from qtool.encodings_io import EncodingSet, resolve_axes
 from qtool.encodings_read import load_encodings
 from qtool.errors import QtoolError
-from qtool.graph import load_model, temporary_sibling, value_by_name
+from qtool.graph import load_model, value_by_name
 from qtool.plan import param_axis
 from qtool.runtime import input_infos
 
@@ -76,57 +75,3 @@ def load_labels(path: str | os.PathLike) -> np.ndarray:
     return labels
 
 
-class StagedOutputs:
-    """Write several output files as one: each goes to a temporary name, and all are renamed
-    only when every write succeeded (a failed step leaves no half pair behind).
-
-        with StagedOutputs() as out:
-            save_model(model, out.path("out/model.onnx"))
-            save_encodings(enc, out.path("out/model.encodings.json"))
-    """
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
-
-    def path(self, final: str | os.PathLike) -> Path:
-        final = Path(final)
-        if final.is_dir():
-            raise QtoolError(f"{final}: is a directory", "choose another output name")
-        try:
-            tmp = Path(temporary_sibling(final))
-        except OSError as exc:
-            raise QtoolError(f"{final}: cannot write ({exc.strerror or exc})", "check the output path") from exc
-        self._staged.append((tmp, final))
-        return tmp
-
-    def __enter__(self) -> StagedOutputs:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                for tmp, final in self._staged:
-                    os.replace(tmp, final)
-            except OSError as error:
-                self._discard()
-                raise QtoolError(f"{final}: cannot write ({error.strerror or error})") from error
-        else:
-            self._discard()
-
-    def _discard(self) -> None:
-        for tmp, _ in self._staged:
-            tmp.unlink(missing_ok=True)
-
-
-def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """An unchanged copy of an input file, written under a temporary name first."""
-    dst = Path(dst)
-    if dst.exists() and Path(src).resolve() == dst.resolve():
-        return
-    tmp = temporary_sibling(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -251,6 +251,17 @@ def test_debug_shows_a_traceback(work):
     assert "QtoolError: missing.onnx: no such file" in proc.stderr
 
 
+def test_building_the_command_tree_imports_no_onnx(work):
+    """`qtool --help` and a recipe run whose steps are up to date pay only for what they use: onnx,
+    onnx_ir (which pulls in sympy) and onnxruntime cost about a second to import on our CI machine."""
+    code = ("import sys; from qtool.cli import cli; from qtool.recipe.runner import versions; versions(); "
+            "print(sorted(m for m in ('onnx', 'onnx_ir', 'onnxruntime', 'sympy') if m in sys.modules))")
+    proc = _subprocess([sys.executable, "-c", code], work)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert {"calibrate", "equalize", "adaround", "analyze", "run"} <= set(cli.commands)
+
+
 # ----------------------------------------------------------------------------- successful runs
 
 

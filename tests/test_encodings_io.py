@@ -303,9 +303,16 @@ def test_two_saves_are_byte_identical(tmp_path, version):
     assert sorted(os.listdir(tmp_path)) == ["a.encodings", "b.encodings"]  # no temp files left
 
 
-def test_save_into_missing_folder_names_the_path(tmp_path):
-    path = tmp_path / "nope" / "m.encodings"
-    with pytest.raises(QtoolError, match="m.encodings"):
+def test_save_creates_missing_folders_like_every_other_output(tmp_path):
+    path = tmp_path / "new" / "m.encodings"
+    save_encodings(_sample(), path)
+    assert path.is_file() and os.listdir(path.parent) == ["m.encodings"]
+
+
+def test_save_where_a_file_blocks_the_folder_names_the_path(tmp_path):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    path = tmp_path / "blocker" / "m.encodings"
+    with pytest.raises(QtoolError, match="m.encodings.*cannot write"):
         save_encodings(_sample(), path)
 
 

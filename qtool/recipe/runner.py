@@ -10,6 +10,7 @@ run.json, and whose outputs are still there, is skipped, like make.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import platform
 import time
@@ -21,7 +22,7 @@ import click
 
 from qtool import __version__
 from qtool.errors import QtoolError
-from qtool.graph import atomic_write_bytes
+from qtool.atomic import atomic_write_bytes
 from qtool.recipe.steps import PATH_OPTIONS, output_option, output_paths
 from qtool.recipe.validate import PlannedStep, Recipe
 
@@ -50,12 +51,19 @@ class StepRun:
 
 
 def versions() -> dict[str, str]:
-    import numpy
-    import onnx
-    import onnxruntime
+    """The versions a step's result depends on, read from package metadata: importing onnx and
+    onnxruntime just to ask would cost a run of up-to-date steps most of its time."""
+    return {"qtool": __version__, "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime"),
+            "numpy": _version("numpy"), "python": platform.python_version()}
 
-    return {"qtool": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+
+def _version(module: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:  # e.g. onnxruntime-gpu: another distribution, same module
+        return importlib.import_module(module).__version__
 
 
 class _Hashes:

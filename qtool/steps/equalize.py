@@ -47,6 +47,7 @@ from qtool.layers import (
 from qtool.progress import Progress, no_progress
 from qtool.quant.cle_scales import PairNoise, cle_scales, noise_aware_scales
 from qtool.ranges import clip_bounds
+from qtool.steps import RELU6_MODES
 from qtool.steps.fold import BN_STATS_KEY, fold_batch_norms
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,6 @@ def _pads(conv: ir.Node) -> bool:
         auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID"))
 
 
-RELU6_MODES = ("replace", "keep", "bound")
 
 
 def equalize(model: ir.Model, *, relu6: str = "replace", absorb_bias: bool = True,
