@@ -76,6 +76,18 @@ def test_conv_transpose_then_bn(group):
     check_equal(make(nodes, [w, b, *bn_params("bn", 6)], [2, 4, 5, 5]), [2, 4, 5, 5], 1)
 
 
+def test_bias_add_between_layer_and_bn_folds_first_then_the_bn():
+    """Paddle exports ConvTranspose -> Add(bias) -> BN (PP-OCRv4 det): the Add folds into the
+    layer, which frees the BN; one call folds both (it had left the BN in place)."""
+    w = numpy_helper.from_array(RNG.normal(0, 1, (4, 6, 2, 2)).astype(np.float32), "w")
+    b = numpy_helper.from_array(RNG.normal(0, 1, (1, 6, 1, 1)).astype(np.float32), "b")
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2]),
+             helper.make_node("Add", ["c", "b"], ["cb"]), bn_node("bn", "cb", "r"),
+             helper.make_node("Relu", ["r"], ["y"])]
+    result = check_equal(make(nodes, [w, b, *bn_params("bn", 6)], [2, 4, 5, 5]), [2, 4, 5, 5], 2)
+    assert [n.op_type for n in result.model.graph] == ["ConvTranspose", "Relu"]
+
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize("with_c", [False, True])
 def test_gemm_then_bn(trans_b, with_c):

@@ -164,14 +164,21 @@ def fold_batch_norms(model: ir.Model) -> FoldResult:
     model = clone(model)
     result = FoldResult(model)
     stats = json.loads(model.metadata_props.get(BN_STATS_KEY, "{}"))
-    for bn in [n for n in model.graph if n.op_type == "BatchNormalization"]:
-        reason = _fold_one(model, bn, stats)
-        if reason is None:
-            result.folded.append(bn.name or bn.outputs[0].name)
-        else:
-            result.skipped.append((bn.name or bn.outputs[0].name, reason))
-    for node in [n for n in model.graph if n.op_type in ("Mul", "Add")]:
-        _fold_scale_shift(model, node, result)
+    pending = [n for n in model.graph if n.op_type == "BatchNormalization"]
+    while True:  # to a fixed point: folding a bias Add (ConvTranspose -> Add -> BN) frees the BN after it
+        folded_before, left = len(result.folded), []
+        for bn in pending:
+            reason = _fold_one(model, bn, stats)
+            if reason is None:
+                result.folded.append(bn.name or bn.outputs[0].name)
+            else:
+                left.append((bn, reason))
+        for node in [n for n in model.graph if n.op_type in ("Mul", "Add")]:
+            _fold_scale_shift(model, node, result)
+        pending = [bn for bn, _ in left]
+        if not pending or len(result.folded) == folded_before:
+            break
+    result.skipped = [(bn.name or bn.outputs[0].name, reason) for bn, reason in left]
     if stats:
         model.metadata_props[BN_STATS_KEY] = json.dumps(stats, sort_keys=True)
     RemoveUnusedNodesPass()(model)  # the folded BN parameters
