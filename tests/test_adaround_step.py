@@ -12,6 +12,7 @@ from qtool.cli import main
 from qtool.config import load_config
 from qtool.encodings_read import load_encodings
 from qtool.graph import load_model
+from qtool.overrides import parse_overrides
 from qtool.plan import PlanOptions, build_plan
 from qtool.quant import quantize_dequantize
 from qtool.quant.adaround import AdaRoundParams
@@ -108,3 +109,67 @@ def test_cli_layers_exclude_and_encodings(tmp_path, data_dir, capsys):
     assert frozen == [conv1_weight]
     code, _, err = run_main(["adaround", model, "--data", data, "--layers", "Conv_99", "-o", tmp_path / "x"], capsys)
     assert code == 2 and "Conv_99" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- ConvTranspose
+
+
+def upsampling_model(groups: int, kernel: int, stride: int):
+    """Conv -> Relu -> ConvTranspose (the upsampling of detection/segmentation heads) -> Relu -> Conv."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(groups * 10 + kernel)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (8, 12 // groups, kernel, kernel)).astype(np.float32), "wt"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 12).astype(np.float32), "bt"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (4, 12, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("ConvTranspose", ["r1", "wt", "bt"], ["up"], strides=[stride, stride], group=groups,
+                              name="up"),
+             helper.make_node("Relu", ["up"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w2"], ["logits"], name="conv2")]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_transposed_weight_layout_round_trips(groups):
+    from qtool.steps.adaround import _from_matrix, _matrix
+
+    model = upsampling_model(groups, 3, 2)
+    layer = next(n for n in model.graph if n.op_type == "ConvTranspose")
+    weight = layer.inputs[1].const_value.numpy()
+    matrix, matrix_groups = _matrix(layer, weight)
+    assert matrix_groups == groups and matrix.shape == (12 * 9, 8 // groups)
+    np.testing.assert_array_equal(_from_matrix(layer, matrix, weight.shape), weight)
+
+
+@pytest.mark.parametrize("groups,kernel,stride", [(1, 2, 2), (2, 2, 2), (1, 3, 2)])
+def test_conv_transpose_is_adarounded_and_beats_nearest(groups, kernel, stride):
+    """Per output channel, the ConvTranspose's learnt rounding stays on its grid and lowers the
+    layer's error on held-out data (exact column loss for 2x2 stride 2; overlapping 3x3 kernels:
+    the column loss is a proxy and must still help)."""
+    model = upsampling_model(groups, kernel, stride)
+    rng = np.random.default_rng(1)
+    calib, held_out = (rng.normal(0, 1, (48, 3, 8, 8)).astype(np.float32) for _ in range(2))
+    # only the ConvTranspose weight at 4 bits: the held-out error is its own
+    others = parse_overrides([{"nodes": ["conv1", "conv2"], "role": "weight", "bitwidth": 16}], "test")
+    plan = build_plan(model, load_config("default"), PlanOptions(param_bw=4, per_channel=True, act_bw=16,
+                                                                  overrides=others))
+    nearest = calibrate(model, plan, batches_of(calib)()).encodings
+    result = adaround(model, nearest, batches_of(calib), 3,
+                      AdaRoundOptions(AdaRoundParams(iterations=1500), rows=1024, layers=("up",)))
+    assert [r.layer for r in result.layers] == ["up"] and not result.skipped
+    report = result.layers[0]
+    assert report.loss_adaround < 0.8 * report.loss_nearest  # measured 0.64-0.74
+    enc = result.encodings.params["wt"]
+    assert enc.frozen and enc.axis == 1 and enc.scale.size == 12 // groups  # weight axis 1: C_out / groups
+    weight = result.model.graph.initializers["wt"].const_value.numpy()
+    np.testing.assert_array_equal(quantize_dequantize(weight, enc), weight)
+    before = simulate(model, nearest, batches_of(held_out)()).report["logits"]["sqnr_db"]
+    after = simulate(result.model, result.encodings, batches_of(held_out)(), reference=model).report["logits"]["sqnr_db"]
+    assert after > before + 0.4, (before, after)  # measured +1.7, +0.6 (groups of 4 inputs), +1.7 dB

@@ -78,18 +78,47 @@ def _matrix(layer: ir.Node, weight: np.ndarray) -> tuple[np.ndarray, int] | None
         return (weight if attr_int(layer, "transB", 0) else weight.T), 1
     if layer.op_type == "MatMul" and weight.ndim == 2 and layer.inputs[1] is not None:
         return weight.T, 1
+    if layer.op_type == "ConvTranspose" and weight.ndim >= 3:
+        return _transposed_columns(weight, attr_int(layer, "group", 1)), attr_int(layer, "group", 1)
     return None
+
+
+def _transposed_columns(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A ConvTranspose weight (C_in, C_out/g, *kernel) as (out, K_g) with one row per (output
+    channel, kernel tap), grouped as LayerRows expects.
+
+    Each input pixel x (C_in values) makes a column of C_out * taps values, W^T x, that the layer
+    then adds into its output at strided places (col2im). AdaRound reconstructs these columns:
+    exact when the kernel does not overlap itself (kernel <= stride, e.g. the 2x2 stride-2
+    upsampling of detection and segmentation heads), a close proxy when it does; pads, strides and
+    dilations only move columns and do not enter.
+    """
+    c_in, c_out_g, taps = weight.shape[0], weight.shape[1], int(np.prod(weight.shape[2:]))
+    k_g = c_in // groups
+    per_group = weight.reshape(groups, k_g, c_out_g * taps)  # (g, K_g, C_out/g * taps)
+    return np.ascontiguousarray(per_group.transpose(0, 2, 1).reshape(groups * c_out_g * taps, k_g))
 
 
 def _from_matrix(layer: ir.Node, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if layer.op_type == "Conv" or (layer.op_type == "Gemm" and attr_int(layer, "transB", 0)):
         return matrix.reshape(shape)
+    if layer.op_type == "ConvTranspose":
+        groups, k_g = attr_int(layer, "group", 1), matrix.shape[1]
+        per_group = matrix.reshape(groups, -1, k_g).transpose(0, 2, 1)  # (g, K_g, C_out/g * taps)
+        return per_group.reshape(shape)
     return matrix.T.reshape(shape)
 
 
 def _matrix_encoding(layer: ir.Node, enc: Encoding) -> Encoding:
-    """The weight encoding re-expressed for the (out, K) matrix: per channel means axis 0 there."""
-    return Encoding(enc.bw, enc.scale, enc.offset, enc.symmetric, enc.dtype, 0 if enc.per_channel else None)
+    """The weight encoding re-expressed for the (out, K) matrix: per channel means axis 0 there
+    (ConvTranspose: weight axis 1 holds C_out/g channels, shared by the groups; each one's scale
+    is repeated over its kernel taps' rows, in every group)."""
+    scale, offset = enc.scale, enc.offset
+    if layer.op_type == "ConvTranspose" and enc.per_channel:
+        taps = int(np.prod(layer.inputs[1].const_value.shape[2:]))
+        groups = attr_int(layer, "group", 1)
+        scale, offset = (np.tile(np.repeat(v, taps), groups) for v in (scale, offset))
+    return Encoding(enc.bw, scale, offset, enc.symmetric, enc.dtype, 0 if enc.per_channel else None)
 
 
 def _conv_geometry(layer: ir.Node, x: np.ndarray) -> tuple[tuple[int, ...], list, list, list]:
@@ -110,6 +139,9 @@ def _sampled_rows(layer: ir.Node, x: np.ndarray, groups: int, count: int, rng: n
         out_spatial = output_shape(x.shape[2:], kernel, strides, pads, dilations)
         picked = sample_rows(count, x.shape[0] * int(np.prod(out_spatial)), rng)
         return conv_patches(x, kernel, strides, pads, dilations, groups, rows=picked)
+    if layer.op_type == "ConvTranspose":  # a row per input pixel (see _transposed_columns)
+        pixels = np.moveaxis(x, 1, -1).reshape(-1, groups, x.shape[1] // groups)
+        return pixels[sample_rows(count, len(pixels), rng)]
     flat = x.reshape(-1, 1, x.shape[-1])
     return flat[sample_rows(count, len(flat), rng)]
 
