@@ -129,10 +129,44 @@ def _info_truncated(w):
     return ["info", w / "cut.onnx"], "cut.onnx", "truncated"
 
 
+def _dangling_input(w):
+    """A node reads a tensor nothing produces: onnx.checker and onnxruntime both refuse it."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    (w / "dangling.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    return ["info", w / "dangling.onnx"], "dangling.onnx", "invalid ONNX model"
+
+
 ERROR_CASES = {f.__name__.lstrip("_"): f for f in (
     _missing_model, _garbage_model, _text_model, _truncated_model, _data_input_name, _data_shape, _data_missing,
     _bad_config_key, _bad_config_json, _missing_config, _simulate_without_encodings, _export_bad_encodings,
-    _info_truncated)}
+    _info_truncated, _dangling_input)}
+
+
+def test_a_model_the_checker_refuses_but_onnxruntime_runs_is_loaded_with_a_warning(tmp_path, caplog):
+    """Graph outputs declared without a shape (several exporters write them so): onnx.checker
+    refuses the model, onnxruntime runs it, so qtool quantizes it and says why it went on."""
+    import logging
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qtool.graph import load_model
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(proto)
+    (tmp_path / "noshape.onnx").write_bytes(proto.SerializeToString())
+    with caplog.at_level(logging.WARNING, logger="qtool"):
+        model = load_model(tmp_path / "noshape.onnx")
+    assert [n.op_type for n in model.graph] == ["Relu"]
+    assert "noshape.onnx: onnx.checker:" in caplog.text and "onnxruntime accepts the model" in caplog.text
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
