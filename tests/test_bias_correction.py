@@ -86,6 +86,48 @@ def test_empirical_correction_removes_mean_error(with_bias):
     assert len(conv.inputs) == 3 and conv.inputs[2] is not None  # a layer without a bias gets one
 
 
+def matmul_model(with_bias_add: bool):
+    """(B, T, K) @ (K, N) with few skewed weights per output (a transformer projection), with or
+    without the Add that holds its bias, then an Identity so the layer output is not the graph
+    output (linear, so the mean error at the output is the layer's)."""
+    k, n = 4, 6
+    w = np.abs(RNG.normal(0, 1, (k, n))) * np.linspace(0.05, 1, n)[None, :]
+    w[0] *= 8  # one outlier per output: rounding the rest is coarse and one-sided
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"])]
+    if with_bias_add:
+        inits.append(numpy_helper.from_array(RNG.normal(0, 0.1, n).astype(np.float32), "b"))
+        nodes.append(helper.make_node("Add", ["b", "h"], ["hb"]))  # constant first: either order is a bias
+    nodes.append(helper.make_node("Identity", ["hb" if with_bias_add else "h"], ["y"]))
+    return make(nodes, inits, [None, 5, k])
+
+
+@pytest.mark.parametrize("with_bias_add", [True, False])
+def test_matmul_bias_lives_in_its_add_or_a_new_one(with_bias_add):
+    model = matmul_model(with_bias_add)
+    rng = np.random.default_rng(11)  # its own draws: the residual is sampling noise, not order-dependent
+    x, held_out = (np.abs(rng.normal(1, 1, (64, 5, 4))).astype(np.float32) for _ in range(2))
+    encodings = pair(model, x, param_bw=4)
+    encodings.activations.clear()  # weights only: the mean error is the weights' own
+
+    def mean_error(candidate, enc, data=held_out):
+        got = outputs(build_qdq_model(candidate, enc), data, True)
+        return (got - outputs(model, data)).mean(axis=(0, 1))  # channels last
+
+    before = mean_error(model, encodings)
+    result = correct_bias(model, encodings, lambda: [{"x": x[:32]}, {"x": x[32:]}])
+    assert list(result.empirical) == [next(n.name for n in result.model.graph if n.op_type == "MatMul")]
+    np.testing.assert_allclose(mean_error(result.model, result.encodings, x), 0, atol=1e-3)  # exact on its data
+    after = mean_error(result.model, result.encodings)
+    assert np.abs(before).max() > 0.05
+    assert np.abs(after).max() < np.abs(before).max() / 5, (before, after)
+    ops = [n.op_type for n in result.model.graph]
+    assert ops == ["MatMul", "Add", "Identity"]  # the existing Add holds the correction, or a new one does
+    if not with_bias_add:
+        add = result.model.graph.node(1)
+        assert add.outputs[0].name == "h"  # takes over the MatMul's output name (its encodings, its consumers)
+
+
 def test_analytic_correction_uses_bn_statistics():
     c = 6
     gamma, beta = np.full(c, 1.0, np.float32), np.linspace(0.5, 2.0, c).astype(np.float32)

@@ -16,7 +16,8 @@ weights per channel. The correction is a per-output-channel vector subtracted fr
   `fold`, E[x]_i = beta_i Phi(beta_i/gamma_i) + gamma_i phi(beta_i/gamma_i) (a rectified Gaussian),
   and eps = (W^ - W) E[x] summed over the kernel (Nagel et al. 2019). Only the weight error is seen.
 
-Layers without a bias get one. Biases that have param encodings get them recomputed.
+Layers without a bias get one (a MatMul an Add after it, which takes over its output's name and
+encoding). Biases that have param encodings get them recomputed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import onnx_ir as ir
 
 from qtool.encodings_io import EncodingSet
 from qtool.graph import add_initializer, clone, constant_array, unique_name
-from qtool.layers import bias_array, input_channel_axis, output_channels, set_bias
+from qtool.layers import bias_array, bias_value, input_channel_axis, output_channels, set_bias
 from qtool.progress import Progress, no_progress
 from qtool.qdq import build_qdq_model
 from qtool.quant import Encoding, QuantSpec, quantize_dequantize
@@ -39,7 +40,7 @@ from qtool.quant.observers import encode_param
 from qtool.runtime import make_session, max_batch, run_batches, with_mean_taps
 from qtool.steps.fold import BN_STATS_KEY
 
-CORRECTABLE = ("Conv", "ConvTranspose", "Gemm")
+CORRECTABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 
@@ -57,17 +58,18 @@ def _layers(model: ir.Model, encodings: EncodingSet) -> tuple[list[ir.Node], lis
     """Layers whose weight is quantized, named (unnamed nodes get a name so the QDQ copy finds them)."""
     layers, skipped = [], []
     for index, node in enumerate(model.graph):
-        if node.op_type not in CORRECTABLE and node.op_type != "MatMul":
+        if node.op_type not in CORRECTABLE:
             continue
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         if weight is None or weight.name not in encodings.params:
             continue
         if not node.name:
             node.name = f"qtool_layer_{index}_{node.op_type}"
-        if node.op_type == "MatMul":
-            skipped.append((node.name, "MatMul has no bias input to correct"))
+        if node.op_type == "MatMul" and len(weight.const_value.shape) != 2:
+            skipped.append((node.name, "MatMul weight is not 2-D"))
             continue
-        if len(node.inputs) > 2 and node.inputs[2] is not None and len(node.inputs[2].uses()) > 1:
+        bias = bias_value(node)
+        if bias is not None and len(bias.uses()) > 1:
             skipped.append((node.name, "the bias is shared with another layer"))
             continue
         layers.append(node)
@@ -77,9 +79,13 @@ def _layers(model: ir.Model, encodings: EncodingSet) -> tuple[list[ir.Node], lis
 def _reduce_axes(layers: list[ir.Node]) -> dict[str, list[int]]:
     """The axes of each layer's output that onnxruntime averages: the spatial ones of Conv (the
     batch axis is summed here: averaging across it too runs several times slower in
-    onnxruntime), the batch axis of Gemm."""
+    onnxruntime), the batch axis of Gemm, axis 1 of MatMul outputs seen as (B, rows, N) (see
+    _channels_last_rows)."""
     axes = {}
     for layer in layers:
+        if layer.op_type == "MatMul":
+            axes[layer.name] = [1]
+            continue
         rank = len(layer.inputs[1].const_value.shape) if layer.op_type in ("Conv", "ConvTranspose") else 2
         axes[layer.name] = list(range(2, rank)) or [0]
     return axes
@@ -105,8 +111,12 @@ def _local_errors(model: ir.Model, encodings: EncodingSet, axes: dict[str, list[
         shadow.outputs[0].name = unique_name(quant, f"{name}_shadow_out")
         shadow.outputs[0].dtype = ir.DataType.FLOAT
         quant.graph.insert_after(layer, shadow)
-        taps[name] = (layer.outputs[0].name, reduce)
-        taps[f"{name}\0shadow"] = (shadow.outputs[0].name, reduce)
+        tapped_pair = [layer.outputs[0], shadow.outputs[0]]
+        if layer.op_type == "MatMul":
+            channels = output_channels(layer, constant_array(float_nodes[name].inputs[1]))
+            tapped_pair = [_channels_last_rows(quant, value, channels) for value in tapped_pair]
+        taps[name] = (tapped_pair[0].name, reduce)
+        taps[f"{name}\0shadow"] = (tapped_pair[1].name, reduce)
     tapped, outputs = with_mean_taps(quant, taps)
     session = make_session(tapped, simulate=True)
     sums: dict[str, np.ndarray] = {}
@@ -118,6 +128,16 @@ def _local_errors(model: ir.Model, encodings: EncodingSet, axes: dict[str, list[
             sums[key] = sums.get(key, 0.0) + (mean.sum(axis=0) if mean.ndim == 2 else mean * n)
         count += n
     return {name: (sums[name] - sums[f"{name}\0shadow"]) / max(count, 1) for name in axes}
+
+
+def _channels_last_rows(model: ir.Model, value: ir.Value, channels: int) -> ir.Value:
+    """A MatMul output (B, ..., N) reshaped to (B, rows, N): its channel means are then over axis 1
+    whatever its rank, which shape inference often leaves unknown (PP-OCRv4's attention blocks)."""
+    shape = add_initializer(model, f"{value.name}_rows_shape", np.array([0, -1, channels], np.int64))
+    rows = ir.Value(name=unique_name(model, f"{value.name}_rows"))
+    rows.dtype = ir.DataType.FLOAT
+    model.graph.insert_after(value.producer(), ir.node("Reshape", [value, shape], outputs=[rows]))
+    return rows
 
 
 def _rectified_gaussian_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -195,7 +215,7 @@ def _shift_bias(model: ir.Model, layer: ir.Node, error: np.ndarray) -> None:
 def _refresh_bias_encodings(model: ir.Model, encodings: EncodingSet, layers: list[ir.Node]) -> None:
     """Biases that are quantized get encodings for their new values (same grid settings)."""
     for layer in layers:
-        bias = layer.inputs[2] if len(layer.inputs) > 2 else None
+        bias = bias_value(layer)
         if bias is None or bias.name not in encodings.params:
             continue
         old = encodings.params[bias.name]

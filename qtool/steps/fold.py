@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from qtool.graph import add_initializer, clone, constant_array, set_initializer
+from qtool.graph import clone, constant_array, set_initializer
 from qtool.layers import (  # noqa: F401  (output_channels/scale_output_channels re-exported)
     LINEAR_OPS,
     attr_float,
@@ -117,13 +117,9 @@ def _fold_after(model: ir.Model, layer: ir.Node, follower: ir.Node, k: np.ndarra
         old = np.zeros(channels) if old is None else np.broadcast_to(old.astype(np.float64) * beta_attr, (channels,))
         layer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         set_bias(model, layer, old * k + c)
-    elif layer.op_type == "MatMul":
-        out = layer.outputs[0]
-        bias = add_initializer(model, f"{out.name}_bias", c.astype(np.float32))
-        add_out = ir.Value(name=None, shape=out.shape, type=out.type)
-        add = ir.node("Add", [out, bias], outputs=[add_out], name=f"{layer.name or out.name}_bias_add")
-        model.graph.insert_after(layer, add)
-        _take_over_name(model, follower, add_out)
+    elif layer.op_type == "MatMul":  # its only consumer is the follower: no bias Add yet
+        set_bias(model, layer, c)  # inserts MatMul -> Add(c), which the follower now reads
+        _take_over_name(model, follower, follower.inputs[0])
         return
     else:
         old = constant_array(layer.inputs[2]) if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
