@@ -216,3 +216,23 @@ def test_high_bias_absorption_through_a_bounded_relu6_needs_data_and_moves_the_b
     # well: channel 1 (beta 0) keeps its bound, channel 3 (always at 6) has none left
     ratio = bound(result.model) / bound(kept)
     assert 0.1 < ratio[0] < 0.35 and ratio[1] == 1.0 and 0.4 < ratio[2] < 0.7 and ratio[3] == 0.0, ratio
+
+
+def test_high_bias_absorption_into_a_matmul_goes_to_a_bias_add():
+    """Gemm (high bias) -> Relu -> MatMul: with data, c leaves the Gemm's bias and W2 c lands in an
+    Add after the MatMul (MatMul has no bias input), exact on the calibration data."""
+    inits = [numpy_helper.from_array(RNG.normal(0, 0.1, (3, 4)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.array([4.0, -1.0, 2.0, 0.0], np.float32), "b1"),
+             numpy_helper.from_array(RNG.normal(0, 1, (4, 2)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["g"]), helper.make_node("Relu", ["g"], ["a"]),
+             helper.make_node("MatMul", ["a", "w2"], ["y"])]
+    model = make(nodes, inits, [None, 3])
+    calib = RNG.normal(0, 1, (32, 3)).astype(np.float32)
+    result = equalize(model, data=lambda: [{"x": calib}])
+    assert result.absorbed == 1
+    assert [n.op_type for n in result.model.graph] == ["Gemm", "Relu", "MatMul", "Add"]
+    assert result.model.graph.outputs[0].name == "y"
+    ref = run(model, calib)
+    np.testing.assert_allclose(run(result.model, calib), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    bias = next(n for n in result.model.graph if n.op_type == "Gemm").inputs[2].const_value.numpy()
+    assert bias[0] < 1.0 and bias[2] < 0.5  # most of channels 0 and 2's high bias moved on

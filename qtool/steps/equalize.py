@@ -285,8 +285,6 @@ def _absorb(model: ir.Model, pair: Pair, stats: dict, bounds: dict[int, np.ndarr
     bounded = pair.activation is not None and id(pair.activation) in bounds
     if pair.activation is None or not (pair.activation.op_type == "Relu" or bounded):
         return False
-    if pair.second.op_type == "MatMul":
-        return False  # no bias input to absorb into
     if pair.pad is not None or (pair.second.op_type == "Conv" and _pads(pair.second)):
         return False  # zero padding would add W2 c where the unabsorbed model adds nothing
     joining = pair.second.inputs[0].name
