@@ -27,7 +27,7 @@ from qtool.errors import QtoolError
 from qtool.metrics import describe_metrics
 from qtool.overrides import load_overrides
 from qtool.progress import Bar
-from qtool.quant.observers import SCHEMES, SQNR_GAMMA
+from qtool.quant.observers import ACTIVATION_SCHEMES, SCHEMES, SQNR_GAMMA
 
 log = logging.getLogger("qtool")
 
@@ -144,12 +144,16 @@ def fold_note(graph) -> list[str]:
 @data_options
 @click.option("--config", default="default", show_default=True,
               help=f"AIMET runtime config JSON, or a built-in target: {', '.join(BUILTIN_CONFIGS)}.")
-@click.option("--scheme", type=click.Choice(SCHEMES, case_sensitive=False), default="sqnr", show_default=True,
-              help="Activation range setting: minmax (AIMET tf), sqnr (tf_enhanced), percentile, mse.")
+@click.option("--scheme", type=click.Choice(ACTIVATION_SCHEMES, case_sensitive=False), default="sqnr",
+              show_default=True,
+              help="Activation range setting: minmax (AIMET tf), sqnr (tf_enhanced), percentile, mse, or auto: "
+                   "all four from one pass, keep the one whose simulated outputs are closest to float.")
 @click.option("--param-scheme", type=click.Choice(SCHEMES, case_sensitive=False), default="minmax",
               show_default=True, help="Weight range setting.")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Percentile for --scheme percentile.")
+@click.option("--auto-samples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="--scheme auto: calibration samples each candidate scheme is simulated on.")
 @click.option("--sqnr-gamma", type=click.FloatRange(min=1), default=SQNR_GAMMA, show_default=True,
               help="--scheme sqnr: weight of clipping noise against rounding noise (AIMET's tf_enhanced: 3).")
 @click.option("--param-bw", type=click.IntRange(2, 16), default=None, help="Weight bit-width (overrides the config).")
@@ -167,7 +171,7 @@ def fold_note(graph) -> list[str]:
 @json_option
 @reporting
 def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, scheme, param_scheme, percentile,
-                  sqnr_gamma, param_bw, act_bw, per_channel, symmetric_weights, encodings, overrides, encoding_version, output):
+                  auto_samples, sqnr_gamma, param_bw, act_bw, per_channel, symmetric_weights, encodings, overrides, encoding_version, output):
     """Compute quantization encodings (scale/offset per tensor or channel) from calibration data.
 
     Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
@@ -185,7 +189,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
     plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, symmetric_weights,
                                                               read_overrides(overrides)))
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
-    options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size, sqnr_gamma)
+    options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size, sqnr_gamma, auto_samples)
     result = calibrate(graph, plan, lambda: source.batches(batch_size), options, frozen=frozen,
                        total=source.count(), progress=Bar("calibrate"))
     with StagedOutputs() as out:
@@ -195,13 +199,23 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
         "model": f"{prefix}.onnx", "encodings": f"{prefix}.encodings.json", "samples": result.samples,
         "seconds": round(result.seconds, 3), "activation_quantizers": len(result.encodings.activations),
         "param_quantizers": len(result.encodings.params), "kept_frozen": result.kept_frozen,
+        "scheme": result.scheme, **({"scheme_scores": result.scheme_scores} if result.scheme_scores else {}),
     }
+    chosen = [f"scheme auto: {result.scheme} (on {auto_samples} samples: "
+              + ", ".join(f"{k} {_scores_text(v)}" for k, v in result.scheme_scores.items()) + ")"] \
+        if result.scheme_scores else []
     return Report(summary, [
         f"calibrated {result.samples} samples in {result.seconds:.1f}s: "
         f"{summary['activation_quantizers']} activation + {summary['param_quantizers']} param encodings",
+        *chosen,
         f"wrote {prefix}.onnx and {prefix}.encodings.json",
         *fold_note(graph),
     ])
+
+
+def _scores_text(scores: dict[str, float]) -> str:
+    agreement = scores.get("decision_agreement")
+    return (f"{100 * agreement:.2f}% argmax agreement, " if agreement is not None else "") + f"{scores['sqnr_db']:.2f} dB"
 
 
 @cli.command("simulate")

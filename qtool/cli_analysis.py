@@ -14,7 +14,7 @@ from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_opt
 from qtool.config import load_config
 from qtool.encodings_io import EncodingSet, save_encodings
 from qtool.overrides import parse_overrides
-from qtool.quant.observers import SCHEMES
+from qtool.quant.observers import ACTIVATION_SCHEMES
 
 # the analysis, the steps, onnx and onnxruntime are imported in each body (see the note in cli.py)
 
@@ -149,7 +149,7 @@ def _lines(report: dict, folder: Path, write_overrides: str | None) -> list[str]
               help="Allowed metric drop from float (metric units: points for %, dB for sqnr).")
 @click.option("--target", type=float, default=None, help="A metric value to reach instead of float - budget.")
 @click.option("--config", default="default", show_default=True, help="Runtime config (granularity, symmetry).")
-@click.option("--scheme", type=click.Choice(SCHEMES, case_sensitive=False), default="sqnr", show_default=True,
+@click.option("--scheme", type=click.Choice(ACTIVATION_SCHEMES, case_sensitive=False), default="sqnr", show_default=True,
               help="Activation range setting for every candidate's calibration.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Processes for the sensitivity runs.")
 @click.option("-o", "--output-dir", required=True,

@@ -7,6 +7,7 @@ shaped like classifier scores (N x C with C > 1). Accuracy: arg-max against inte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,8 @@ class OutputStats:
     correct_quant: int = 0
     classifier: bool = False
     samples: int = 0
+    decisions: int = 0  # positions compared by `Comparison.decisions`
+    decisions_agree: int = 0
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Comparison:
 
     outputs: dict[str, OutputStats] = field(default_factory=dict)
     labels: np.ndarray | None = None
+    # output name -> the decisions its values make (e.g. argmax over a softmax axis, per position)
+    decisions: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
 
     def update(self, name: str, ref: np.ndarray, quant: np.ndarray) -> None:
         stats = self.outputs.setdefault(name, OutputStats())
@@ -62,6 +67,10 @@ class Comparison:
                 truth = self.labels[stats.samples: stats.samples + len(ref)]
                 stats.correct_float += int(np.sum(ref_top == truth))
                 stats.correct_quant += int(np.sum(quant_top == truth))
+        if name in self.decisions:
+            agree = self.decisions[name](ref) == self.decisions[name](quant)
+            stats.decisions += int(agree.size)
+            stats.decisions_agree += int(np.sum(agree))
         stats.samples += len(ref)
 
     def report(self) -> dict[str, dict[str, float]]:
@@ -75,6 +84,8 @@ class Comparison:
                 if self.labels is not None:
                     row["float_accuracy"] = round(s.correct_float / s.samples, 6)
                     row["quant_accuracy"] = round(s.correct_quant / s.samples, 6)
+            if s.decisions:
+                row["decision_agreement"] = round(s.decisions_agree / s.decisions, 6)
             out[name] = row
         return out
 

@@ -45,6 +45,9 @@ from qtool.quant.range_search import (  # noqa: F401  (_bin and _Hist: the tests
 )
 
 SCHEMES = ("minmax", "sqnr", "percentile", "mse")
+# Activations may also use "auto": calibrate computes all four from one histogram pass and keeps the
+# one whose simulated model is closest to float (no scheme is best everywhere: see steps.scheme_choice).
+ACTIVATION_SCHEMES = (*SCHEMES, "auto")
 # Weight of the clipping noise against the rounding noise in the sqnr scheme. AIMET's tf_enhanced
 # uses 3; on our real models a larger weight is never worse and often better (measured with
 # histograms laid over each tensor's final range: PP-OCRv4 per-channel W8A8, 200 calibration
@@ -209,6 +212,23 @@ class HistogramObserver(Observer):
         if spec.dtype == "float":
             return float_encoding(spec.bw)
         tmin, tmax = self._range(self._hist(), spec)
+        return compute_encoding(tmin[0], tmax[0], spec)
+
+    def compute_as(self, scheme: str, spec: QuantSpec, *, percentile: float = 99.99,
+                   sqnr_gamma: float = SQNR_GAMMA) -> Encoding:
+        """The encoding `scheme` gives on the data seen: one histogram serves every scheme
+        (minmax from the exact running min/max), which is what lets calibrate try them all."""
+        _check_scheme(scheme)
+        self._check(spec)
+        if spec.dtype == "float":
+            return float_encoding(spec.bw)
+        if scheme == "minmax":
+            return compute_encoding(self._min, self._max, spec)
+        hist = self._hist()
+        if scheme == "percentile":
+            tmin, tmax = _percentile_range(hist, _check_percentile(percentile))
+        else:
+            tmin, tmax = _search_range(hist, spec, sqnr_gamma if scheme == "sqnr" else 1.0)
         return compute_encoding(tmin[0], tmax[0], spec)
 
 

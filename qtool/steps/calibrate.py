@@ -21,9 +21,10 @@ from qtool.graph import constant_array, value_by_name
 from qtool.plan import QuantPlan
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
-from qtool.quant.observers import SQNR_GAMMA, MinMaxObserver, encode_param, make_observer
+from qtool.quant.observers import SCHEMES, SQNR_GAMMA, MinMaxObserver, encode_param, make_observer
 from qtool.ranges import derivations, resolve
 from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
+from qtool.steps.scheme_choice import choose_scheme
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 TAP_CHUNK = 4  # samples per onnxruntime run when whole intermediate tensors are taken out
@@ -39,11 +40,12 @@ AIMET_SCHEME_NAMES = {
 
 @dataclass(frozen=True)
 class CalibrateOptions:
-    scheme: str = "sqnr"  # activations
+    scheme: str = "sqnr"  # activations; "auto" tries every scheme (see steps.scheme_choice)
     param_scheme: str = "minmax"  # weights: seen whole, min-max loses nothing to clipping
     percentile: float = 99.99
     batch_size: int = 16
     sqnr_gamma: float = SQNR_GAMMA  # clipping-noise weight of the sqnr scheme
+    auto_samples: int = 32  # scheme "auto": calibration samples each candidate is simulated on
 
 
 @dataclass
@@ -52,6 +54,8 @@ class CalibrateResult:
     samples: int = 0
     seconds: float = 0.0
     kept_frozen: list[str] = field(default_factory=list)
+    scheme: str = ""  # the activation scheme used (the chosen one for "auto")
+    scheme_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # "auto": each scheme's scores
 
 
 def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.ndarray]] | Batches,
@@ -64,6 +68,9 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
     is laid over the tensor's final range and never has to grow (growth coarsens bins by up to 4x,
     and on PP-OCRv4 that alone moved sqnr ranges by 18% and character accuracy by 3 points)."""
     start = time.perf_counter()
+    auto = options.scheme == "auto"
+    if auto and not callable(batches):
+        raise ValueError("scheme 'auto' needs batches it can read again (a callable giving a fresh pass)")
     frozen_all = {name: enc for name, enc in (frozen.all().items() if frozen else []) if enc.frozen}
     result = CalibrateResult(EncodingSet(), kept_frozen=sorted(set(frozen_all) & set(plan.all())))
 
@@ -85,8 +92,8 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
         elif tensor.spec.dtype == "float":
             result.encodings.activations[name] = compute_encoding(0.0, 0.0, tensor.spec)
         else:
-            observed[name] = make_observer(options.scheme, percentile=options.percentile,
-                                           sqnr_gamma=options.sqnr_gamma)
+            observed[name] = make_observer("sqnr" if auto else options.scheme, percentile=options.percentile,
+                                           sqnr_gamma=options.sqnr_gamma)  # auto: any histogram serves
 
     if observed:
         histogram = options.scheme != "minmax"
@@ -102,12 +109,31 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
             if not observer.seen:
                 raise QtoolError(f"tensor '{name}' held no finite value on the calibration data",
                                  "check the data for NaN/inf, or give it a fixed range in the config")
-            result.encodings.activations[name] = observer.compute(plan.activations[name].spec)
+        if auto:
+            result.scheme, result.scheme_scores = _auto_scheme(model, plan, observed, result.encodings, batches,
+                                                               options)
+        else:
+            for name, observer in observed.items():
+                result.encodings.activations[name] = observer.compute(plan.activations[name].spec)
+    result.scheme = result.scheme or ("sqnr" if auto else options.scheme)
     # keep the plan's order for readable files; the writer sorts for determinism anyway
     result.encodings.activations = {n: result.encodings.activations[n] for n in plan.activations}
-    result.encodings.quantizer_args = _quantizer_args(plan, options)
+    result.encodings.quantizer_args = _quantizer_args(plan, result.scheme)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _auto_scheme(model: ir.Model, plan: QuantPlan, observed: dict, encodings: EncodingSet, batches: Batches,
+                 options: CalibrateOptions) -> tuple[str, dict[str, dict[str, float]]]:
+    """Every scheme's encodings from the one histogram pass, simulated; the best go into
+    `encodings` (see steps.scheme_choice)."""
+    candidates = {scheme: {name: observer.compute_as(scheme, plan.activations[name].spec,
+                                                      percentile=options.percentile, sqnr_gamma=options.sqnr_gamma)
+                           for name, observer in observed.items()}
+                  for scheme in SCHEMES}
+    chosen, scores = choose_scheme(model, encodings, candidates, batches, options.auto_samples)
+    encodings.activations.update(candidates[chosen])
+    return chosen, scores
 
 
 def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.ndarray]],
@@ -193,7 +219,7 @@ def _add_finite_range(ranges: dict, name: str, values: np.ndarray) -> None:
         ranges[name] = (np.float32(finite.min()), np.float32(finite.max()))
 
 
-def _quantizer_args(plan: QuantPlan, options: CalibrateOptions) -> dict:
+def _quantizer_args(plan: QuantPlan, scheme: str) -> dict:
     def first(table: dict, attr: str, default):
         return next((getattr(t.spec, attr) for t in table.values()), default)
 
@@ -203,6 +229,6 @@ def _quantizer_args(plan: QuantPlan, options: CalibrateOptions) -> dict:
         "dtype": "int",
         "is_symmetric": first(plan.params, "symmetric", True),
         "per_channel_quantization": any(t.spec.axis is not None for t in plan.params.values()),
-        "quant_scheme": AIMET_SCHEME_NAMES[options.scheme],
+        "quant_scheme": AIMET_SCHEME_NAMES[scheme],
     }
 

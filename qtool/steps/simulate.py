@@ -8,7 +8,7 @@ itself adds no error (white paper 4.8, the FP32 sanity step).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +33,8 @@ class SimulateResult:
 def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str, np.ndarray]], *,
              labels: np.ndarray | None = None, bypass: bool = False, total: int | None = None,
              progress: Progress = no_progress, source: str = "encodings",
-             reference: ir.Model | None = None) -> SimulateResult:
+             reference: ir.Model | None = None,
+             decisions: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> SimulateResult:
     """Compare float and quantized outputs over `batches`; `bypass` inserts no quantizer.
 
     `reference` is the float model to compare against when it is not the pair's own: after
@@ -47,7 +48,7 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
     quant_session = make_session(qdq, simulate=True)
     names = [o.name for o in float_session.get_outputs()]
     limit = max_batch(model)
-    comparison = Comparison(labels=labels)
+    comparison = Comparison(labels=labels, decisions=decisions or {})
     seen = 0
     for feeds, float_out in run_batches(float_session, batches, names, limit):
         quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
