@@ -200,6 +200,26 @@ class HistogramObserver(Observer):
         self._lo = lo - k * span
         self._width *= float(factor)
 
+    def merge(self, other: HistogramObserver) -> None:
+        """Add the data `other` saw. Exact when both were preset to the same range (calibrate
+        does that); a grid that grew past it is re-binned by bin centres, which is exact as well
+        when it grew from the same preset grid (its bins are aligned unions of the preset ones)."""
+        if not other.seen:
+            return
+        bins = self.num_bins
+        if not self.seen and not self._preset:
+            self._lo, self._width = other._lo, other._width
+        counts = other._counts
+        if (other._lo, other._width) != (self._lo, self._width):
+            if other._width > self._width or other._lo < self._lo or \
+                    other._lo + bins * other._width > self._lo + bins * self._width:
+                self._grow(other._lo, other._lo + bins * other._width)
+            centres = other._lo + (np.arange(bins) + 0.5) * other._width
+            target = np.clip(np.floor((centres - self._lo) / self._width), 0, bins - 1).astype(np.int64)
+            counts = np.bincount(target, weights=counts, minlength=bins)
+        self._counts = self._counts + counts
+        self._min, self._max = min(self._min, other._min), max(self._max, other._max)
+
     def _hist(self) -> _Hist:
         one = lambda v: np.array([v], np.float64)  # noqa: E731
         return _make_hist(self._counts[None], one(self._lo), one(self._width), one(self._min), one(self._max))

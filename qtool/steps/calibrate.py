@@ -8,6 +8,7 @@ frozen in `frozen` (e.g. written by AdaRound) are kept exactly as they are.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from qtool.quant import compute_encoding
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA, MinMaxObserver, encode_param, make_observer
 from qtool.ranges import derivations, resolve
 from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
-from qtool.steps.scheme_choice import choose_scheme
+from qtool.steps.scheme_choice import choose_scheme, first_samples, skip_samples
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 TAP_CHUNK = 4  # samples per onnxruntime run when whole intermediate tensors are taken out
@@ -103,16 +104,13 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
             for name, observer in observed.items():
                 if ranges[name].seen:
                     observer.preset_range(ranges[name]._min, ranges[name]._max)
-        stream = batches() if callable(batches) else batches
-        result.samples = _observe(model, observed, stream, total, progress, not histogram)
-        for name, observer in observed.items():
-            if not observer.seen:
-                raise QtoolError(f"tensor '{name}' held no finite value on the calibration data",
-                                 "check the data for NaN/inf, or give it a fixed range in the config")
         if auto:
-            result.scheme, result.scheme_scores = _auto_scheme(model, plan, observed, result.encodings, batches,
-                                                               options)
+            result.samples, result.scheme, result.scheme_scores = _auto_scheme(
+                model, plan, observed, result.encodings, batches, total, progress, options)
         else:
+            stream = batches() if callable(batches) else batches
+            result.samples = _observe(model, observed, stream, total, progress, not histogram)
+            _check_seen(observed)
             for name, observer in observed.items():
                 result.encodings.activations[name] = observer.compute(plan.activations[name].spec)
     result.scheme = result.scheme or ("sqnr" if auto else options.scheme)
@@ -124,20 +122,43 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
 
 
 def _auto_scheme(model: ir.Model, plan: QuantPlan, observed: dict, encodings: EncodingSet, batches: Batches,
-                 options: CalibrateOptions) -> tuple[str, dict[str, dict[str, float]]]:
-    """Every scheme's encodings from the one histogram pass, simulated; the best go into
-    `encodings` (see steps.scheme_choice)."""
+                 total: int | None, progress: Progress, options: CalibrateOptions
+                 ) -> tuple[int, str, dict[str, dict[str, float]]]:
+    """(samples seen, chosen scheme, scores): every scheme's encodings from the histograms of all
+    but the first samples, simulated on those held-out samples; the chosen scheme's encodings,
+    from all samples, go into `encodings` (see steps.scheme_choice)."""
+    held_out = options.auto_samples if total is None else max(1, min(options.auto_samples, total // 2))
+    held = {name: copy.deepcopy(observer) for name, observer in observed.items()}  # preset, empty
+    seen = _observe(model, held, first_samples(batches(), held_out), None, no_progress, False)
+    rest_total = None if total is None else total - held_out
+    seen += _observe(model, observed, skip_samples(batches(), held_out), rest_total, progress, False, allow_empty=True)
+    if seen <= held_out:
+        raise QtoolError(f"--scheme auto holds out {held_out} samples to choose with and needs more than that",
+                         "give more calibration samples or a smaller --auto-samples")
     candidates = {scheme: {name: observer.compute_as(scheme, plan.activations[name].spec,
                                                       percentile=options.percentile, sqnr_gamma=options.sqnr_gamma)
-                           for name, observer in observed.items()}
+                           for name, observer in observed.items() if observer.seen}  # (unseen: unquantized)
                   for scheme in SCHEMES}
-    chosen, scores = choose_scheme(model, encodings, candidates, batches, options.auto_samples)
-    encodings.activations.update(candidates[chosen])
-    return chosen, scores
+    chosen, scores = choose_scheme(model, encodings, candidates, batches, held_out)
+    for name, observer in observed.items():
+        observer.merge(held[name])
+    _check_seen(observed)
+    encodings.activations.update({name: observer.compute_as(chosen, plan.activations[name].spec,
+                                                            percentile=options.percentile,
+                                                            sqnr_gamma=options.sqnr_gamma)
+                                  for name, observer in observed.items()})
+    return seen, chosen, scores
+
+
+def _check_seen(observed: dict) -> None:
+    for name, observer in observed.items():
+        if not observer.seen:
+            raise QtoolError(f"tensor '{name}' held no finite value on the calibration data",
+                             "check the data for NaN/inf, or give it a fixed range in the config")
 
 
 def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.ndarray]],
-             total: int | None, progress: Progress, ranges_only: bool) -> int:
+             total: int | None, progress: Progress, ranges_only: bool, allow_empty: bool = False) -> int:
     """Feed every batch to the observers and return the number of samples seen."""
     observe_batch = _RangeTaps(model, observers) if ranges_only else _TensorTaps(model, observers)
     seen = 0
@@ -145,7 +166,7 @@ def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.nd
         observe_batch(feeds)
         seen += len(next(iter(feeds.values())))
         progress(seen, total)
-    if seen == 0:
+    if seen == 0 and not allow_empty:
         raise QtoolError("calibration data holds no samples")
     return seen
 

@@ -5,7 +5,10 @@ PP-OCRv4 recogniser, mse on EfficientNet-Lite0 after CLE, minmax on the PP-OCRv4
 which one wins depends on how a tensor's clipping and rounding noise travel to the outputs,
 which a per-tensor criterion cannot see. One histogram pass gives every scheme's encodings
 (`HistogramObserver.compute_as`); each candidate is then simulated on the first calibration
-samples and compared with the float model:
+samples, which are held out of the histograms the candidates come from (judged on their own
+data, schemes that clip tightly look best and then clip unseen data: on the PP-OCR classifier,
+mse scored 53 dB in-sample and 31 dB held out, against sqnr's 49 and 36), and compared with the
+float model:
 
 * outputs made by Softmax / LogSoftmax are distributions over classes, and what matters is the
   class they pick: the score is the share of positions whose argmax agrees with float's (per
@@ -42,6 +45,18 @@ def first_samples(batches: Iterable[dict[str, np.ndarray]], samples: int) -> Ite
         count = len(next(iter(batch.values())))
         yield batch if count <= left else {name: array[:left] for name, array in batch.items()}
         left -= count
+
+
+def skip_samples(batches: Iterable[dict[str, np.ndarray]], samples: int) -> Iterator[dict[str, np.ndarray]]:
+    """The batches without their first `samples` samples in all (the rest of first_samples)."""
+    left = samples
+    for batch in batches:
+        count = len(next(iter(batch.values())))
+        if left >= count:
+            left -= count
+            continue
+        yield batch if left <= 0 else {name: array[left:] for name, array in batch.items()}
+        left = 0
 
 
 def choose_scheme(model: ir.Model, base: EncodingSet, candidates: dict[str, dict[str, Encoding]],
