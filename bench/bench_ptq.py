@@ -143,7 +143,7 @@ def bench_rec(args, results: dict, save) -> None:
     fold = runs._child(ctx, [*runs.qtool_cmd(), "fold", str(ctx.model), "-o", str(folded)], "fold")
     if fold.ok:
         fctx = dataclasses.replace(ctx, model=folded, work=ctx.work / "folded")
-        for scheme in ("minmax", "sqnr"):
+        for scheme in ("minmax", "sqnr", "auto"):  # auto: the four schemes tried on held-out samples
             gran = "per-channel folded"
             rows.append(guarded(runs.qtool_row, fctx, "w8a8-per-channel", scheme, export="export" not in args.skip,
                                 tag="folded", label={"model": "rec", "method": f"qtool {scheme} {gran}",

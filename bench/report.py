@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-COUNTERPART = {"minmax": "minmax", "sqnr": "entropy"}
+COUNTERPART = {"minmax": "minmax", "sqnr": "entropy", "auto": "entropy"}  # histogram schemes vs ORT Entropy
 TARGETS = {"time_vs_float": 1.5, "rss_ratio": 1.2}
 
 
