@@ -152,6 +152,16 @@ def set_initializer(model: ir.Model, value: ir.Value, array: np.ndarray) -> None
         model.graph.register_initializer(value)
 
 
+def hand_over(old: ir.Value, new: ir.Value, old_name: str | None = None) -> None:
+    """Every consumer and graph output of `old` reads `new` instead, and `new` takes `old`'s name
+    (`old` is renamed `old_name`, or left unnamed): encodings, overrides and users that know the
+    tensor by name follow it to the value that now stands for it."""
+    name = old.name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    old.name = old_name
+    new.name = name
+
+
 def add_initializer(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
     """A new initializer with a name unique in the graph."""
     name = unique_name(model, name)

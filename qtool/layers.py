@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qtool.graph import add_initializer, set_initializer, unique_name
+from qtool.graph import add_initializer, hand_over, set_initializer, unique_name
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -150,8 +150,6 @@ def _insert_bias_add(model: ir.Model, layer: ir.Node, bias: np.ndarray) -> None:
     name = out.name
     bias_input = add_initializer(model, f"{name}_bias", bias)
     biased = ir.Value(name=None, shape=out.shape, type=out.type)
-    out.replace_all_uses_with(biased, replace_graph_outputs=True)
+    hand_over(out, biased, unique_name(model, f"{name}_no_bias"))  # before the Add reads `out`
     add = ir.node("Add", [out, bias_input], outputs=[biased], name=unique_name(model, f"{layer.name or name}_bias_add"))
     model.graph.insert_after(layer, add)
-    out.name = unique_name(model, f"{name}_no_bias")
-    biased.name = name

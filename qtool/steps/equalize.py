@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.channel_stats import ChannelStats, ChannelTap, channel_statistics
-from qtool.graph import add_initializer, constant_array, set_initializer, shape_of
+from qtool.graph import add_initializer, constant_array, hand_over, set_initializer, shape_of
 from qtool.layers import (
     LINEAR_OPS,
     attr_int,
@@ -110,11 +110,8 @@ def replace_relu6(model: ir.Model) -> int:
         model.graph.insert_after(node, relu)
         new_out = relu.outputs[0]
         new_out.dtype, new_out.shape = out.dtype, out.shape
-        name = out.name
-        out.replace_all_uses_with(new_out, replace_graph_outputs=True)
+        hand_over(out, new_out)
         model.graph.remove(node, safe=True)
-        out.name = None
-        new_out.name = name
         count += 1
     return count
 
@@ -183,11 +180,8 @@ def _bound_relu6(model: ir.Model, clip: ir.Node, bounds: np.ndarray, channel_ran
     relu.outputs[0].dtype = out.dtype
     minimum.outputs[0].dtype, minimum.outputs[0].shape = out.dtype, out.shape
     model.graph.insert_after(clip, [relu, minimum])
-    name = out.name
-    out.replace_all_uses_with(minimum.outputs[0], replace_graph_outputs=True)
+    hand_over(out, minimum.outputs[0])
     model.graph.remove(clip, safe=True)
-    out.name = None
-    minimum.outputs[0].name = name
 
 
 def _out_ranges(node: ir.Node, weight: np.ndarray) -> np.ndarray:

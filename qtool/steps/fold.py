@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from qtool.graph import clone, constant_array, set_initializer
+from qtool.graph import clone, constant_array, hand_over, set_initializer
 from qtool.layers import (  # noqa: F401  (output_channels/scale_output_channels re-exported)
     LINEAR_OPS,
     attr_float,
@@ -98,12 +98,8 @@ def _bn_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 def _take_over_name(model: ir.Model, removed: ir.Node, survivor: ir.Value) -> None:
     """Remove `removed`, moving its output's consumers and name onto `survivor`."""
-    gone = removed.outputs[0]
-    name = gone.name
-    gone.replace_all_uses_with(survivor, replace_graph_outputs=True)
+    hand_over(removed.outputs[0], survivor)
     model.graph.remove(removed, safe=True)
-    gone.name = None
-    survivor.name = name
 
 
 def _fold_after(model: ir.Model, layer: ir.Node, follower: ir.Node, k: np.ndarray, c: np.ndarray) -> None:
