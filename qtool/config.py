@@ -27,7 +27,8 @@ from qtool.overrides import Override, parse_overrides
 
 BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
 
-_SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output", "overrides"}
+_SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output", "overrides",
+             "mixed_ranges"}
 _DEFAULT_KEYS = {"ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
                  "hw_version", "supported_kernels"}
 _OP_KEYS = {"is_output_quantized", "is_input_quantized", "is_symmetric", "bitwidth", "dtype", "supported_kernels"}
@@ -56,6 +57,29 @@ class QuantizerSettings:
         )
 
 
+MIXED_RANGE_ACTIONS = ("float", "16", "keep")
+
+
+@dataclass(frozen=True)
+class MixedRangeRule:
+    """When a joined tensor counts as mixed, and what its quantizer becomes.
+
+    ``max_lost_bits``: 4 keeps every part at 4 or more of 8 bits; ordinary feature-pyramid Concats
+    of ReLU maps lose 0-2 bits (measured in docs/design.md), a detector's box/score Concat 6-9."""
+
+    enabled: bool = True
+    max_lost_bits: float = 4.0
+    at_output: str = "float"
+    inside: str = "16"
+
+    def __post_init__(self) -> None:
+        for key in ("at_output", "inside"):
+            if getattr(self, key) not in MIXED_RANGE_ACTIONS:
+                raise ValueError(f"{key} must be one of {', '.join(MIXED_RANGE_ACTIONS)}, not {getattr(self, key)!r}")
+        if not self.max_lost_bits > 0:
+            raise ValueError(f"max_lost_bits must be positive, not {self.max_lost_bits!r}")
+
+
 @dataclass(frozen=True)
 class OpTypeSettings:
     output: QuantizerSettings = QuantizerSettings()
@@ -81,6 +105,7 @@ class RuntimeConfig:
     model_input_quantized: bool
     model_output_quantized: bool | None
     overrides: tuple[Override, ...] = ()  # qtool extension: per-tensor/per-node decisions (overrides.py)
+    mixed_ranges: MixedRangeRule = MixedRangeRule()  # qtool extension: steps/mixed_ranges.py
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -148,6 +173,29 @@ def _known_op_types() -> set[str]:
     import onnx.defs  # here, not at the top: building the CLI stays free of onnx
 
     return {schema.name for schema in onnx.defs.get_all_schemas_with_history()}
+
+
+def _mixed_ranges(section: Any, source: str) -> MixedRangeRule:
+    """The ``mixed_ranges`` section: {"enabled", "max_lost_bits", "at_output", "inside"}."""
+    if not isinstance(section, dict):
+        raise _fail(source, "mixed_ranges", "expected an object")
+    _check_keys(section, {"enabled", "max_lost_bits", "at_output", "inside"}, source, "mixed_ranges")
+    fields: dict[str, Any] = {}
+    if "enabled" in section:
+        fields["enabled"] = _bool(section["enabled"], source, "mixed_ranges.enabled")
+    if "max_lost_bits" in section:
+        bits = section["max_lost_bits"]
+        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not 0 < bits < 32:
+            raise _fail(source, "mixed_ranges.max_lost_bits", f"expected a number of bits in (0, 32), got {bits!r}")
+        fields["max_lost_bits"] = float(bits)
+    for key in ("at_output", "inside"):
+        if key in section:
+            value = str(section[key])
+            if value not in MIXED_RANGE_ACTIONS:
+                raise _fail(source, f"mixed_ranges.{key}", f"unknown action {section[key]!r}",
+                            f"valid: {', '.join(MIXED_RANGE_ACTIONS)}")
+            fields[key] = value
+    return MixedRangeRule(**fields)
 
 
 def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
@@ -226,6 +274,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         model_output_quantized=_bool(model_output["is_output_quantized"], source, "model_output.is_output_quantized")
         if "is_output_quantized" in model_output else None,
         overrides=parse_overrides(doc.get("overrides"), source),
+        mixed_ranges=_mixed_ranges(doc.get("mixed_ranges", {}), source),
         raw=doc,
     )
 

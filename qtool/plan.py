@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from qtool.config import OpTypeSettings, QuantizerSettings, RuntimeConfig
+from qtool.config import MixedRangeRule, OpTypeSettings, QuantizerSettings, RuntimeConfig
 from qtool.errors import QtoolError
 from qtool.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
 from qtool.overrides import Override, apply_overrides
@@ -77,6 +77,7 @@ class QuantPlan:
     activations: dict[str, TensorPlan] = field(default_factory=dict)
     params: dict[str, TensorPlan] = field(default_factory=dict)
     fused: list[str] = field(default_factory=list)  # outputs left unquantized inside supergroups
+    mixed_ranges: MixedRangeRule = MixedRangeRule()  # applied by calibrate, once ranges are known
 
     def all(self) -> dict[str, TensorPlan]:
         return {**self.activations, **self.params}
@@ -225,7 +226,7 @@ def _bounded_relus(model: ir.Model) -> set[str]:
 
 def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = PlanOptions()) -> QuantPlan:
     """Decide every quantizer of the model. Pure: reads the graph, changes nothing."""
-    plan = QuantPlan()
+    plan = QuantPlan(mixed_ranges=config.mixed_ranges)
     fused = (_fused_outputs(model, config) | _decomposed_layer_norm_internals(model)
              | _clipped_offsets(model) | _bounded_relus(model))
     plan.fused = sorted(fused)

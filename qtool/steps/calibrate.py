@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -22,9 +22,11 @@ from qtool.graph import constant_array, value_by_name
 from qtool.plan import QuantPlan
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
+from qtool.quant.encoding import Encoding
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA, MinMaxObserver, encode_param, make_observer
 from qtool.ranges import derivations, resolve
 from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
+from qtool.steps.mixed_ranges import MixedJoin, apply_mixed_joins, find_mixed_joins
 from qtool.steps.scheme_choice import choose_scheme, first_samples, skip_samples
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -57,6 +59,7 @@ class CalibrateResult:
     kept_frozen: list[str] = field(default_factory=list)
     scheme: str = ""  # the activation scheme used (the chosen one for "auto")
     scheme_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # "auto": each scheme's scores
+    mixed_joins: list[MixedJoin] = field(default_factory=list)  # Concats whose parts got their own grids
 
 
 def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.ndarray]] | Batches,
@@ -114,8 +117,11 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
             for name, observer in observed.items():
                 result.encodings.activations[name] = observer.compute(plan.activations[name].spec)
     result.scheme = result.scheme or ("sqnr" if auto else options.scheme)
+    result.mixed_joins = _split_mixed_joins(model, plan, result.encodings, observed, set(frozen_all), result.scheme,
+                                            options)
     # keep the plan's order for readable files; the writer sorts for determinism anyway
-    result.encodings.activations = {n: result.encodings.activations[n] for n in plan.activations}
+    result.encodings.activations = {n: result.encodings.activations[n] for n in plan.activations
+                                    if n in result.encodings.activations}
     result.encodings.quantizer_args = _quantizer_args(plan, result.scheme)
     result.seconds = time.perf_counter() - start
     return result
@@ -148,6 +154,28 @@ def _auto_scheme(model: ir.Model, plan: QuantPlan, observed: dict, encodings: En
                                                             sqnr_gamma=options.sqnr_gamma)
                                   for name, observer in observed.items()})
     return seen, chosen, scores
+
+
+def _split_mixed_joins(model: ir.Model, plan: QuantPlan, encodings: EncodingSet, observed: dict,
+                       frozen: set[str], scheme: str, options: CalibrateOptions) -> list[MixedJoin]:
+    """Apply the plan's mixed-range rule (steps.mixed_ranges) to the calibrated activations:
+    a frozen or range-constrained quantizer is the user's decision and stays as it is."""
+    ranges = {name: (float(enc.min.min()), float(enc.max.max()))
+              for name, enc in encodings.activations.items() if not enc.is_float}
+    joins = [join for join in find_mixed_joins(model, ranges, plan.mixed_ranges)
+             if not any(t in frozen or (t in plan.activations and plan.activations[t].fixed_range) for t in join.tensors)]
+
+    def encode_16(name: str) -> Encoding:
+        spec = replace(plan.activations[name].spec, bw=16)
+        if name not in observed:
+            return encodings.activations[name]
+        observer = observed[name]
+        if hasattr(observer, "compute_as"):
+            return observer.compute_as(scheme, spec, percentile=options.percentile, sqnr_gamma=options.sqnr_gamma)
+        return observer.compute(spec)
+
+    apply_mixed_joins(encodings.activations, joins, encode_16)
+    return joins
 
 
 def _check_seen(observed: dict) -> None:
