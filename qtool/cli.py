@@ -24,7 +24,7 @@ from qtool.atomic import StagedOutputs, copy_file_atomic
 from qtool.config import BUILTIN_CONFIGS, load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
-from qtool.metrics import describe_metrics
+from qtool.metrics import describe_metrics, hidden_channels
 from qtool.overrides import load_overrides
 from qtool.progress import Bar
 from qtool.quant.observers import ACTIVATION_SCHEMES, SCHEMES, SQNR_GAMMA
@@ -227,16 +227,22 @@ def _scores_text(scores: dict[str, float]) -> str:
 @click.option("--reference", default=None,
               help="Float model to compare against (default: MODEL itself); e.g. the original model "
                    "after equalize or bias-correct changed MODEL's float function.")
+@click.option("--channel-axis", "channel_axis", multiple=True, metavar="NAME=AXIS",
+              help="The axis of output NAME whose channels get their own SQNR (default: axis 1, the last for "
+                   "[N, T, C] sequences, the axis of a Concat or Softmax that makes the output; 'none': pooled "
+                   "only). Repeatable.")
 @click.option("-o", "--output", default=None, help="Also write the QDQ model to this .onnx file.")
 @json_option
 @reporting
-def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, reference, output):
+def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, reference, output,
+                 channel_axis=()):
     """Run the QDQ model next to the float model and report SQNR, top-1 agreement and accuracy.
 
     Example: qtool simulate out/model.onnx --data eval.npz --labels eval_labels.npy
     """
     from qtool.graph import load_model, save_model
     from qtool.io import load_labels, load_pair, open_model_data
+    from qtool.output_channels import parse_channel_axes
     from qtool.steps.simulate import simulate
 
     if bypass:
@@ -247,13 +253,17 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
     label_array = load_labels(labels) if labels else None
     result = simulate(graph, enc_set, source.batches(batch_size), labels=label_array, bypass=bypass,
                       total=source.count(), progress=Bar("simulate"), source=enc_source,
-                      reference=load_model(reference) if reference else None)
+                      reference=load_model(reference) if reference else None,
+                      channel_axes=parse_channel_axes(graph, channel_axis))
     if output:
         save_model(result.qdq_model, output)
     summary = {"samples": result.samples, "seconds": round(result.seconds, 3), "outputs": result.report}
     lines = [f"simulated {result.samples} samples in {result.seconds:.1f}s"]
     for name, row in result.report.items():
         lines.append(f"  {name}: {describe_metrics(row)}, max |err| {row['max_abs_error']:.4g}")
+        hidden = hidden_channels(row)
+        if hidden:
+            lines.append(f"  {name}: {hidden}")
     if output:
         lines.append(f"wrote {output}")
     return Report(summary, lines)

@@ -29,10 +29,14 @@ def _worst(values: list[float], larger_is_better: bool) -> float | None:
 
 
 def check_expectations(expect: dict[str, float], outputs: dict[str, dict]) -> list[Check]:
-    """`outputs` is simulate's report: per output name, sqnr_db, top1_agreement, accuracies (0..1)."""
+    """`outputs` is simulate's report: per output name, sqnr_db, worst_channel_sqnr_db,
+    top1_agreement, accuracies (0..1)."""
     rows = list(outputs.values())
     measured = {
         "min_sqnr_db": _worst([r["sqnr_db"] for r in rows if "sqnr_db" in r], True),
+        # outputs without a channel figure (rank < 2, or pooled only) count by their pooled SQNR
+        "min_channel_sqnr_db": _worst([r["worst_channel_sqnr_db"] if r.get("worst_channel_sqnr_db") is not None
+                                       else r["sqnr_db"] for r in rows if "sqnr_db" in r], True),
         "min_top1_agreement": _worst([100 * r["top1_agreement"] for r in rows if "top1_agreement" in r], True),
         "min_accuracy": _worst([100 * r["quant_accuracy"] for r in rows if "quant_accuracy" in r], True),
         "max_accuracy_drop": _worst([100 * (r["float_accuracy"] - r["quant_accuracy"])

@@ -29,7 +29,8 @@ class DataSpec(_Strict):
 class Expect(_Strict):
     """The quality gate, checked against the last simulate step (every float output)."""
 
-    min_sqnr_db: float | None = None
+    min_sqnr_db: float | None = Field(None, description="dB, pooled over each output")
+    min_channel_sqnr_db: float | None = Field(None, description="dB, the worst channel of each output")
     max_accuracy_drop: float | None = Field(None, description="percentage points, float minus quantized")
     min_accuracy: float | None = Field(None, description="percent")
     min_top1_agreement: float | None = Field(None, description="percent")

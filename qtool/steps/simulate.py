@@ -3,6 +3,9 @@
 Both sessions use the same onnxruntime settings (basic optimisations, QDQ fusion off), so with
 all quantizers bypassed the two runs are bit-identical: a sanity check that the simulation
 itself adds no error (white paper 4.8, the FP32 sanity step).
+
+Each float output gets a pooled SQNR and the worst SQNR over its channels (qtool.metrics); the
+channel axis comes from qtool.output_channels, or from `channel_axes` where the caller names one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import onnx_ir as ir
 from qtool.encodings_io import EncodingSet
 from qtool.errors import QtoolError
 from qtool.metrics import Comparison
+from qtool.output_channels import output_channel_axes
 from qtool.progress import Progress, no_progress
 from qtool.qdq import build_qdq_model
 from qtool.runtime import make_session, max_batch, run_batches
@@ -34,11 +38,13 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
              labels: np.ndarray | None = None, bypass: bool = False, total: int | None = None,
              progress: Progress = no_progress, source: str = "encodings",
              reference: ir.Model | None = None,
-             decisions: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> SimulateResult:
+             decisions: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+             channel_axes: dict[str, int | None] | None = None) -> SimulateResult:
     """Compare float and quantized outputs over `batches`; `bypass` inserts no quantizer.
 
     `reference` is the float model to compare against when it is not the pair's own: after
     equalize (ReLU6 replaced) or bias-correct (biases changed) the original model is the target.
+    `channel_axes` overrides the per-channel SQNR's axis of the outputs it names (None: pooled only).
     """
     start = time.perf_counter()
     qdq = model if bypass else build_qdq_model(model, encodings, source=source)
@@ -48,7 +54,8 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
     quant_session = make_session(qdq, simulate=True)
     names = [o.name for o in float_session.get_outputs()]
     limit = max_batch(model)
-    comparison = Comparison(labels=labels, decisions=decisions or {})
+    comparison = Comparison(labels=labels, decisions=decisions or {},
+                            channel_axes=output_channel_axes(reference or model, channel_axes))
     seen = 0
     for feeds, float_out in run_batches(float_session, batches, names, limit):
         quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
