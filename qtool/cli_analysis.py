@@ -39,7 +39,7 @@ def metric_option(func):
     return click.option("--metric", default=None,
                         help=f"What to keep: {', '.join(BUILTIN_METRICS)} or module:function / file.py:function "
                              "(f(outputs, reference, labels) -> float, higher is better) [accuracy with --labels, "
-                             "else sqnr].")(func)
+                             "else channel_sqnr: the worst channel's SQNR over the outputs].")(func)
 
 
 def pair_for_analysis(model: str, encodings: str | None, config: str, overrides: str | None, source,
@@ -88,8 +88,8 @@ def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, e
     from qtool.io import load_labels, open_model_data
 
     label_array = load_labels(labels) if labels else None
-    chosen = metric_for(metric, label_array)
     graph = load_model(model)
+    chosen = metric_for(metric, label_array, graph)
     calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     graph, enc_set, enc_source = pair_for_analysis(model, _sibling_encodings(model, encodings), config, overrides,
                                                    calib, batch_size)
@@ -173,8 +173,8 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval
 
     choices = parse_candidates(candidates)
     label_array = load_labels(labels) if labels else None
-    chosen = metric_for(metric, label_array)
     graph = load_model(model)
+    chosen = metric_for(metric, label_array, graph)
     calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
     runtime_config = load_config(config)
     calibrate_options = CalibrateOptions(scheme=scheme.lower())

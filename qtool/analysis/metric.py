@@ -1,8 +1,12 @@
 """The number the debugging flow and mixed precision optimise: higher is better, always.
 
-Built in: `sqnr` (dB, all float outputs pooled), `top1` (% of samples whose arg-max over the
-last axis matches the float model's), `cosine` (mean cosine similarity per sample, x100) and
-`accuracy` (% arg-max equal to integer labels). `module:function` (or `path/to/file.py:function`)
+Built in: `sqnr` (dB, all float outputs pooled), `channel_sqnr` (dB, the worst channel of any
+float output: per channel of each output, on the axis qtool.output_channels picks, the lowest
+SQNR; outputs without channels count pooled), `top1` (% of samples whose arg-max over the last
+axis matches the float model's), `cosine` (mean cosine similarity per sample, x100) and
+`accuracy` (% arg-max equal to integer labels). Without labels the default is `channel_sqnr`:
+a pooled SQNR is dominated by an output's largest part and cannot see a part quantization
+killed (class scores next to box pixels in one detector output). `module:function` (or `path/to/file.py:function`)
 loads a function of the user's: f(outputs, reference, labels) -> float, where outputs and
 reference map output names to arrays over all evaluation samples.
 """
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.errors import QtoolError
-from qtool.metrics import sqnr_db
+from qtool.metrics import channel_powers, channel_sqnr_db, sqnr_db
 
 Outputs = dict[str, np.ndarray]
 MAX_DB = 300.0  # identical outputs: a finite number, so reports stay valid JSON
@@ -32,7 +36,7 @@ class Metric:
 
 
 def _float_names(reference: Outputs) -> list[str]:
-    return [name for name, array in reference.items() if np.issubdtype(array.dtype, np.floating)]
+    return [name for name, value in reference.items() if np.issubdtype(pieces(value)[0].dtype, np.floating)]
 
 
 def _sqnr(outputs: Outputs, reference: Outputs, labels) -> float:
@@ -42,6 +46,40 @@ def _sqnr(outputs: Outputs, reference: Outputs, labels) -> float:
         signal += float(np.sum(ref * ref))
         noise += float(np.sum((ref - outputs[name]) ** 2))
     return float(min(sqnr_db(signal, noise), MAX_DB))
+
+
+def pieces(value) -> list[np.ndarray]:
+    """Outputs are one array over all samples, or a list of arrays (batches of unequal shapes)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _output_channel_sqnr(output, reference, axis: int | None) -> float:
+    """The worst channel's SQNR of one output, capped at MAX_DB; pooled when it has no channel
+    axis, when the channel count differs between pieces, or when no channel has signal."""
+    pairs = list(zip(pieces(reference), pieces(output)))
+    signal = noise = None
+    for ref, out in pairs:
+        if axis is None or ref.ndim < 2 or not -ref.ndim <= axis < ref.ndim:
+            break
+        s, n = channel_powers(ref, out, axis % ref.ndim)
+        if signal is not None and len(s) != len(signal):
+            break
+        signal, noise = (s, n) if signal is None else (signal + s, noise + n)
+    else:
+        db = channel_sqnr_db(signal, noise) if signal is not None else np.array([np.nan])
+        if not np.all(np.isnan(db)):
+            return float(np.nanmin(db))
+    pooled_signal = sum(float(np.sum(ref.astype(np.float64) ** 2)) for ref, _ in pairs)
+    pooled_noise = sum(float(np.sum((ref.astype(np.float64) - out) ** 2)) for ref, out in pairs)
+    return float(min(sqnr_db(pooled_signal, pooled_noise), MAX_DB))
+
+
+def _channel_sqnr_for(axes: dict[str, int | None]):
+    """The channel_sqnr score with `axes` (output name -> channel axis; unnamed outputs: axis 1)."""
+    def score(outputs: Outputs, reference: Outputs, labels) -> float:
+        return min([_output_channel_sqnr(outputs[name], reference[name], axes.get(name, 1))
+                    for name in _float_names(reference)], default=MAX_DB)
+    return score
 
 
 def _rows(array: np.ndarray) -> np.ndarray:
@@ -73,18 +111,24 @@ def _accuracy(outputs: Outputs, reference: Outputs, labels) -> float:
 
 BUILTIN_METRICS = {
     "sqnr": Metric("sqnr", "dB", _sqnr),
+    "channel_sqnr": Metric("channel_sqnr", "dB", _channel_sqnr_for({})),
     "top1": Metric("top1", "%", _top1),
     "cosine": Metric("cosine", "x100", _cosine),
     "accuracy": Metric("accuracy", "%", _accuracy),
 }
 
 
-def metric_for(spec: str | None, labels: np.ndarray | None) -> Metric:
-    """The --metric the user asked for (default: accuracy with labels, else sqnr), checked
-    against the labels before any long work starts."""
-    metric = load_metric(spec or ("accuracy" if labels is not None else "sqnr"))
+def metric_for(spec: str | None, labels: np.ndarray | None, model=None) -> Metric:
+    """The --metric the user asked for (default: accuracy with labels, else channel_sqnr),
+    checked against the labels before any long work starts. `model` (an ir.Model) gives
+    channel_sqnr each output's channel axis (qtool.output_channels); without it, axis 1."""
+    metric = load_metric(spec or ("accuracy" if labels is not None else "channel_sqnr"))
     if metric.name == "accuracy" and labels is None:
         raise QtoolError("--metric accuracy needs --labels")
+    if metric.name == "channel_sqnr" and model is not None:
+        from qtool.output_channels import output_channel_axes  # imports onnx_ir: only when used
+
+        metric = Metric(metric.name, metric.unit, _channel_sqnr_for(output_channel_axes(model)))
     return metric
 
 
