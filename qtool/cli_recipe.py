@@ -14,7 +14,7 @@ import click
 
 from qtool.cli import cli
 from qtool.atomic import atomic_write_bytes
-from qtool.metrics import describe_metrics
+from qtool.metrics import describe_metrics, hidden_channels
 from qtool.recipe.document import apply_overrides, interpolate, read_document
 from qtool.recipe.gate import check_expectations
 from qtool.recipe.runner import execute, plan_runs, versions
@@ -68,6 +68,8 @@ def run_cmd(recipe, assignments, force, dry_run, as_json):
     say(f"done: {ran} steps ran, {len(runs) - ran} skipped; summary in {plan.output / 'run.json'}")
     for name, row in metrics.items():
         say(f"  {name}: {describe_metrics(row)}")
+        if hidden_channels(row):
+            say(f"  {name}: {hidden_channels(row)}")
     for check in checks:
         say(f"  expect {check.describe()}")
     if as_json:
