@@ -33,7 +33,8 @@ log = logging.getLogger("qtool")
 
 
 def data_options(func):
-    """--data/--samples/--batch-size/--preprocess/--seed, shared by every command that reads data."""
+    """--data/--samples/--batch-size/--preprocess/--seed/--input-shape/--vocab-size, shared by every
+    command that reads data."""
     options = [
         click.option("--data", "data", required=True,
                      help="Calibration data: .npz (arrays keyed by input name), .npy, a folder of those "
@@ -47,7 +48,18 @@ def data_options(func):
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return shape_options(func)
+
+
+def shape_options(func):
+    """--input-shape/--vocab-size: what --data random needs to make data the model accepts."""
+    func = click.option("--vocab-size", type=click.IntRange(min=1), default=None,
+                        help="--data random: integer ids below N (and below the embedding table's rows, "
+                             "which qtool finds itself where ids feed a Gather).")(func)
+    return click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=1x3xHxW",
+                        help="Shape of input NAME, repeatable: fills its dynamic dims (and same-named dims of "
+                             "other inputs) for --data random, and data must match it. The first (batch) dim "
+                             "is ignored: --batch-size sets it.")(func)
 
 
 def overrides_option(func):
@@ -170,7 +182,7 @@ def fold_note(graph) -> list[str]:
               help="Output prefix: writes PREFIX.onnx (the float model) and PREFIX.encodings.json.")
 @json_option
 @reporting
-def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, scheme, param_scheme, percentile,
+def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, input_shape, vocab_size, config, scheme, param_scheme, percentile,
                   auto_samples, sqnr_gamma, param_bw, act_bw, per_channel, symmetric_weights, encodings, overrides, encoding_version, output):
     """Compute quantization encodings (scale/offset per tensor or channel) from calibration data.
 
@@ -188,7 +200,8 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, config, sc
         graph, frozen = load_model(model), None
     plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, symmetric_weights,
                                                               read_overrides(overrides)))
-    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed,
+                             input_shapes=input_shape, vocab_size=vocab_size)
     options = CalibrateOptions(scheme.lower(), param_scheme.lower(), percentile, batch_size, sqnr_gamma, auto_samples)
     result = calibrate(graph, plan, lambda: source.batches(batch_size), options, frozen=frozen,
                        total=source.count(), progress=Bar("calibrate"))
@@ -234,7 +247,7 @@ def _scores_text(scores: dict[str, float]) -> str:
 @click.option("-o", "--output", default=None, help="Also write the QDQ model to this .onnx file.")
 @json_option
 @reporting
-def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, labels, bypass, reference, output,
+def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, input_shape, vocab_size, labels, bypass, reference, output,
                  channel_axis=()):
     """Run the QDQ model next to the float model and report SQNR, top-1 agreement and accuracy.
 
@@ -249,7 +262,8 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
         graph, enc_set, enc_source = load_model(model), None, "bypass"
     else:
         graph, enc_set, enc_source = load_pair(model, encodings)
-    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed,
+                             input_shapes=input_shape, vocab_size=vocab_size)
     label_array = load_labels(labels) if labels else None
     result = simulate(graph, enc_set, source.batches(batch_size), labels=label_array, bypass=bypass,
                       total=source.count(), progress=Bar("simulate"), source=enc_source,

@@ -77,7 +77,7 @@ def pair_for_analysis(model: str, encodings: str | None, config: str, overrides:
 @click.option("-o", "--output-dir", required=True, help="Report folder: report.html, report.json, overrides.json.")
 @json_option
 @reporting
-def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, eval_data, eval_samples, labels, metric, config,
+def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, input_shape, vocab_size, eval_data, eval_samples, labels, metric, config,
                 overrides, jobs, budget, target, max_suggestions, write_overrides, output_dir) -> Report:
     """Find the quantizers that cost accuracy and write overrides that fix them (white paper 4.8).
 
@@ -90,10 +90,12 @@ def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, e
     label_array = load_labels(labels) if labels else None
     graph = load_model(model)
     chosen = metric_for(metric, label_array, graph)
-    calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    shapes = {"input_shapes": input_shape, "vocab_size": vocab_size}
+    calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed, **shapes)
     graph, enc_set, enc_source = pair_for_analysis(model, _sibling_encodings(model, encodings), config, overrides,
                                                    calib, batch_size)
-    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed)
+    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed,
+                                 **shapes)
     options = AnalyzeOptions(chosen, jobs, target, budget, max_suggestions)
     report = analyze(graph, enc_set, list(evaluation.batches(batch_size)), options, labels=label_array,
                      progress=lambda label: Bar(label, unit="runs"), source=enc_source, model_path=model)
@@ -157,7 +159,7 @@ def _lines(report: dict, folder: Path, write_overrides: str | None) -> list[str]
                    "model.onnx + model.encodings.json.")
 @json_option
 @reporting
-def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval_data, eval_samples, labels, metric, candidates,
+def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, input_shape, vocab_size, eval_data, eval_samples, labels, metric, candidates,
                         budget, target, config, scheme, jobs, output_dir) -> Report:
     """Raise the precision of the most sensitive layers until the metric is within --budget of float.
 
@@ -175,7 +177,8 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval
     label_array = load_labels(labels) if labels else None
     graph = load_model(model)
     chosen = metric_for(metric, label_array, graph)
-    calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    shapes = {"input_shapes": input_shape, "vocab_size": vocab_size}
+    calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed, **shapes)
     runtime_config = load_config(config)
     calibrate_options = CalibrateOptions(scheme=scheme.lower())
 
@@ -185,7 +188,8 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, eval
                          progress=Bar(f"calibrate w{param_bw}a{act_bw}")).encodings
 
     encodings = [calibrated(c.param_bw, c.act_bw) for c in choices]
-    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed)
+    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed,
+                                 **shapes)
     final: dict = {}
 
     def finalize(overrides: list[dict]):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import click
 
 from qtool.atomic import StagedOutputs
-from qtool.cli import Bar, Report, cli, data_options, fold_note, json_option, overrides_option, read_overrides, reporting
+from qtool.cli import (Bar, Report, cli, data_options, fold_note, json_option, overrides_option, read_overrides,
+                       reporting, shape_options)
 from qtool.config import load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
 from qtool.errors import QtoolError
@@ -59,6 +60,7 @@ def fold_cmd(model, output):
 @click.option("--samples", type=click.IntRange(min=1), default=256, show_default=True, help="Use at most N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Samples per run.")
 @click.option("--preprocess", default=None, help="Image folders: see calibrate --preprocess.")
+@shape_options
 @click.option("--aimet-scales", is_flag=True,
               help="AIMET's data-free rule even when --data is given (recipes pass their calibration data).")
 @click.option("--param-bw", type=click.IntRange(2, 16), default=8, show_default=True,
@@ -68,7 +70,7 @@ def fold_cmd(model, output):
 @json_option
 @reporting
 def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, data, samples, batch_size, preprocess,
-                 aimet_scales, param_bw, act_bw):
+                 aimet_scales, param_bw, act_bw, input_shape=(), vocab_size=None):
     """Cross-layer equalization (white paper 4.3): fold BN, ReLU6 -> ReLU, scale layer pairs, absorb high biases.
 
     Example: qtool equalize model.onnx -o model_cle.onnx
@@ -83,7 +85,8 @@ def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, data, samples, bat
     graph = load_model(model)
     batches, total = None, None
     if data is not None and not aimet_scales:
-        source = open_model_data(graph, data, samples=samples, preprocess=preprocess)
+        source = open_model_data(graph, data, samples=samples, preprocess=preprocess, input_shapes=input_shape,
+                                 vocab_size=vocab_size)
         batches, total = (lambda: source.batches(batch_size)), source.count()  # noqa: E731
     result = equalize(graph, relu6="keep" if keep_relu6 else relu6, absorb_bias=not no_absorb, data=batches,
                       noise_options=NoiseAwareOptions(param_bw=param_bw, act_bw=act_bw), total=total,
@@ -108,6 +111,7 @@ def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, data, samples, bat
 @click.option("--samples", type=click.IntRange(min=1), default=256, show_default=True, help="Use at most N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Samples per run.")
 @click.option("--preprocess", default=None, help="Image folders: see calibrate --preprocess.")
+@shape_options
 @click.option("--analytic", is_flag=True,
               help="Analytic correction where BN statistics precede the layer (kept by fold/equalize); "
                    "empirical elsewhere. Without --data, analytic only.")
@@ -119,7 +123,7 @@ def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, data, samples, bat
 @json_option
 @reporting
 def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, analytic, iterations,
-                     encoding_version, output):
+                     encoding_version, output, input_shape=(), vocab_size=None):
     """Absorb each layer's expected quantization error into its bias (white paper 4.5).
 
     Example: qtool bias-correct model_cle.onnx --encodings model_cle.encodings.json --data calib.npz -o out/model_bc
@@ -133,7 +137,8 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
     graph, enc_set, enc_source = load_pair(model, encodings)
     batches = None
     if data is not None:
-        source = open_model_data(graph, data, samples=samples, preprocess=preprocess)
+        source = open_model_data(graph, data, samples=samples, preprocess=preprocess, input_shapes=input_shape,
+                                 vocab_size=vocab_size)
         batches = lambda: source.batches(batch_size)  # noqa: E731  (one fresh pass each time)
     result = correct_bias(graph, enc_set, batches, analytic=analytic, iterations=iterations,
                           progress=Bar("bias-correct", unit="passes"), source=enc_source)
@@ -177,7 +182,7 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
 @click.option("-o", "--output", required=True, help="Output prefix: PREFIX.onnx (adarounded weights) + PREFIX.encodings.json.")
 @json_option
 @reporting
-def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, config, overrides, param_bw, act_bw, per_channel,
+def adaround_cmd(model, data, samples, batch_size, preprocess, seed, input_shape, vocab_size, encodings, config, overrides, param_bw, act_bw, per_channel,
                  iterations, num_batches, reg_param, beta_range, warm_start, rows, layers, exclude, fast, encoding_version, output):
     """Adaptive weight rounding (white paper 4.6): learn up/down rounding per weight, layer by layer.
 
@@ -196,7 +201,8 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
     if num_batches is not None:
         samples = min(samples or num_batches * batch_size, num_batches * batch_size)
     graph = load_model(model)
-    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed)
+    source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed,
+                             input_shapes=input_shape, vocab_size=vocab_size)
     plan = build_plan(graph, load_config(config), PlanOptions(act_bw, param_bw, per_channel, overrides=read_overrides(overrides)))
     if encodings:
         graph, start_enc, enc_source = load_pair(model, encodings)
@@ -209,9 +215,9 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, encodings, 
     options = AdaRoundOptions(params, rows or (2048 if fast else 4096),
                               tuple(n.strip() for n in layers.split(",")) if layers else None,
                               tuple(n.strip() for n in exclude.split(",")) if exclude else ())
-    total = source.count() or 1
     bar = Bar("adaround", unit="layers")
-    result = adaround(graph, start_enc, lambda: source.batches(batch_size), -(-total // batch_size), options,
+    batch_count = max(source.batch_count(batch_size), 1)  # more than samples / batch size when shapes vary
+    result = adaround(graph, start_enc, lambda: source.batches(batch_size), batch_count, options,
                       progress=bar, layer_progress=lambda name, it, n: bar.detail(f"{name} {it}/{n} iterations"),
                       source=enc_source)
     final = calibrate(result.model, plan, lambda: source.batches(batch_size), frozen=result.encodings,

@@ -5,7 +5,15 @@
 * ``X.npy``: one array, for single-input models (memory-mapped, so huge files stream);
 * a directory of such files, read one file at a time in sorted order (bounded memory);
 * a directory of images, with a preprocessing spec (Pillow, the optional `images` extra);
-* ``random``: Gaussian data of the model's input shapes, for smoke tests only (warns).
+* ``random``: data of the model's input shapes, for smoke tests only (warns; see
+  ``qtool.random_data``: dynamic dims must be given with ``--input-shape``, token ids respect
+  the embedding table's size).
+
+Samples may differ in shape from file to file (a folder of one ``.npz`` per sentence, each with
+its own length): ``DataSource.batches`` only batches samples whose per-input shapes agree, one
+pending bucket per shape, and never concatenates unequal arrays. Every batch is a ``Batch``: the
+feeds, plus each sample's position in the source (``indices``), so that per-sample labels stay
+with their samples when bucketing reorders them.
 
 Names, shapes and dtypes are checked against the model before anything runs, and each
 mismatch is a one-line error naming the file, the input and the fix.
@@ -25,15 +33,85 @@ from qtool.errors import QtoolError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+PENDING_BATCHES = 8  # samples waiting in shape buckets: at most this many batches' worth...
+PENDING_BYTES = 256 << 20  # ...and this many bytes, then the fullest bucket goes out early
 
 
 @dataclass(frozen=True)
 class InputInfo:
-    """What the model expects on one input: dims are ints, or None where dynamic."""
+    """What the model expects on one input: dims are ints, or None where dynamic.
+
+    `dim_names`: the symbolic name of each dim where the model gives one (for messages, and so
+    that `--input-shape` fills a dim named 'seq' on every input that has it); `vocab`: the rows
+    of the embedding table that this integer input indexes (a Gather on an initializer), for
+    random token ids that the model can look up."""
 
     name: str
     shape: tuple[int | None, ...] | None
     dtype: np.dtype
+    dim_names: tuple[str | None, ...] | None = None
+    vocab: int | None = None
+
+
+class Batch(dict):
+    """One batch: arrays keyed by input name (usable as onnxruntime feeds as it is), and
+    `indices`, the position of each of its samples in the data source's order (int64, one per
+    sample). Bucketing by shape reorders samples; labels are looked up by these indices."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], indices: np.ndarray) -> None:
+        super().__init__(arrays)
+        self.indices = np.asarray(indices, np.int64)
+
+    def take(self, start: int, stop: int) -> Batch:
+        """Samples start..stop of this batch, with their indices."""
+        return Batch({k: v[start:stop] for k, v in self.items()}, self.indices[start:stop])
+
+
+def batch_size_of(batch: dict[str, np.ndarray]) -> int:
+    """Samples in a batch (the first axis of its arrays)."""
+    return len(next(iter(batch.values())))
+
+
+def sample_indices(batch: dict[str, np.ndarray], start: int) -> np.ndarray:
+    """The batch's sample positions in the source: its own for a Batch, else start, start+1...
+    (a plain dict of arrays is taken to follow the previous batches in order)."""
+    indices = getattr(batch, "indices", None)
+    return indices if indices is not None else np.arange(start, start + batch_size_of(batch), dtype=np.int64)
+
+
+def slice_batch(batch: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Samples start..stop of a batch; a Batch keeps its indices."""
+    if isinstance(batch, Batch):
+        return batch.take(start, stop)
+    return {k: v[start:stop] for k, v in batch.items()}
+
+
+class _Bucket:
+    """Samples of one shape signature waiting to make a batch (slices of the files' arrays)."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.starts: list[tuple[int, int]] = []  # (index of the part's first sample, samples)
+        self.count = 0
+        self.nbytes = 0
+
+    def add(self, arrays: dict[str, np.ndarray], first: int) -> None:
+        take = batch_size_of(arrays)
+        self.parts.append(arrays)
+        self.starts.append((first, take))
+        self.count += take
+        self.nbytes += sum(a.nbytes for a in arrays.values())
+
+    def join(self) -> Batch:
+        indices = np.concatenate([np.arange(first, first + n, dtype=np.int64) for first, n in self.starts])
+        if len(self.parts) == 1:
+            return Batch({k: np.ascontiguousarray(v) for k, v in self.parts[0].items()}, indices)
+        return Batch({k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}, indices)
+
+
+def _signature(arrays: dict[str, np.ndarray]) -> tuple:
+    """What must agree for samples to share a batch: every input's shape after the sample axis."""
+    return tuple((name, array.shape[1:]) for name, array in arrays.items())
 
 
 @dataclass(frozen=True)
@@ -70,13 +148,15 @@ class DataSource:
     """A sequence of samples read lazily from one or more files."""
 
     def __init__(self, label: str, files: list[Path] | None, inputs: list[InputInfo], *,
-                 samples: int | None = None, image_spec: ImageSpec | None = None, seed: int = 0) -> None:
+                 samples: int | None = None, image_spec: ImageSpec | None = None, seed: int = 0,
+                 vocab_size: int | None = None) -> None:
         self.label = label
         self.files = files
         self.inputs = inputs
         self.limit = samples
         self.image_spec = image_spec
         self.seed = seed
+        self.vocab_size = vocab_size
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
         """Yield dicts of arrays (first axis = samples), file by file, validated and cast."""
@@ -86,30 +166,49 @@ class DataSource:
         for path in self.files:
             yield self._check(_read_arrays(path, self.inputs), str(path))
 
-    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of at most `batch_size` samples, stopping after `samples` in all."""
-        remaining = self.limit
-        pending: list[dict[str, np.ndarray]] = []
-        pending_count = 0
+    def batches(self, batch_size: int, *, max_pending: int | None = None,
+                max_pending_bytes: int = PENDING_BYTES) -> Iterator[Batch]:
+        """Batches of at most `batch_size` samples of one shape, stopping after `samples` in all.
+
+        Samples wait in one bucket per shape signature (every input's shape after the sample
+        axis); a bucket goes out when it holds `batch_size` samples, and the rest at the end in
+        the order the buckets were opened. Data of one shape gives exactly the batches of a
+        plain split in file order. So that a folder of thousands of lengths never holds them
+        all, more than `max_pending` samples (default: PENDING_BATCHES batches) or
+        `max_pending_bytes` waiting sends the fullest bucket out early (the first opened among
+        equals): deterministic, and batches stay homogeneous."""
+        limit = max_pending if max_pending is not None else PENDING_BATCHES * batch_size
+        buckets: dict[tuple, _Bucket] = {}
+        taken = 0  # samples taken from the source so far: the index of the next one
         for chunk in self.chunks():
-            count = len(next(iter(chunk.values())))
+            count = batch_size_of(chunk)
+            if self.limit is not None:
+                count = min(count, self.limit - taken)
+            if count <= 0:
+                break
+            key = _signature(chunk)
             start = 0
             while start < count:
-                if remaining is not None and remaining <= 0:
-                    break
-                take = min(batch_size - pending_count, count - start)
-                if remaining is not None:
-                    take = min(take, remaining)
-                pending.append({k: v[start:start + take] for k, v in chunk.items()})
-                pending_count += take
+                bucket = buckets.setdefault(key, _Bucket())
+                take = min(batch_size - bucket.count, count - start)
+                bucket.add({k: v[start:start + take] for k, v in chunk.items()}, taken + start)
                 start += take
-                if remaining is not None:
-                    remaining -= take
-                if pending_count == batch_size:
-                    yield _concat(pending)
-                    pending, pending_count = [], 0
-        if pending_count:
-            yield _concat(pending)
+                if bucket.count == batch_size:
+                    yield buckets.pop(key).join()
+            taken += count
+            while buckets and (sum(b.count for b in buckets.values()) > limit
+                               or sum(b.nbytes for b in buckets.values()) > max_pending_bytes):
+                fullest = max(buckets, key=lambda k: buckets[k].count)
+                yield buckets.pop(fullest).join()
+        for bucket in buckets.values():
+            yield bucket.join()
+
+    def batch_count(self, batch_size: int) -> int:
+        """How many batches `batches(batch_size)` yields: samples of unequal shapes make more than
+        samples / batch_size. Reads the data once (no inference) when the files could differ."""
+        if self.files is None or isinstance(self, _ImageSource):  # one shape throughout
+            return -(-(self.count() or 0) // batch_size)
+        return sum(1 for _ in self.batches(batch_size))
 
     def count(self) -> int | None:
         """Number of samples that `batches` will yield, when it is cheap to know."""
@@ -155,29 +254,13 @@ class DataSource:
         return out
 
     def _random_chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        rng = np.random.default_rng(self.seed)
-        total = self.limit or 16
-        chunk = 16
-        for start in range(0, total, chunk):
-            n = min(chunk, total - start)
-            arrays = {}
-            for info in self.inputs:
-                dims = [d if d is not None else 1 for d in (info.shape or (1,))[1:]]
-                if np.issubdtype(info.dtype, np.floating):
-                    arrays[info.name] = rng.standard_normal((n, *dims)).astype(info.dtype)
-                else:
-                    arrays[info.name] = rng.integers(0, 2, (n, *dims)).astype(info.dtype)
-            yield arrays
+        from qtool.random_data import random_chunks
+
+        yield from random_chunks(self.inputs, self.limit or 16, self.seed, self.vocab_size)
 
 
 def _fmt_shape(dims: tuple) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(parts) == 1:
-        return {k: np.ascontiguousarray(v) for k, v in parts[0].items()}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _read_arrays(path: Path, inputs: list[InputInfo]) -> dict[str, np.ndarray]:
@@ -224,11 +307,19 @@ def _read_images(paths: list[Path], spec: ImageSpec) -> dict[str, np.ndarray]:
 
 
 def open_data(spec: str, inputs: list[InputInfo], *, samples: int | None = None,
-              image_spec: ImageSpec | None = None, seed: int = 0) -> DataSource:
-    """Resolve `--data` to a DataSource (nothing is read yet beyond directory listings)."""
+              image_spec: ImageSpec | None = None, seed: int = 0,
+              input_shapes: dict[str, tuple[int, ...]] | None = None, vocab_size: int | None = None) -> DataSource:
+    """Resolve `--data` to a DataSource (nothing is read yet beyond directory listings).
+
+    `input_shapes` (from `--input-shape`) fill the model's dynamic dims and must agree with its
+    static ones; file data is then checked against them too. `vocab_size` bounds random ids."""
+    from qtool.random_data import apply_input_shapes, check_random_inputs
+
+    inputs = apply_input_shapes(inputs, input_shapes or {})
     if spec == "random":
-        log.warning("--data random: calibrating on Gaussian noise; encodings are for smoke tests only")
-        return DataSource("random", None, inputs, samples=samples or 16, seed=seed)
+        check_random_inputs(inputs, vocab_size)
+        log.warning("--data random: calibrating on random data; encodings are for smoke tests only")
+        return DataSource("random", None, inputs, samples=samples or 16, seed=seed, vocab_size=vocab_size)
     path = Path(spec)
     if not path.exists():
         raise QtoolError(f"{path}: no such data file or directory", "give an .npz, .npy, a directory, or 'random'")

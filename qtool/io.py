@@ -7,6 +7,7 @@ that names the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,12 @@ def load_pair(model_path: str | os.PathLike, encodings_path: str | os.PathLike |
 
 
 def open_model_data(model: ir.Model, spec: str, *, samples: int | None, preprocess: str | None,
-                    seed: int = 0) -> DataSource:
-    return open_data(spec, input_infos(model), samples=samples, image_spec=ImageSpec.parse(preprocess), seed=seed)
+                    seed: int = 0, input_shapes: Iterable[str] = (), vocab_size: int | None = None) -> DataSource:
+    """`--data` for this model; `input_shapes` are `--input-shape` values (NAME=1x3x320x320)."""
+    from qtool.random_data import parse_input_shapes
+
+    return open_data(spec, input_infos(model), samples=samples, image_spec=ImageSpec.parse(preprocess), seed=seed,
+                     input_shapes=parse_input_shapes(input_shapes or ()), vocab_size=vocab_size)
 
 
 def load_labels(path: str | os.PathLike) -> np.ndarray:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qtool.errors import QtoolError
+
 SQNR_CAP_DB = 300.0  # an exact channel's SQNR in reports: finite, so JSON stays strict
 NEAR_WORST_DB = 3.0  # channels within this of the worst are named with it
 
@@ -113,7 +115,9 @@ class Comparison:
     # named here use axis 1 when they have one
     channel_axes: dict[str, int | None] = field(default_factory=dict)
 
-    def update(self, name: str, ref: np.ndarray, quant: np.ndarray) -> None:
+    def update(self, name: str, ref: np.ndarray, quant: np.ndarray, indices: np.ndarray | None = None) -> None:
+        """Add one batch; `indices` are its samples' positions in the data (labels are looked up
+        by them: batching by shape reorders samples), by default the ones after the last batch."""
         stats = self.outputs.setdefault(name, OutputStats())
         ref64 = ref.astype(np.float64)
         diff = ref64 - quant.astype(np.float64)
@@ -127,7 +131,8 @@ class Comparison:
             quant_top = quant.reshape(len(quant), -1).argmax(axis=1)
             stats.agree += int(np.sum(ref_top == quant_top))
             if self.labels is not None:
-                truth = self.labels[stats.samples: stats.samples + len(ref)]
+                truth = _labels_at(self.labels, np.arange(stats.samples, stats.samples + len(ref))
+                                   if indices is None else indices)
                 stats.correct_float += int(np.sum(ref_top == truth))
                 stats.correct_quant += int(np.sum(quant_top == truth))
         if name in self.decisions:
@@ -178,6 +183,13 @@ class Comparison:
                 row.update(worst_channels(s.channel_signal, s.channel_noise, s.channel_axis))
             out[name] = row
         return out
+
+
+def _labels_at(labels: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    if len(indices) and int(indices.max()) >= len(labels):
+        raise QtoolError(f"{len(labels)} labels for more samples than that (sample {int(indices.max()) + 1})",
+                         "give one label per sample, in the data's order")
+    return labels[indices]
 
 
 def describe_metrics(row: dict) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from qtool.data import InputInfo
+from qtool.data import Batch, InputInfo
 from qtool.errors import QtoolError
 from qtool.graph import add_initializer, clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name, value_by_name
 
@@ -24,13 +24,43 @@ log = logging.getLogger(__name__)
 
 
 def input_infos(model: ir.Model) -> list[InputInfo]:
-    """The model's real inputs with static dims (symbolic dims become None)."""
+    """The model's real inputs with static dims (symbolic dims become None, their names kept),
+    and, for integer inputs, the rows of the embedding table they index."""
     infos = []
     for value in graph_inputs(model):
         shape = shape_of(value)
         dims = None if shape is None else tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
-        infos.append(InputInfo(value.name, dims, numpy_dtype(value) or np.dtype(np.float32)))
+        names = None if shape is None else tuple(d if isinstance(d, str) and d else None for d in shape)
+        dtype = numpy_dtype(value) or np.dtype(np.float32)
+        vocab = embedding_rows(value) if np.issubdtype(dtype, np.integer) else None
+        infos.append(InputInfo(value.name, dims, dtype, names, vocab))
     return infos
+
+
+# ops that pass integer ids on unchanged in value (only their type or layout changes)
+_ID_PASSING = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose"}
+
+
+def embedding_rows(value: ir.Value) -> int | None:
+    """The rows of the embedding table that the ids in `value` index: the smallest over every
+    Gather on a constant table reached from it directly or through _ID_PASSING ops (ids beyond
+    it would fail there); None when no such Gather is found."""
+    rows: list[int] = []
+    seen, frontier = set(), [value]
+    while frontier:
+        current = frontier.pop()
+        for node, index in current.uses():
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type == "Gather" and index == 1:
+                table = node.inputs[0]
+                if table is not None and table.const_value is not None and table.const_value.shape:
+                    axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+                    rows.append(int(table.const_value.shape[axis]))
+            elif node.op_type in _ID_PASSING and index == 0:
+                frontier.extend(node.outputs)
+    return min(rows) if rows else None
 
 
 def max_batch(model: ir.Model) -> int | None:
@@ -149,11 +179,15 @@ def with_reduce_taps(model: ir.Model, taps: dict[str, tuple[str, str, list[int]]
 def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.ndarray]],
                 output_names: list[str] | None = None, batch_limit: int | None = None
                 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """Yield (feeds, outputs by name) per batch; a model with batch dim fixed to 1 runs sample by sample."""
+    """Yield (feeds, outputs by name) per batch; a model with batch dim fixed to 1 runs sample by sample.
+    A `Batch`'s feeds are a Batch with the same sample indices. Outputs of a batch cut into
+    pieces are joined again: the pieces come from one batch, so they share a shape."""
     names = output_names or [o.name for o in session.get_outputs()]
     types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
     for batch in batches:
         feeds = {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in batch.items()}
+        if isinstance(batch, Batch):  # keep the samples' positions (labels are looked up by them)
+            feeds = Batch(feeds, batch.indices)
         count = len(next(iter(feeds.values())))
         if batch_limit is not None and count > batch_limit:
             parts = [session.run(names, {k: v[i:i + batch_limit] for k, v in feeds.items()})

@@ -220,6 +220,43 @@ def broken_layer() -> onnx.ModelProto:
                    doc="One layer with a channel scaled by 1e4 (float-equivalent): the debugging flow's target.")
 
 
+def token_encoder(vocab: int = 50, d: int = 16, classes: int = 4) -> onnx.ModelProto:
+    """A BERT-shaped toy for variable-length text data (not written by `write_all`; the tests
+    build it in memory): int64 input_ids / token_type_ids / attention_mask of shape
+    (batch, seq) with a dynamic seq dim -> word + token-type embeddings (Gather; the token types
+    through a Cast, as some exporters write them) -> LayerNormalization -> MatMul, Relu, MatMul (a pair for equalize)
+    with a residual Add -> `hidden` (batch, seq, d), times the mask, first token -> MatMul ->
+    `logits` (batch, classes). One output changes shape with the sequence, one does not."""
+    b = Builder(23)  # a seed whose classes are balanced on random ids
+    ids = b.node("Gather", [b.const("word.embedding", b.rng.standard_normal((vocab, d)).astype(np.float32)),
+                            "input_ids"])
+    types32 = b.node("Cast", ["token_type_ids"], to=TensorProto.INT32)
+    types = b.node("Gather", [b.const("type.embedding", (b.rng.standard_normal((2, d)) * 0.5).astype(np.float32)),
+                              types32])
+    x = b.node("Add", [ids, types])
+    x = b.node("LayerNormalization",
+               [x, b.const("ln.scale", b.rng.uniform(0.7, 1.3, d).astype(np.float32)),
+                b.const("ln.bias", (b.rng.standard_normal(d) * 0.1).astype(np.float32))], axis=-1, epsilon=1e-5)
+
+    def dense(x: str, fin: int, fout: int, tag: str, bias: bool = True) -> str:
+        y = b.node("MatMul", [x, b.const(f"{tag}.weight", b.he((fin, fout), fin))])
+        if not bias:
+            return y
+        return b.node("Add", [y, b.const(f"{tag}.bias", (b.rng.standard_normal(fout) * 0.05).astype(np.float32))])
+
+    h = b.node("Relu", [dense(x, d, 2 * d, "ffn1", bias=False)])  # MatMul -> Relu -> MatMul: a CLE pair
+    hidden = b.node("Add", [x, dense(h, 2 * d, d, "ffn2")], "hidden")
+    mask = b.node("Unsqueeze", [b.node("Cast", ["attention_mask"], to=TensorProto.FLOAT),
+                                b.const("axes", np.array([2], np.int64))])           # (batch, seq, 1)
+    first = b.const("first", np.array(0, np.int64))
+    cls = b.node("Flatten", [b.node("Gather", [b.node("Mul", [hidden, mask]), first], axis=1)], axis=1)  # first token
+    b.node("MatMul", [cls, b.const("cls.weight", b.he((d, classes), d))], "logits")
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+            for n in ("input_ids", "token_type_ids", "attention_mask")]
+    return b.model("token_encoder", ints, [vi("logits", ["batch", classes]), vi("hidden", ["batch", "seq", d])],
+                   doc="Token ids of any length -> embeddings, LayerNorm, FFN; pooled logits and per-token states.")
+
+
 MODELS = {
     "broken_layer.onnx": broken_layer,
     "conv_bn_relu.onnx": conv_bn_relu,

@@ -24,6 +24,8 @@ import onnx_ir as ir
 
 from qtool.analysis.metric import Metric, Outputs
 from qtool.analysis.switchable import SwitchableModel
+from qtool.data import Batch, batch_size_of, sample_indices
+from qtool.errors import QtoolError
 from qtool.progress import Progress, no_progress
 from qtool.runtime import make_session, max_batch
 
@@ -40,26 +42,51 @@ class Setting:
         return Setting(tuple(sorted((choice or {}).items())), default)
 
 
-def _split(batches: Iterable[dict[str, np.ndarray]], limit: int | None) -> list[dict[str, np.ndarray]]:
-    out = []
+def _split(batches: Iterable[dict[str, np.ndarray]], limit: int | None) -> tuple[list[Batch], np.ndarray]:
+    """The batches cut to at most `limit` samples, each with its samples' positions in the data
+    (bucketing by shape may have reordered them), and those positions in the order they run."""
+    out: list[Batch] = []
+    taken = 0
     for batch in batches:
-        count = len(next(iter(batch.values())))
+        count = batch_size_of(batch)
+        indices = sample_indices(batch, taken)
+        taken += count
         step = limit or count
-        out += [{k: np.ascontiguousarray(v[i:i + step]) for k, v in batch.items()} for i in range(0, count, step)]
-    return out
+        out += [Batch({k: np.ascontiguousarray(v[i:i + step]) for k, v in batch.items()}, indices[i:i + step])
+                for i in range(0, count, step)]
+    return out, np.concatenate([b.indices for b in out]) if out else np.zeros(0, np.int64)
 
 
 def _run(session, batches: list[dict[str, np.ndarray]], extra: dict[str, np.ndarray], names: list[str]) -> Outputs:
+    """Each output over all batches: one array where every batch gives the same shape after the
+    sample axis, else the list of per-batch arrays (never concatenated)."""
     parts = [session.run(names, {**batch, **extra}) for batch in batches]
-    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+    return {name: _join([p[i] for p in parts]) for i, name in enumerate(names)}
+
+
+def _join(pieces: list[np.ndarray]):
+    if all(p.ndim >= 1 and p.shape[1:] == pieces[0].shape[1:] for p in pieces):
+        return np.concatenate(pieces)
+    return pieces
+
+
+def _labels_in_order(labels: np.ndarray | None, order: np.ndarray) -> np.ndarray | None:
+    """The labels of the samples in the order they run (labels are given in the data's order)."""
+    if labels is None or not len(order):
+        return labels
+    if int(order.max()) >= len(labels):
+        raise QtoolError(f"{len(labels)} labels for {int(order.max()) + 1} evaluation samples",
+                         "give one label per sample, in the data's order")
+    return labels[order]
 
 
 class Evaluator:
     def __init__(self, float_model: ir.Model, switchable: SwitchableModel, batches: Iterable[dict[str, np.ndarray]],
                  metric: Metric, labels: np.ndarray | None = None, jobs: int = 1) -> None:
-        self.switchable, self.metric, self.labels = switchable, metric, labels
-        self.batches = _split(batches, max_batch(float_model))
-        self.samples = sum(len(next(iter(b.values()))) for b in self.batches)
+        self.switchable, self.metric = switchable, metric
+        self.batches, self.order = _split(batches, max_batch(float_model))
+        self.labels = _labels_in_order(labels, self.order)
+        self.samples = len(self.order)
         self.jobs = max(1, jobs)
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         float_session = make_session(float_model, optimize=False)

@@ -8,7 +8,9 @@ axis matches the float model's), `cosine` (mean cosine similarity per sample, x1
 a pooled SQNR is dominated by an output's largest part and cannot see a part quantization
 killed (class scores next to box pixels in one detector output). `module:function` (or `path/to/file.py:function`)
 loads a function of the user's: f(outputs, reference, labels) -> float, where outputs and
-reference map output names to arrays over all evaluation samples.
+reference map output names to arrays over all evaluation samples, in the order of `labels`. An
+output whose shape differs between samples (a sequence's length) comes as a list of per-batch
+arrays instead (each batch one shape; see qtool.data's bucketing), never padded or cut.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def _float_names(reference: Outputs) -> list[str]:
 def _sqnr(outputs: Outputs, reference: Outputs, labels) -> float:
     signal = noise = 0.0
     for name in _float_names(reference):
-        ref = reference[name].astype(np.float64)
-        signal += float(np.sum(ref * ref))
-        noise += float(np.sum((ref - outputs[name]) ** 2))
+        for ref, out in zip(pieces(reference[name]), pieces(outputs[name])):
+            ref = ref.astype(np.float64)
+            signal += float(np.sum(ref * ref))
+            noise += float(np.sum((ref - out) ** 2))
     return float(min(sqnr_db(signal, noise), MAX_DB))
 
 
@@ -88,22 +91,27 @@ def _rows(array: np.ndarray) -> np.ndarray:
 
 def _top1(outputs: Outputs, reference: Outputs, labels) -> float:
     name = _float_names(reference)[0]
-    return float(100.0 * np.mean(_rows(outputs[name]).argmax(1) == _rows(reference[name]).argmax(1)))
+    same = [_rows(out).argmax(1) == _rows(ref).argmax(1)
+            for out, ref in zip(pieces(outputs[name]), pieces(reference[name]))]
+    return float(100.0 * np.mean(np.concatenate(same)))
 
 
 def _cosine(outputs: Outputs, reference: Outputs, labels) -> float:
     name = _float_names(reference)[0]
-    a = outputs[name].reshape(len(outputs[name]), -1).astype(np.float64)
-    b = reference[name].reshape(len(reference[name]), -1).astype(np.float64)
-    denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(100.0 * np.mean(np.sum(a * b, axis=1) / np.maximum(denominator, 1e-30)))
+    cosines = []
+    for out, ref in zip(pieces(outputs[name]), pieces(reference[name])):
+        a = out.reshape(len(out), -1).astype(np.float64)
+        b = ref.reshape(len(ref), -1).astype(np.float64)
+        denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosines.append(np.sum(a * b, axis=1) / np.maximum(denominator, 1e-30))
+    return float(100.0 * np.mean(np.concatenate(cosines)))
 
 
 def _accuracy(outputs: Outputs, reference: Outputs, labels) -> float:
     if labels is None:
         raise QtoolError("--metric accuracy needs --labels")
     name = _float_names(reference)[0]
-    predicted = outputs[name].reshape(len(outputs[name]), -1).argmax(1)
+    predicted = np.concatenate([out.reshape(len(out), -1).argmax(1) for out in pieces(outputs[name])])
     if len(labels) < len(predicted):
         raise QtoolError(f"{len(labels)} labels for {len(predicted)} evaluation samples")
     return float(100.0 * np.mean(predicted == labels[: len(predicted)]))

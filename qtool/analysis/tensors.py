@@ -62,10 +62,20 @@ def activation_views(float_model: ir.Model, switchable: SwitchableModel, batches
         views[name] = {"sqnr_db": float(min(sqnr_db(s["signal"], s["noise"]), 300.0)),
                        "min": s["min"], "max": s["max"]}
         if name in kept and kept[name]:
-            values = np.concatenate(kept[name])
-            views[name].update(_distribution(values, _channel_axis(values.ndim)))
+            values, axis = _channels_first(kept[name])
+            views[name].update(_distribution(values, axis))
             views[name]["outlier_ratio"] = outlier_ratio(values, *histogram_ranges[name])
     return views
+
+
+def _channels_first(parts: list[np.ndarray]) -> tuple[np.ndarray, int | None]:
+    """The kept batches of one tensor as one array: (channels, values) with its channel axis
+    first, or flat without one. Batches may differ in their other dims (a sequence's length),
+    so they are never concatenated as they are."""
+    axis = _channel_axis(parts[0].ndim)
+    if axis is None or any(p.ndim != parts[0].ndim or p.shape[axis] != parts[0].shape[axis] for p in parts):
+        return np.concatenate([p.ravel() for p in parts]), None
+    return np.concatenate([np.moveaxis(p, axis, 0).reshape(p.shape[axis], -1) for p in parts], axis=1), 0
 
 
 def _distribution(values: np.ndarray, axis: int | None) -> dict:

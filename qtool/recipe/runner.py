@@ -23,6 +23,7 @@ import click
 from qtool import __version__
 from qtool.errors import QtoolError
 from qtool.atomic import atomic_write_bytes
+from qtool.random_data import recipe_input_shapes
 from qtool.recipe.steps import PATH_OPTIONS, output_option, output_paths
 from qtool.recipe.validate import PlannedStep, Recipe
 
@@ -134,9 +135,11 @@ def _arguments(step: PlannedStep, state: ChainState, recipe: Recipe, folder: Pat
         data_set = recipe.data.get(kind.data) or recipe.data.get("calibration")
         if data_set is not None:
             kwargs["data"] = data_set
-        for option in ("samples", "batch_size", "preprocess", "seed"):
+        for option in ("samples", "batch_size", "preprocess", "seed", "vocab_size"):
             if option in recipe.data and option in kwargs:
                 kwargs[option] = recipe.data[option]
+        if "input_shapes" in recipe.data and "input_shape" in kwargs:
+            kwargs["input_shape"] = recipe_input_shapes(recipe.data["input_shapes"])
     if step.name == "simulate":
         kwargs["reference"] = str(recipe.model)  # the drop is measured against the original float model
     if "labels" in recipe.data and "labels" in kwargs:

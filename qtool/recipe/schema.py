@@ -24,6 +24,9 @@ class DataSpec(_Strict):
     batch_size: PositiveInt | None = None
     preprocess: str | None = None
     seed: int | None = None
+    input_shapes: dict[str, StrictStr | list[PositiveInt]] | None = Field(
+        None, description="input name -> shape, e.g. {x: 1x3x320x320}: the commands' --input-shape")
+    vocab_size: PositiveInt | None = Field(None, description="--data random: integer ids below this")
 
 
 class Expect(_Strict):

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from qtool.config import BUILTIN_CONFIGS, parse_config
 from qtool.errors import QtoolError
+from qtool.random_data import parse_input_shapes, recipe_input_shapes
 from qtool.recipe.document import Document, RecipeError
 from qtool.recipe.schema import TOP_LEVEL_KEYS, RecipeSchema
 from qtool.recipe.steps import PATH_OPTIONS, STEP_KINDS, StepKind, step_name
@@ -145,6 +146,11 @@ def _data(doc: Document, schema: RecipeSchema, problems: list[str]) -> dict[str,
         value = block.get(key)
         if value is not None and not (key != "labels" and value == "random"):
             block[key] = str(_existing(doc, ("data", key), value, problems, f"data.{key}"))
+    if block.get("input_shapes"):
+        try:
+            parse_input_shapes(recipe_input_shapes(block["input_shapes"]))
+        except QtoolError as exc:
+            problems.append(f"{doc.where(('data', 'input_shapes'))}: data.input_shapes: {exc}")
     return {key: value for key, value in block.items() if value is not None}
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from qtool.data import sample_indices
 from qtool.encodings_io import EncodingSet
 from qtool.errors import QtoolError
 from qtool.metrics import Comparison
@@ -61,7 +62,7 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
         quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
         for name in names:
             if np.issubdtype(float_out[name].dtype, np.floating):
-                comparison.update(name, float_out[name], quant_out[name])
+                comparison.update(name, float_out[name], quant_out[name], sample_indices(feeds, seen))
         seen += len(next(iter(feeds.values())))
         progress(seen, total)
     return SimulateResult(qdq, comparison.report(), seen, time.perf_counter() - start)
