@@ -108,6 +108,20 @@ def test_channel_axis_rule_follows_the_op_that_fixed_the_layout():
          _vi("seq", ["N", "T", 8]), _vi("nchw", ["N", 3, 5, 5]), _vi("pooled", ["N", 8])], [w])
     axes = output_channel_axes(model)
     assert axes == {"det": 1, "h": 2, "h_t": 1, "probs": 2, "seq": 2, "nchw": 1, "pooled": 1}
+    # a residual Add whose first input is the graph input: the branch's MatMul decides, not the
+    # static shape; a PicoDet-style head Conv -> Reshape -> Transpose: the classes end up last
+    conv_w = numpy_helper.from_array(np.ones((10, 3, 1, 1), np.float32), "conv_w")
+    flat = numpy_helper.from_array(np.array([0, 10, -1], np.int64), "flat")
+    square = numpy_helper.from_array(np.ones((8, 8), np.float32), "square")
+    heads = _model([
+        helper.make_node("MatMul", ["tokens", "square"], ["mixed"]),
+        helper.make_node("Add", ["tokens", "mixed"], ["residual"]),
+        helper.make_node("Conv", ["img", "conv_w"], ["cls_map"]),
+        helper.make_node("Reshape", ["cls_map", "flat"], ["cls_flat"]),
+        helper.make_node("Transpose", ["cls_flat"], ["anchors_last"], perm=[0, 2, 1]),
+    ], [_vi("tokens", ["N", 16, 8]), _vi("img", ["N", 3, 5, 5])],
+        [_vi("residual", ["N", 16, 8]), _vi("anchors_last", ["N", 25, 10])], [conv_w, flat, square])
+    assert output_channel_axes(heads) == {"residual": 2, "anchors_last": 2}
     assert output_channel_axes(model, {"det": 2, "seq": None})["det"] == 2
     assert parse_channel_axes(model, ("det=-1", "seq=none")) == {"det": -1, "seq": None}
     for bad, words in (("nope=1", "no output 'nope'"), ("det=0", "batch axis"), ("det=3", "out of range"),
