@@ -242,8 +242,8 @@ def _scores_text(scores: dict[str, float]) -> str:
                    "after equalize or bias-correct changed MODEL's float function.")
 @click.option("--channel-axis", "channel_axis", multiple=True, metavar="NAME=AXIS",
               help="The axis of output NAME whose channels get their own SQNR (default: axis 1, the last for "
-                   "[N, T, C] sequences, the axis of a Concat or Softmax that makes the output; 'none': pooled "
-                   "only). Repeatable.")
+                   "[N, T, C] sequences, the axis of a Concat that makes the output, none for Softmax "
+                   "probabilities; 'none': pooled only). Repeatable.")
 @click.option("-o", "--output", default=None, help="Also write the QDQ model to this .onnx file.")
 @json_option
 @reporting

@@ -99,15 +99,20 @@ def test_channel_axis_rule_follows_the_op_that_fixed_the_layout():
         helper.make_node("Mul", ["joined", "a"], ["det"]),                    # elementwise: carried through
         helper.make_node("MatMul", ["x", "w"], ["h"]),
         helper.make_node("Transpose", ["h"], ["h_t"], perm=[0, 2, 1]),        # [N, 16, T]: features now axis 1
-        helper.make_node("Softmax", ["x"], ["probs"], axis=-1),
+        helper.make_node("Softmax", ["x"], ["probs"], axis=-1),                # probabilities: pooled only
+        helper.make_node("Softmax", ["scores2"], ["cls_probs"], axis=1),
+        helper.make_node("Identity", ["scores2"], ["cls_logits"]),
         helper.make_node("Identity", ["x"], ["seq"]),                         # graph input: the shape decides
         helper.make_node("Identity", ["img"], ["nchw"]),
         helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[1], keepdims=0),
-    ], [_vi("a", ["N", 4, 64]), _vi("b", ["N", 6, 64]), _vi("x", ["N", "T", 8]), _vi("img", ["N", 3, 5, 5])],
+    ], [_vi("a", ["N", 4, 64]), _vi("b", ["N", 6, 64]), _vi("x", ["N", "T", 8]), _vi("img", ["N", 3, 5, 5]),
+     _vi("scores2", ["N", 5])],
         [_vi("det", ["N", 10, 64]), _vi("h", ["N", "T", 16]), _vi("h_t", ["N", 16, "T"]), _vi("probs", ["N", 4, 8]),
-         _vi("seq", ["N", "T", 8]), _vi("nchw", ["N", 3, 5, 5]), _vi("pooled", ["N", 8])], [w])
+         _vi("seq", ["N", "T", 8]), _vi("nchw", ["N", 3, 5, 5]), _vi("pooled", ["N", 8]),
+         _vi("cls_probs", ["N", 5]), _vi("cls_logits", ["N", 5])], [w])
     axes = output_channel_axes(model)
-    assert axes == {"det": 1, "h": 2, "h_t": 1, "probs": 2, "seq": 2, "nchw": 1, "pooled": 1}
+    assert axes == {"det": 1, "h": 2, "h_t": 1, "probs": None, "seq": 2, "nchw": 1, "pooled": 1,
+                    "cls_probs": None, "cls_logits": 1}
     # a residual Add whose first input is the graph input: the branch's MatMul decides, not the
     # static shape; a PicoDet-style head Conv -> Reshape -> Transpose: the classes end up last
     conv_w = numpy_helper.from_array(np.ones((10, 3, 1, 1), np.float32), "conv_w")
