@@ -30,7 +30,8 @@ def input_infos(model: ir.Model) -> list[InputInfo]:
     for value in graph_inputs(model):
         shape = shape_of(value)
         dims = None if shape is None else tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
-        names = None if shape is None else tuple(d if isinstance(d, str) and d else None for d in shape)
+        names = None if shape is None else tuple(d if isinstance(d, str) and d not in ("", "?") else None
+                                                 for d in shape)  # '?': Paddle's name for any unnamed dim
         dtype = numpy_dtype(value) or np.dtype(np.float32)
         vocab = embedding_rows(value) if np.issubdtype(dtype, np.integer) else None
         infos.append(InputInfo(value.name, dims, dtype, names, vocab))

@@ -222,13 +222,13 @@ expect:
 
 # ----------------------------------------------------------------------------- --data random
 
-def _dynamic_conv(path: Path) -> Path:
+def _dynamic_conv(path: Path, dims=("N", 3, "H", "W")) -> Path:
     """x (N, 3, H, W) -> Conv 3x3 -> Relu -> GlobalAveragePool: the PP-OCR / YOLO input shape."""
     rng = np.random.default_rng(2)
     weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["y"])]
-    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path.write_bytes(model.SerializeToString())
@@ -250,6 +250,16 @@ def test_random_data_refuses_a_dynamic_dim_in_one_line_and_runs_with_input_shape
     code, _, err = run_main(["simulate", model, "--bypass", "--data", "random", "--input-shape", "y=1x4",
                              "-o", tmp_path / "c.onnx"], capsys)
     assert code == 2 and "no input 'y'" in err
+
+
+def test_paddles_question_mark_dims_are_not_a_shared_name(tmp_path, capsys):
+    """Paddle exports name every unknown dim '?': H and W are not one dim, and '?' names nothing."""
+    model = _dynamic_conv(tmp_path / "paddle.onnx", ("?", 3, "?", "?"))
+    code, _, err = run_main(["calibrate", model, "--data", "random", "-o", tmp_path / "a"], capsys)
+    assert code == 2 and "input 'x' has dynamic dim 2 (give it with --input-shape x=1x3x<dim2>x<dim3>)" in err
+    code, _, err = run_main(["calibrate", model, "--data", "random", "--input-shape", "x=1x3x16x40", "--samples", "2",
+                             "-o", tmp_path / "a"], capsys)
+    assert code == 0, err
 
 
 def test_random_shapes_come_out_as_given(tmp_path):
