@@ -6,6 +6,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -213,6 +214,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, input_shap
         "seconds": round(result.seconds, 3), "activation_quantizers": len(result.encodings.activations),
         "param_quantizers": len(result.encodings.params), "kept_frozen": result.kept_frozen,
         "scheme": result.scheme, **({"scheme_scores": result.scheme_scores} if result.scheme_scores else {}),
+        "mixed_joins": [dataclasses.asdict(join) for join in result.mixed_joins],
     }
     chosen = [f"scheme auto: {result.scheme} (on {auto_samples} samples: "
               + ", ".join(f"{k} {_scores_text(v)}" for k, v in result.scheme_scores.items()) + ")"] \
@@ -221,6 +223,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, input_shap
         f"calibrated {result.samples} samples in {result.seconds:.1f}s: "
         f"{summary['activation_quantizers']} activation + {summary['param_quantizers']} param encodings",
         *chosen,
+        *(f"mixed ranges: {join.describe()}" for join in result.mixed_joins),
         f"wrote {prefix}.onnx and {prefix}.encodings.json",
         *fold_note(graph),
     ])
@@ -344,8 +347,12 @@ def plot_ranges_cmd(model, compare, layers, max_layers, output):
 @click.option("--ranges", "show_ranges", is_flag=True,
               help="Per layer, the widest/narrowest output-channel weight range ratio (high: CLE helps).")
 @click.option("--compare", default=None, help="With --ranges: a second model (e.g. after equalize) side by side.")
+@click.option("--data", default=None,
+              help="Calibration data (as for calibrate): one min-max pass shows the decisions that need "
+                   "ranges (Concats whose parts get their own grids).")
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="With --data: samples used.")
 @json_option
-def info_cmd(model, config, per_channel, overrides, show_ranges, compare, as_json):
+def info_cmd(model, config, per_channel, overrides, show_ranges, compare, data, samples, as_json):
     """Inputs, outputs, op counts, parameter count and the tensors the plan would quantize.
 
     Example: qtool info model.onnx --config w8a8-per-channel
@@ -375,18 +382,50 @@ def info_cmd(model, config, per_channel, overrides, show_ranges, compare, as_jso
         "quantizers": {name: {"kind": t.kind, "role": t.role, "bw": t.spec.bw, "symmetric": t.spec.symmetric,
                               "per_channel_axis": t.spec.axis} for name, t in plan.all().items()},
         "fused_in_supergroups": plan.fused,
+        "attention_mask_unquantized": plan.masked,
+        "layer_norm_inputs_widened": plan.widened,
     }
+    joins = _mixed_joins_of(graph, plan, data, samples) if data else None
+    if joins is not None:
+        summary["mixed_joins"] = [dataclasses.asdict(join) for join in joins]
     lines = [f"{model}: opset {summary['opset']}, {sum(ops.values())} nodes, {params:,} parameters"]
     lines += [f"  input  {n}: {s}" for n, s in summary["inputs"].items()]
     lines += [f"  output {n}" for n in summary["outputs"]]
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in summary["op_types"].items()))
     lines.append(f"  plan ({config}): {len(plan.activations)} activation quantizers, {len(plan.params)} param "
-                 f"quantizers, {len(plan.fused)} tensors fused in supergroups")
+                 f"quantizers, {len(plan.fused)} tensors fused in supergroups or pointwise functions")
+    if plan.masked:
+        lines.append(f"  attention mask: {len(plan.masked)} tensors left unquantized (the mask path and the masked "
+                     f"scores into Softmax; config 'patterns.attention_mask')")
+    if plan.widened:
+        lines.append(f"  residual sums into LayerNorm and their linear branches: {len(plan.widened)} tensors at "
+                     f"{config_rules_bw(plan)} bits (config 'patterns.layer_norm_input_bw')")
     for name, t in plan.all().items():
         granularity = f"per-channel axis {t.spec.axis}" if t.spec.axis is not None else "per-tensor"
         lines.append(f"    {t.kind:10} {t.role:6} {t.spec.bw:2d}-bit {'sym ' if t.spec.symmetric else 'asym'} "
                      f"{granularity:20} {name}")
+    rule = plan.mixed_ranges
+    lines.append(f"  mixed ranges (config 'mixed_ranges'): " + (
+        f"a Concat whose parts lose > {rule.max_lost_bits:g} bits on one grid -> {rule.at_output} at model "
+        f"outputs, {rule.inside} inside; decided at calibration" if rule.enabled else "off"))
+    if joins is not None:
+        lines += [f"    {join.describe()}" for join in joins] or [f"    none on {data}"]
     _emit(summary, as_json, lines)
+
+
+def config_rules_bw(plan) -> int:
+    """The bit-width the plan gave its widened (LayerNorm-input) tensors."""
+    return max(plan.activations[name].spec.bw for name in plan.widened)
+
+
+def _mixed_joins_of(graph, plan, data: str, samples: int) -> list:
+    """The mixed-range decisions calibrate would make, from one min-max pass over `data`."""
+    from qtool.io import open_model_data
+    from qtool.steps.calibrate import CalibrateOptions, calibrate
+
+    source = open_model_data(graph, data, samples=samples, preprocess=None)
+    return calibrate(graph, plan, lambda: source.batches(16), CalibrateOptions(scheme="minmax"),
+                     total=source.count()).mixed_joins
 
 
 # the post-training transforms and recipes live in their own modules; importing them registers the commands

@@ -28,7 +28,7 @@ from qtool.overrides import Override, parse_overrides
 BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
 
 _SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output", "overrides",
-             "mixed_ranges"}
+             "mixed_ranges", "patterns"}
 _DEFAULT_KEYS = {"ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
                  "hw_version", "supported_kernels"}
 _OP_KEYS = {"is_output_quantized", "is_input_quantized", "is_symmetric", "bitwidth", "dtype", "supported_kernels"}
@@ -81,6 +81,15 @@ class MixedRangeRule:
 
 
 @dataclass(frozen=True)
+class PatternRules:
+    """Graph-pattern placement rules (plan_patterns.py), the ``patterns`` section of a config."""
+
+    pointwise_functions: bool = True  # quantize a written-out GELU/SiLU/hard-swish only at its result
+    attention_mask: bool = True  # leave the additive mask and the masked scores unquantized
+    layer_norm_input_bw: int | None = 16  # residual sums into a LayerNorm (None: as other activations)
+
+
+@dataclass(frozen=True)
 class OpTypeSettings:
     output: QuantizerSettings = QuantizerSettings()
     input_quantized: bool | None = None
@@ -106,6 +115,7 @@ class RuntimeConfig:
     model_output_quantized: bool | None
     overrides: tuple[Override, ...] = ()  # qtool extension: per-tensor/per-node decisions (overrides.py)
     mixed_ranges: MixedRangeRule = MixedRangeRule()  # qtool extension: steps/mixed_ranges.py
+    patterns: PatternRules = PatternRules()  # qtool extension: plan_patterns.py
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -198,6 +208,21 @@ def _mixed_ranges(section: Any, source: str) -> MixedRangeRule:
     return MixedRangeRule(**fields)
 
 
+def _patterns(section: Any, source: str) -> PatternRules:
+    """The ``patterns`` section: {"pointwise_functions", "attention_mask", "layer_norm_input_bw"}."""
+    if not isinstance(section, dict):
+        raise _fail(source, "patterns", "expected an object")
+    _check_keys(section, {"pointwise_functions", "attention_mask", "layer_norm_input_bw"}, source, "patterns")
+    fields: dict[str, Any] = {key: _bool(section[key], source, f"patterns.{key}")
+                              for key in ("pointwise_functions", "attention_mask") if key in section}
+    if "layer_norm_input_bw" in section:
+        bw = section["layer_norm_input_bw"]
+        if bw is not None and (isinstance(bw, bool) or not isinstance(bw, int) or not 2 <= bw <= 16):
+            raise _fail(source, "patterns.layer_norm_input_bw", f"expected a bit-width 2..16 or null, got {bw!r}")
+        fields["layer_norm_input_bw"] = bw
+    return PatternRules(**fields)
+
+
 def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
     """Validate an AIMET runtime config dict and resolve it into a RuntimeConfig."""
     _check_keys(doc, _SECTIONS, source, "top level")
@@ -275,6 +300,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         if "is_output_quantized" in model_output else None,
         overrides=parse_overrides(doc.get("overrides"), source),
         mixed_ranges=_mixed_ranges(doc.get("mixed_ranges", {}), source),
+        patterns=_patterns(doc.get("patterns", {}), source),
         raw=doc,
     )
 

@@ -26,6 +26,8 @@ from qtool.config import MixedRangeRule, OpTypeSettings, QuantizerSettings, Runt
 from qtool.errors import QtoolError
 from qtool.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
 from qtool.overrides import Override, apply_overrides
+from qtool.plan_patterns import (attention_mask_tensors, bounded_relus, clipped_offsets,
+                                 decomposed_layer_norm_internals, layer_norm_inputs, pointwise_internals)
 from qtool.quant import QuantSpec
 
 # op type -> {input index: parameter type}; a constant at another index is not a parameter.
@@ -78,12 +80,16 @@ class QuantPlan:
     params: dict[str, TensorPlan] = field(default_factory=dict)
     fused: list[str] = field(default_factory=list)  # outputs left unquantized inside supergroups
     mixed_ranges: MixedRangeRule = MixedRangeRule()  # applied by calibrate, once ranges are known
+    masked: list[str] = field(default_factory=list)  # attention-mask path and masked scores: unquantized
+    widened: list[str] = field(default_factory=list)  # residual sums into a LayerNorm, at more bits
 
     def all(self) -> dict[str, TensorPlan]:
         return {**self.activations, **self.params}
 
 
 def _per_channel_axis(node: ir.Node, index: int, ndim: int) -> int | None:
+    if node.op_type == "Gather" and index == 0 and ndim == 2:
+        return 1  # an embedding table [vocab, hidden]: one scale per hidden dimension, as MatMul's last axis
     if ndim < 2 or index != 1:
         return None
     if node.op_type == "Conv":
@@ -134,102 +140,18 @@ def _fused_outputs(model: ir.Model, config: RuntimeConfig) -> set[str]:
     return fused
 
 
-def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == op_type else None
-
-
-def _decomposed_layer_norm_internals(model: ir.Model) -> set[str]:
-    """Inner tensors of LayerNormalization written out as ops (exporters before opset 17 do):
-    ReduceMean -> Sub -> Pow -> ReduceMean -> Add(eps) -> Sqrt -> Div [-> Mul(gamma) -> Add(beta)].
-
-    Targets run it as one op, as onnx does since opset 17, so only its output is quantized. The
-    inner tensors are also the fragile ones: a variance quantized on a grid sized for its largest
-    value rounds small variances to 0, and the division by sqrt(eps) then explodes (PP-OCRv4:
-    5 points of character accuracy swing between two calibration sets).
-    """
-    inner: set[str] = set()
-    for sqrt in model.graph:
-        if sqrt.op_type != "Sqrt":
-            continue
-        add = _producer(sqrt.inputs[0], "Add")
-        variance = _producer(add.inputs[0], "ReduceMean") if add else None
-        power = _producer(variance.inputs[0], "Pow") if variance else None
-        centred = _producer(power.inputs[0], "Sub") if power else None
-        mean = _producer(centred.inputs[1], "ReduceMean") if centred else None
-        divide = sqrt.outputs[0].consumers()
-        if mean is None or len(divide) != 1 or divide[0].op_type != "Div" or divide[0].inputs[0] is not centred.outputs[0]:
-            continue
-        chain = [mean, centred, power, variance, add, sqrt]
-        tail = divide[0]
-        for op_type in ("Mul", "Add"):  # the affine part, when it follows alone
-            consumers = tail.outputs[0].consumers()
-            if len(consumers) != 1 or consumers[0].op_type != op_type or tail.outputs[0].is_graph_output():
-                break
-            chain.append(tail)
-            tail = consumers[0]
-        inner.update(node.outputs[0].name for node in chain)
-    return inner
-
-
-def _scalar(value: ir.Value | None) -> float | None:
-    array = constant_array(value)
-    return float(array.reshape(-1)[0]) if array is not None and array.size == 1 else None
-
-
-def _only_consumer(node: ir.Node, op_types: tuple[str, ...]) -> ir.Node | None:
-    out = node.outputs[0]
-    consumers = out.consumers()
-    if out.is_graph_output() or len(consumers) != 1 or consumers[0].op_type not in op_types:
-        return None
-    return consumers[0]
-
-
-def _clip_range(node: ir.Node) -> tuple[float | None, float | None]:
-    if len(node.inputs) > 1:  # opset 11+: bounds are inputs
-        return (_scalar(node.inputs[1]), _scalar(node.inputs[2]) if len(node.inputs) > 2 else None)
-    low, high = node.attributes.get("min"), node.attributes.get("max")
-    return (low.as_float() if low is not None else None, high.as_float() if high is not None else None)
-
-
-def _clipped_offsets(model: ir.Model) -> set[str]:
-    """x + 3 in hard-swish / hard-sigmoid written out as ops (x * Clip(x + 3, 0, 6) / 6, as
-    PaddlePaddle exports them), when its only use is that Clip. A quantizer there spans the whole
-    range of x + 3 (-20..40 in PP-OCRv4) and rounds away the resolution of [0, 6], the only part
-    the Clip passes, before the Clip's own quantizer can keep it: Add and Clip act as one op, like
-    the Conv+Clip supergroup. onnxruntime's quantize_static leaves it unquantized too. PP-OCRv4,
-    min-max ranges, per-channel: 85.3% -> 90.1% characters (quantize_static: 90.5%)."""
-    offsets: set[str] = set()
-    for add in model.graph:
-        if add.op_type != "Add" or len(add.inputs) != 2 or 3.0 not in (_scalar(v) for v in add.inputs):
-            continue
-        clip = _only_consumer(add, ("Clip",))
-        if clip is not None and _clip_range(clip) == (0.0, 6.0):
-            offsets.add(add.outputs[0].name)
-    return offsets
-
-
-def _bounded_relus(model: ir.Model) -> set[str]:
-    """Relu outputs whose only use is a Min against a constant: `equalize --relu6 bound` writes a
-    ReLU6 whose bound became per channel (6 / s) that way, since Clip takes scalar bounds only.
-    The pair is one clipped activation, as Clip(0, 6) was: a quantizer between them would span
-    the unbounded ReLU range and round away the resolution the Min keeps (EfficientNet-Lite0,
-    per-tensor W8A8 after CLE: activations-only SQNR 11.1 dB with it)."""
-    bounded: set[str] = set()
-    for relu in model.graph:
-        minimum = _only_consumer(relu, ("Min",)) if relu.op_type == "Relu" else None
-        if minimum is not None and len(minimum.inputs) == 2 and any(
-                v is not None and constant_array(v) is not None for v in minimum.inputs):
-            bounded.add(relu.outputs[0].name)
-    return bounded
-
-
 def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = PlanOptions()) -> QuantPlan:
     """Decide every quantizer of the model. Pure: reads the graph, changes nothing."""
     plan = QuantPlan(mixed_ranges=config.mixed_ranges)
-    fused = (_fused_outputs(model, config) | _decomposed_layer_norm_internals(model)
-             | _clipped_offsets(model) | _bounded_relus(model))
-    plan.fused = sorted(fused)
+    rules = config.patterns
+    fused = (_fused_outputs(model, config) | decomposed_layer_norm_internals(model)
+             | clipped_offsets(model) | bounded_relus(model))
+    if rules.pointwise_functions:
+        fused |= pointwise_internals(model)
+    masked = attention_mask_tensors(model) if rules.attention_mask else set()
+    widened = layer_norm_inputs(model) if rules.layer_norm_input_bw else set()
+    plan.fused, plan.masked = sorted(fused - masked), sorted(masked)
+    fused |= masked
     # --act-bw/--param-bw ask for integer grids, whatever dtype the config had
     act_override = QuantizerSettings(bitwidth=options.act_bw, dtype="int" if options.act_bw else None)
     param_override = QuantizerSettings(symmetric=options.param_symmetric, bitwidth=options.param_bw,
@@ -243,6 +165,9 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
         if value.name in plan.activations or value.const_value is not None or not is_float(value):
             return
         settings = act_override.over(settings)
+        if value.name in widened and settings.dtype == "int" and (settings.bitwidth or 8) < rules.layer_norm_input_bw:
+            settings = QuantizerSettings(bitwidth=rules.layer_norm_input_bw).over(settings)
+            plan.widened.append(value.name)
         if _is_quantizing(settings):
             plan.activations[value.name] = TensorPlan(value.name, "activation", role, _spec(settings, config, None), where, fixed)
 
@@ -270,7 +195,8 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
             if value.is_graph_output() and config.model_output_quantized is not None:
                 settings = QuantizerSettings(enabled=config.model_output_quantized).over(op_out)
             add_activation(value, "output", settings, node.name, op.encoding_constraints)
-        _plan_params(node, op, config, param_override, options, plan)
+        if not (masked and all(v.name in masked for v in node.outputs)):  # a mask's -1e4 is no weight
+            _plan_params(node, op, config, param_override, options, plan)
     overrides = config.overrides + options.overrides
     if overrides:
         values = value_by_name(model)

@@ -462,6 +462,27 @@ def test_hard_swish_offset_feeding_only_its_clip_is_not_quantized():
     assert "a" in build_plan(_hard_swish_model(True), load_config("default")).activations
 
 
+def test_gelu_and_silu_written_out_are_quantized_at_their_result_only():
+    """x * 0.5 * (1 + erf(x / sqrt 2)) and x * sigmoid(x) are Gelu and SiLU, one op on a target:
+    their inner tensors get no quantizer; with pointwise_functions off they all do."""
+    import onnx_ir as ir
+
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["gelu"]),
+             helper.make_node("Sigmoid", ["gelu"], ["s"]), helper.make_node("Mul", ["gelu", "s"], ["y"])]
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("sqrt2", 2 ** 0.5), ("one", 1), ("half", 0.5))]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = ir.from_proto(onnx.shape_inference.infer_shapes(proto))
+    plan = build_plan(model, load_config("default"))
+    # SiLU(GELU(x)) is still one function of x: only x and the result are quantized
+    assert set(plan.activations) == {"x", "y"} and {"d", "e", "a", "m", "gelu", "s"} <= set(plan.fused)
+    unfused = parse_config({**load_config("default").raw, "patterns": {"pointwise_functions": False}}, "t")
+    assert set(build_plan(model, unfused).activations) == {"x", "d", "e", "a", "m", "gelu", "s", "y"}
+
+
 def _bounded_relu_model(constant_bound: bool):
     """x -> Relu -> Min(bound): what `equalize --relu6 bound` writes for a ReLU6."""
     import onnx_ir as ir

@@ -10,7 +10,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.config import load_config
+from qtool.config import load_config, parse_config
 from qtool.graph import load_model
 from qtool.plan import build_plan
 from qtool.quant.observers import MinMaxObserver
@@ -22,7 +22,10 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
 def observe_both(model: ir.Model, feeds: dict) -> tuple[dict, dict]:
-    plan = build_plan(model, load_config("default"))
+    """Every float tensor observed both ways (pointwise functions unfused, so that their inner
+    tensors are observed too)."""
+    config = load_config("default")
+    plan = build_plan(model, parse_config({**config.raw, "patterns": {"pointwise_functions": False}}, "test"))
     derived_obs = {n: MinMaxObserver() for n in plan.activations}
     full_obs = {n: MinMaxObserver() for n in plan.activations}
     _RangeTaps(model, derived_obs)(feeds)
