@@ -38,7 +38,9 @@ def _worst(row: dict) -> str:
     if row.get("worst_channel_sqnr_db") is None:
         return "-"
     where = row.get("worst_channels") or {}
-    span = f" ch {where.get('first')}-{where.get('last')}" if where.get("first") is not None else ""
+    span = f" ch {where['worst']}" if where.get("worst") is not None else ""
+    if where.get("first") is not None and where.get("first") != where.get("last"):
+        span += f", {where['first']}-{where['last']} within 3 dB"
     return f"{row['worst_channel_sqnr_db']:.2f} dB ({row.get('worst_channel_output')}{span})"
 
 
@@ -136,10 +138,13 @@ def _analyze(results: dict) -> list[str]:
             out.append(f"* {row['model']}: {row['status']}")
             continue
         info = row.get("analyze") or {}
-        sugg = info.get("suggestions") or info.get("overrides") or []
-        shown = "; ".join(str(s.get("description") or s.get("name") or s)[:120] if isinstance(s, dict) else str(s)[:120]
-                          for s in sugg[:5])
-        out.append(f"* {row['model']} ({row['seconds']} s): {shown or 'no suggestion'}")
+        summary = info.get("summary") or {}
+        worst = (info.get("worst") or [{}])[0]
+        shown = "; ".join(str(s.get("reason") or s)[:160] for s in (info.get("suggestions") or [])[:3])
+        out.append(f"* {row['model']} ({row['seconds']} s): metric float {_num(summary.get('float'), 2)}, "
+                   f"quantized {_num(summary.get('quantized'), 2)}, weights only {_num(summary.get('weights_only'), 2)}, "
+                   f"activations only {_num(summary.get('activations_only'), 2)} (verdict {summary.get('verdict')}); "
+                   f"worst group {worst.get('group')}; suggestions: {shown or 'none'}")
     return out
 
 
