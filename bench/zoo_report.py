@@ -101,7 +101,8 @@ def markdown(results: dict, baseline: dict | None = None) -> str:
     ]
     if baseline is not None:
         lines.append(f"* before: the headline metric of the run of {baseline['meta']['date']} "
-                     f"(revision `{baseline['meta']['git']}`)")
+                     f"(tree `{baseline['meta']['git']}`, qtool imported from "
+                     f"`{baseline['meta'].get('qtool_module', '?')}`)")
     lines += ["", "Every metric compares the quantized model with the float model as shipped, on the held-out",
               "samples, with the QDQ model run in onnxruntime with `session.disable_quant_qdq=1` (the qtool rows",
               "use the QDQ model of the recipe's simulate step). \"qtool worst channel\" is the lowest",
