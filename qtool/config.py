@@ -64,8 +64,10 @@ MIXED_RANGE_ACTIONS = ("float", "16", "keep")
 class MixedRangeRule:
     """When a joined tensor counts as mixed, and what its quantizer becomes.
 
-    ``max_lost_bits``: 4 keeps every part at 4 or more of 8 bits; ordinary feature-pyramid Concats
-    of ReLU maps lose 0-2 bits (measured in docs/design.md), a detector's box/score Concat 6-9."""
+    ``max_lost_bits``: 4 keeps every part at 4 or more of 8 bits. Measured (min-max ranges, 16
+    samples each): the Concats of PicoDet's neck and head lose 0.1-0.8 bits, the CRNN captcha
+    reader's 0.4-0.5, PP-OCRv4's FPN 1.9 and recogniser 2.2, ViT-S's CLS token against the patch
+    embeddings 3.6, and a YOLO box/score output 8.3: 4 separates the one failure from the rest."""
 
     enabled: bool = True
     max_lost_bits: float = 4.0
