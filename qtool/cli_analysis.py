@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from qtool.analysis.metric import BUILTIN_METRICS, metric_for
+from qtool.analysis.roles import describe
 from qtool.analysis.report_html import render_html
 from qtool.atomic import StagedOutputs, copy_file_atomic
 from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
@@ -131,7 +132,7 @@ def _lines(report: dict, folder: Path, write_overrides: str | None) -> list[str]
              f"  {report['metric']['name']}: float {s['float']:.2f}, quantized {s['quantized']:.2f}, weights only "
              f"{s['weights_only']:.2f}, activations only {s['activations_only']:.2f} {unit} -> drop from: {s['verdict']}",
              "  most sensitive (alone quantized / alone float):"]
-    lines += [f"    {r['group']} ({r['op_type']}): {r['only_enabled']:.2f} / {r['only_disabled']:.2f}"
+    lines += [f"    {r['group']} ({describe(r['op_type'], r.get('role'))}): {r['only_enabled']:.2f} / {r['only_disabled']:.2f}"
               for r in report["sensitivity"][:5]]
     if report["suggestions"]:
         lines.append(f"  {len(report['suggestions'])} suggested overrides, expected {report['suggestions'][-1]['expected']:.2f} {unit}:")

@@ -26,6 +26,7 @@ from qtool import __version__
 from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.groups import Group, blocks, fix_encoding, override_for, quantizer_groups
 from qtool.analysis.metric import Metric, pieces
+from qtool.analysis.roles import describe
 from qtool.analysis.switchable import build_switchable
 from qtool.analysis.tensors import activation_views, clip_bounds, param_view, statistic
 from qtool.encodings_io import EncodingSet
@@ -165,7 +166,7 @@ def _sensitivity(evaluator: Evaluator, groups: list[Group], summary: dict, progr
     rows = []
     for index, group in enumerate(groups):
         only_enabled, only_disabled = scores[2 * index], scores[2 * index + 1]
-        rows.append({"group": group.name, "op_type": group.op_type, "quantizers": group.quantizers,
+        rows.append({"group": group.name, "op_type": group.op_type, "role": group.role, "quantizers": group.quantizers,
                      "only_enabled": only_enabled, "only_disabled": only_disabled,
                      "loss": summary["float"] - only_enabled, "gain": only_disabled - summary["quantized"]})
     return rows
@@ -247,7 +248,7 @@ def _suggest(evaluator: Evaluator, pool: list[Group], fixes: dict, summary: dict
             break
         for name, selector in variant(best, not use_fix).items():
             chosen[name] = selector
-            reasons[name] = f"{best.name} ({best.op_type}): fixing it takes the model from {current:.2f} to {new_score:.2f}"
+            reasons[name] = f"{best.name} ({describe(best.op_type, best.role)}): fixing it takes the model from {current:.2f} to {new_score:.2f}"
         current = new_score
         remaining = [g for g in remaining if g is not best]
     for name in list(chosen):  # the quantizers the result does not need

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from qtool.analysis.roles import node_roles
 from qtool.encodings_io import EncodingSet
 from qtool.graph import node_label, value_by_name
 from qtool.plan import param_axis
@@ -26,6 +27,7 @@ class Group:
     activations: list[str] = field(default_factory=list)
     params: list[str] = field(default_factory=list)
     members: list[Group] = field(default_factory=list)  # a block's node groups
+    role: str | None = None  # what the node does in a transformer/detector (roles.py)
 
     @property
     def quantizers(self) -> list[str]:
@@ -36,12 +38,13 @@ def quantizer_groups(model: ir.Model, encodings: EncodingSet) -> list[Group]:
     """Groups in model order: model inputs first (one group each), then one per node."""
     groups: list[Group] = []
     seen: set[str] = set()
+    roles = node_roles(model)
     for value in model.graph.inputs:
         if value.name in encodings.activations:
             groups.append(Group(f"input {value.name}", "Input", [value.name]))
             seen.add(value.name)
     for node in model.graph:
-        group = Group(node_label(node), node.op_type)
+        group = Group(node_label(node), node.op_type, role=roles.get(node_label(node)))
         for value in node.outputs:
             if value.name in encodings.activations and value.name not in seen:
                 group.activations.append(value.name)
@@ -74,7 +77,7 @@ def blocks(model: ir.Model, groups: list[Group]) -> list[tuple[Group, list[Group
             extra = len(members) - 1
             block = Group(f"{first.name} (+{extra} ops)" if extra else first.name, first.op_type,
                           [a for m in members for a in m.activations], [p for m in members for p in m.params],
-                          list(members))
+                          list(members), first.role)
             result.append((block, list(members)))
 
     started = False  # ops before the first layer join its block

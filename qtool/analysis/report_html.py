@@ -15,6 +15,8 @@ import shlex
 from typing import Any
 from urllib.parse import quote
 
+from qtool.analysis.roles import describe
+
 _DASH = "\u2014"
 _SEP = " \u00b7 "
 _VERDICTS = {
@@ -269,9 +271,9 @@ def _sensitivity(report: dict) -> str:
     top = rows[:30]
     name, unit = _metric_label(report)
     u = f" ({unit})" if unit else ""
-    heads = ["#", "group", "op type", f"only enabled{u}", f"only disabled{u}", f"loss{u}", f"gain{u}", "quantizers"]
+    heads = ["#", "group", "op type: role", f"only enabled{u}", f"only disabled{u}", f"loss{u}", f"gain{u}", "quantizers"]
     table = _table(heads,
-                   [[i + 1, r.get("group", ""), r.get("op_type", ""), _fmt(r.get("only_enabled")),
+                   [[i + 1, r.get("group", ""), describe(r.get("op_type", ""), r.get("role")), _fmt(r.get("only_enabled")),
                      _fmt(r.get("only_disabled")), _fmt(r.get("loss")), _fmt(r.get("gain")),
                      ", ".join(map(str, r.get("quantizers") or []))] for i, r in enumerate(top)],
                    num=frozenset({0, 3, 4, 5, 6}), small=frozenset({7}),

@@ -79,10 +79,13 @@ def _channels_first(parts: list[np.ndarray]) -> tuple[np.ndarray, int | None]:
 
 
 def _distribution(values: np.ndarray, axis: int | None) -> dict:
-    """Histogram over the observed range and per-channel min/max (channel axis `axis`)."""
-    finite = values[np.isfinite(values)]
+    """Histogram over the observed range and per-channel min/max (channel axis `axis`). In float64:
+    a float32 range such as an attention mask's [-3.4e38, 10] has no 64 distinct float32 edges."""
+    finite = values[np.isfinite(values)].astype(np.float64)
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    counts, edges = np.histogram(finite, bins=BINS, range=(low, high if high > low else low + 1.0))
+    if high <= low:  # one value: a bin around it (low + 1.0 is low itself at 3.4e38)
+        high = low + max(1.0, abs(low) * 1e-3)
+    counts, edges = np.histogram(finite, bins=BINS, range=(low, high))
     view = {"histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}}
     if axis is not None and values.ndim > axis:
         moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
