@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import click
 # Only light modules at the top: building the command tree (and a recipe run whose steps are all
 # up to date) must not pay for onnx, onnx_ir and onnxruntime (about 1 s). Each command imports
 # the steps it calls in its body.
-from qtool import __version__
+from qtool import __version__, strict_json
 from qtool.atomic import StagedOutputs, copy_file_atomic
 from qtool.config import BUILTIN_CONFIGS, load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
@@ -87,7 +86,7 @@ class Report:
 
 def _emit(summary: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        click.echo(strict_json.dumps(summary, default=str))
     else:
         for line in lines:
             click.echo(line)

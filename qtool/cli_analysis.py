@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qtool import strict_json
 from qtool.analysis.metric import BUILTIN_METRICS, metric_for
 from qtool.analysis.roles import describe
 from qtool.analysis.report_html import render_html
@@ -105,10 +106,11 @@ def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, i
                      "metric": chosen.name, "overrides": [s["override"] for s in report["suggestions"]]}
     report["overrides_file"] = str(folder / "overrides.json")
     with StagedOutputs() as out:
-        atomic_payload = json.dumps(overrides_doc, indent=2, sort_keys=True).encode()
+        atomic_payload = strict_json.dumps(overrides_doc).encode()
         out.path(folder / "overrides.json").write_bytes(atomic_payload)
-        out.path(folder / "report.json").write_bytes(json.dumps(report, indent=2, sort_keys=True).encode())
-        out.path(folder / "report.html").write_bytes(render_html(report).encode("utf-8"))
+        stored = without_timings(report)  # byte-identical across runs; the time is in the printed summary
+        out.path(folder / "report.json").write_bytes(strict_json.dumps(stored).encode())
+        out.path(folder / "report.html").write_bytes(render_html(stored).encode("utf-8"))
         if write_overrides:
             out.path(write_overrides).write_bytes(atomic_payload)
     return Report(_summary(report, folder), _lines(report, folder, write_overrides))
@@ -205,8 +207,8 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, inpu
     overrides_doc = {"comment": f"qtool mixed-precision {model}: {', '.join(c.name for c in choices)}",
                      "metric": chosen.name, "overrides": result["overrides"]}
     with StagedOutputs() as out:
-        out.path(folder / "overrides.json").write_bytes(json.dumps(overrides_doc, indent=2, sort_keys=True).encode())
-        out.path(folder / "mixed_precision.json").write_bytes(json.dumps(result, indent=2, sort_keys=True).encode())
+        out.path(folder / "overrides.json").write_bytes(strict_json.dumps(overrides_doc).encode())
+        out.path(folder / "mixed_precision.json").write_bytes(strict_json.dumps(without_timings(result)).encode())
         copy_file_atomic(model, out.path(folder / "model.onnx"))
         save_encodings(final["encodings"], out.path(folder / "model.encodings.json"))
         plotted = pareto_plot(result, out.path(folder / "pareto.png")) if plots_available() else False

@@ -6,12 +6,12 @@ listed, with its line), 3 the gate failed.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
+from qtool import strict_json
 from qtool.cli import cli
 from qtool.atomic import atomic_write_bytes
 from qtool.metrics import describe_metrics, hidden_channels
@@ -63,7 +63,7 @@ def run_cmd(recipe, assignments, force, dry_run, as_json):
                    "seconds": round(r.seconds, 3), "summary": r.summary} for r in runs],
         "metrics": metrics, "expect": [vars(c) for c in checks], "versions": versions(),
     }
-    atomic_write_bytes(plan.output / "run.json", json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(plan.output / "run.json", strict_json.dumps(summary, default=str).encode())
     ran = sum(r.status == "ran" for r in runs)
     say(f"done: {ran} steps ran, {len(runs) - ran} skipped; summary in {plan.output / 'run.json'}")
     for name, row in metrics.items():
@@ -73,7 +73,7 @@ def run_cmd(recipe, assignments, force, dry_run, as_json):
     for check in checks:
         say(f"  expect {check.describe()}")
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        click.echo(strict_json.dumps(summary, default=str))
     if not summary["passed"]:
         failed = ", ".join(c.name for c in checks if not c.passed)
         click.echo(f"qtool: expect failed: {failed} ({plan.path})", err=True)

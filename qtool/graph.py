@@ -20,6 +20,8 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from qtool.atomic import atomic_write_bytes
 from qtool.errors import QtoolError
+from qtool.external_data import load_external_data, save_with_external_data
+from qtool.output_guard import register_input
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,26 @@ MIN_QDQ_OPSET = 13
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
+# model.meta key: the model was read with external data, so it is written with external data too
+EXTERNAL_DATA = "qtool.external_data"
+
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Read and sanity-check an ONNX file; every failure names the file and what to do."""
+    return _read_proto(path)[0]
+
+
+def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
+    """(the checked proto with its weights, whether they came from external data files).
+    External data locations are checked by qtool before onnx opens them (qtool.external_data)."""
     path = Path(path)
     if not path.exists():
         raise QtoolError(f"{path}: no such file", "check the path to the ONNX model")
     if path.is_dir():
         raise QtoolError(f"{path}: is a directory, not an ONNX model file")
+    register_input(path)
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise QtoolError(
             f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:120]})",
@@ -45,6 +57,7 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
         ) from exc
     if not proto.graph.node and not proto.graph.output:
         raise QtoolError(f"{path}: not an ONNX model (the file parsed to an empty graph)", "is it an .onnx file?")
+    external = load_external_data(proto, path)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -54,7 +67,7 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
         # the checker is stricter than the runtime (e.g. graph outputs declared without a shape,
         # as several exporters write them): a model onnxruntime runs is one we can quantize
         log.warning("%s: onnx.checker: %s; onnxruntime accepts the model, continuing", path, problem)
-    return proto
+    return proto, external
 
 
 def _runs_in_onnxruntime(proto: onnx.ModelProto) -> bool:
@@ -69,7 +82,7 @@ def _runs_in_onnxruntime(proto: onnx.ModelProto) -> bool:
 
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load a model as onnx_ir with shapes inferred and float Constant nodes lifted to initializers."""
-    proto = load_proto(path)
+    proto, external = _read_proto(path)
     try:
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception as exc:  # shape inference is a help, not a requirement
@@ -77,6 +90,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     model = ir.from_proto(proto)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     model.meta["qtool.source"] = str(path)  # for error messages further down
+    if external:
+        model.meta[EXTERNAL_DATA] = True
     return model
 
 
@@ -90,13 +105,24 @@ def model_bytes(model: ir.Model) -> bytes:
 
 
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:
-    """Save atomically and deterministically (models over 2 GB: external data, a later issue)."""
-    atomic_write_bytes(path, model_bytes(model))
+    """Save atomically and deterministically; a model read with external data is written with
+    its weights in `<name>.data` beside it (qtool.external_data), the two files renamed together."""
+    if model.meta.get(EXTERNAL_DATA):
+        save_with_external_data(model_to_proto(model), path)
+    else:
+        atomic_write_bytes(path, model_bytes(model))
+
+
+def _keep_storage(source: ir.Model, copy: ir.Model) -> ir.Model:
+    """`copy` remembers that `source` came with external data (steps work on copies)."""
+    if source.meta.get(EXTERNAL_DATA):
+        copy.meta[EXTERNAL_DATA] = True
+    return copy
 
 
 def clone(model: ir.Model) -> ir.Model:
     """A deep copy, so that a step never changes the model its caller holds."""
-    return ir.from_proto(model_to_proto(model))
+    return _keep_storage(model, ir.from_proto(model_to_proto(model)))
 
 
 def opset(model: ir.Model) -> int:
@@ -120,7 +146,7 @@ def ensure_opset(model: ir.Model, minimum: int = MIN_QDQ_OPSET, source: str = "m
             f"convert the model to opset >= {minimum} first",
         ) from exc
     log.debug("%s: converted from opset %d to %d for QuantizeLinear/DequantizeLinear", source, opset(model), minimum)
-    return ir.from_proto(converted)
+    return _keep_storage(model, ir.from_proto(converted))
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:

@@ -3,7 +3,7 @@
 The page must open offline, mailed or archived next to the model: inline CSS only, and every chart
 is inline SVG drawn here (no matplotlib, no JavaScript). Every string from the report goes through
 `html.escape` because tensor names may hold `<`, `&` or quotes. The output is deterministic (list
-order, fixed float precision, no timestamps) so two runs on the same report diff clean.
+order, fixed float precision, no timestamps or timings) so two runs on the same report diff clean.
 """
 
 from __future__ import annotations
@@ -219,7 +219,6 @@ def _header(report: dict) -> str:
              f"metric: {name}" + (f" ({unit})" if unit else "") if report.get("metric") else "",
              {True: "higher is better", False: "lower is better"}.get(better, ""),
              f"{_fmt(report['samples'], '.0f')} samples" if report.get("samples") is not None else "",
-             f"{_fmt(report['seconds'], '.1f')} s" if report.get("seconds") is not None else "",
              f"qtool {report['qtool_version']}" if report.get("qtool_version") else ""]
     meta = _SEP.join(p for p in parts if p)
     return f"<h1>{_esc(_title(report))}</h1>" + (f'\n<p class="meta">{_esc(meta)}</p>' if meta else "")
@@ -389,6 +388,13 @@ def _suggestions(report: dict) -> str:
         cmd = f"qtool calibrate MODEL --data CALIB --overrides {shlex.quote(str(path))} -o OUT"
         body.append(f"<p>Overrides written to <code>{_esc(path)}</code>. Use them with:</p>\n<pre>{_esc(cmd)}</pre>")
     return _section("suggestions", "Suggestions", "\n".join(body))
+
+
+def without_timings(result: dict) -> dict:
+    """An analyze report (or mixed-precision result) as it is written to disk: without the
+    wall-clock seconds it took, so that two runs on the same inputs write byte-identical files (the
+    time is in the printed summary). Here because the CLI imports this module, and it is light."""
+    return {key: value for key, value in result.items() if key != "seconds"}
 
 
 def render_html(report: dict) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import click
 
-from qtool import __version__
+from qtool import __version__, strict_json
 from qtool.errors import QtoolError
 from qtool.atomic import atomic_write_bytes
 from qtool.random_data import recipe_input_shapes
@@ -89,7 +89,7 @@ def config_path(recipe: Recipe, write: bool) -> str | None:
     """A built-in name or file path for the commands. An inline config is written beside the
     outputs under a name holding its hash, so that editing it changes the steps' keys."""
     if isinstance(recipe.config, dict):
-        text = json.dumps(recipe.config, indent=2, sort_keys=True).encode()
+        text = strict_json.dumps(recipe.config).encode()
         path = recipe.output / f"config-{hashlib.sha256(text).hexdigest()[:12]}.json"
         if write and not path.exists():
             atomic_write_bytes(path, text)
@@ -248,4 +248,4 @@ def _write_stamp(run: StepRun, recipe: Recipe) -> None:
     stamp = {"step": run.step.name, "index": run.step.index, "key": run.key, "options": run.kwargs,
              "inputs": inputs, "outputs": outputs, "summary": run.summary, "seconds": round(run.seconds, 3),
              "versions": versions()}
-    atomic_write_bytes(run.folder / STAMP, json.dumps(stamp, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(run.folder / STAMP, strict_json.dumps(stamp, default=str).encode())

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from qtool import strict_json
 from qtool.channel_stats import ChannelStats, ChannelTap, channel_statistics
 from qtool.graph import add_initializer, constant_array, hand_over, set_initializer, shape_of
 from qtool.layers import (
@@ -370,5 +371,5 @@ def equalize(model: ir.Model, *, relu6: str = "replace", absorb_bias: bool = Tru
             _bound_relu6(model, pair.activation, bounds[id(pair.activation)], rank)
             result.relu6_replaced += 1
     if stats:
-        model.metadata_props[BN_STATS_KEY] = json.dumps(stats, sort_keys=True)
+        model.metadata_props[BN_STATS_KEY] = strict_json.dumps(stats, indent=None)
     return result

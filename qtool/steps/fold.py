@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from qtool import strict_json
 from qtool.graph import clone, constant_array, hand_over, set_initializer
 from qtool.layers import (  # noqa: F401  (output_channels/scale_output_channels re-exported)
     LINEAR_OPS,
@@ -172,7 +173,7 @@ def fold_batch_norms(model: ir.Model) -> FoldResult:
             break
     result.skipped = [(bn.name or bn.outputs[0].name, reason) for bn, reason in left]
     if stats:
-        model.metadata_props[BN_STATS_KEY] = json.dumps(stats, sort_keys=True)
+        model.metadata_props[BN_STATS_KEY] = strict_json.dumps(stats, indent=None)
     RemoveUnusedNodesPass()(model)  # the folded BN parameters
     return result
 
