@@ -21,6 +21,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from qtool.atomic import atomic_write_bytes
 from qtool.errors import QtoolError
 from qtool.external_data import load_external_data, save_with_external_data
+from qtool.model_checks import check_weights
 from qtool.output_guard import register_input
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     model = ir.from_proto(proto)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     model.meta["qtool.source"] = str(path)  # for error messages further down
+    check_weights(model, path)  # NaN/Inf weights: refused, naming the tensor (qtool.model_checks)
     if external:
         model.meta[EXTERNAL_DATA] = True
     return model
