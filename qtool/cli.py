@@ -23,7 +23,7 @@ from qtool import __version__, strict_json
 from qtool.atomic import StagedOutputs, copy_file_atomic
 from qtool.config import BUILTIN_CONFIGS, load_config
 from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
-from qtool.errors import QtoolError
+from qtool.errors import QtoolError, report_exception
 from qtool.metrics import describe_metrics, hidden_channels
 from qtool.overrides import load_overrides
 from qtool.progress import Bar
@@ -115,11 +115,12 @@ class QtoolGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except QtoolError as exc:
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # one line for user errors (and MemoryError), else a bug report request
             if (ctx.obj or {}).get("debug"):
                 raise
-            click.echo(f"qtool: error: {exc}", err=True)
-            ctx.exit(QtoolError.exit_code)
+            ctx.exit(report_exception(exc, lambda text: click.echo(text, err=True)))
 
 
 @click.group(cls=QtoolGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -266,7 +267,7 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
         graph, enc_set, enc_source = load_pair(model, encodings)
     source = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed,
                              input_shapes=input_shape, vocab_size=vocab_size)
-    label_array = load_labels(labels) if labels else None
+    label_array = load_labels(labels, graph, source) if labels else None
     result = simulate(graph, enc_set, source.batches(batch_size), labels=label_array, bypass=bypass,
                       total=source.count(), progress=Bar("simulate"), source=enc_source,
                       reference=load_model(reference) if reference else None,

@@ -89,15 +89,15 @@ def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, i
     from qtool.graph import load_model
     from qtool.io import load_labels, open_model_data
 
-    label_array = load_labels(labels) if labels else None
     graph = load_model(model)
-    chosen = metric_for(metric, label_array, graph)
     shapes = {"input_shapes": input_shape, "vocab_size": vocab_size}
     calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed, **shapes)
-    graph, enc_set, enc_source = pair_for_analysis(model, _sibling_encodings(model, encodings), config, overrides,
-                                                   calib, batch_size)
     evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed,
                                  **shapes)
+    label_array = load_labels(labels, graph, evaluation) if labels else None
+    chosen = metric_for(metric, label_array, graph)
+    graph, enc_set, enc_source = pair_for_analysis(model, _sibling_encodings(model, encodings), config, overrides,
+                                                   calib, batch_size)
     options = AnalyzeOptions(chosen, jobs, target, budget, max_suggestions)
     report = analyze(graph, enc_set, list(evaluation.batches(batch_size)), options, labels=label_array,
                      progress=lambda label: Bar(label, unit="runs"), source=enc_source, model_path=model)
@@ -177,11 +177,13 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, inpu
     from qtool.steps.calibrate import CalibrateOptions, calibrate
 
     choices = parse_candidates(candidates)
-    label_array = load_labels(labels) if labels else None
     graph = load_model(model)
-    chosen = metric_for(metric, label_array, graph)
     shapes = {"input_shapes": input_shape, "vocab_size": vocab_size}
     calib = open_model_data(graph, data, samples=samples, preprocess=preprocess, seed=seed, **shapes)
+    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed,
+                                 **shapes)
+    label_array = load_labels(labels, graph, evaluation) if labels else None
+    chosen = metric_for(metric, label_array, graph)
     runtime_config = load_config(config)
     calibrate_options = CalibrateOptions(scheme=scheme.lower())
 
@@ -191,8 +193,6 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, inpu
                          progress=Bar(f"calibrate w{param_bw}a{act_bw}")).encodings
 
     encodings = [calibrated(c.param_bw, c.act_bw) for c in choices]
-    evaluation = open_model_data(graph, eval_data or data, samples=eval_samples, preprocess=preprocess, seed=seed,
-                                 **shapes)
     final: dict = {}
 
     def finalize(overrides: list[dict]):

@@ -22,19 +22,25 @@ mismatch is a one-line error naming the file, the input and the fix.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qtool.data_checks import check_shape, check_values
+from qtool.data_files import ArrayHeader, load_array, read_headers
+from qtool.data_images import IMAGE_SUFFIXES, ImageSpec, read_images
 from qtool.errors import QtoolError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+__all__ = ["Batch", "DataSource", "ImageSpec", "InputInfo", "IMAGE_SUFFIXES", "open_data"]
+
 PENDING_BATCHES = 8  # samples waiting in shape buckets: at most this many batches' worth...
 PENDING_BYTES = 256 << 20  # ...and this many bytes, then the fullest bucket goes out early
+BATCH_BYTES = 256 << 20  # one batch's inputs at most (QTOOL_BATCH_BYTES): caps --batch-size
 
 
 @dataclass(frozen=True)
@@ -114,38 +120,33 @@ def _signature(arrays: dict[str, np.ndarray]) -> tuple:
     return tuple((name, array.shape[1:]) for name, array in arrays.items())
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """Preprocessing for image folders: `--preprocess "size=224,mean=127.5,std=127.5,layout=NCHW"`."""
+def batch_bytes_budget() -> int:
+    """Bytes one batch's inputs may take (QTOOL_BATCH_BYTES, default 256 MiB)."""
+    text = os.environ.get("QTOOL_BATCH_BYTES")
+    if not text:
+        return BATCH_BYTES
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise QtoolError(f"QTOOL_BATCH_BYTES={text}: expected a positive number of bytes, e.g. 268435456")
+    return value
 
-    size: tuple[int, int] = (224, 224)  # height, width after resize
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (255.0,)
-    layout: str = "NCHW"
-    order: str = "RGB"
 
-    @classmethod
-    def parse(cls, text: str | None) -> ImageSpec:
-        if not text:
-            return cls()
-        fields: dict = {}
-        for item in text.split(","):
-            key, _, raw = item.partition("=")
-            key = key.strip()
-            if key == "size":
-                dims = [int(v) for v in raw.split("x")]
-                fields["size"] = (dims[0], dims[-1])
-            elif key in ("mean", "std"):
-                fields[key] = tuple(float(v) for v in raw.split("/"))
-            elif key in ("layout", "order"):
-                fields[key] = raw.strip().upper()
-            else:
-                raise QtoolError(f"--preprocess: unknown key {key!r}", "valid keys: size, mean, std, layout, order")
-        return cls(**fields)
+def capped_batch_size(batch_size: int, sample_bytes: int, budget: int | None = None) -> int:
+    """`batch_size`, lowered so that a batch of samples of `sample_bytes` stays within the budget
+    (never below 1: a single sample bigger than the budget runs alone)."""
+    budget = batch_bytes_budget() if budget is None else budget
+    return max(1, min(batch_size, budget // max(sample_bytes, 1)))
 
 
 class DataSource:
-    """A sequence of samples read lazily from one or more files."""
+    """A sequence of samples read lazily from one or more files.
+
+    Opening one (`open_data`) reads every file's headers (`scan`), so that a file that is not
+    numpy data, holds a pickle, is truncated, or does not fit the model fails before anything
+    runs, and the sample count is known without reading the data."""
 
     def __init__(self, label: str, files: list[Path] | None, inputs: list[InputInfo], *,
                  samples: int | None = None, image_spec: ImageSpec | None = None, seed: int = 0,
@@ -157,14 +158,34 @@ class DataSource:
         self.image_spec = image_spec
         self.seed = seed
         self.vocab_size = vocab_size
+        self._keys: dict[Path, dict[str, str]] = {}  # file -> input name -> its key in the file
+        self._counts: dict[Path, int] = {}
+        self.where = label  # the file the chunk being read comes from
+
+    def scan(self) -> DataSource:
+        """Read and check every file's headers against the model; refuse files without samples."""
+        for path in self.files or ():
+            self._keys[path], self._counts[path] = _match_inputs(path, read_headers(path), self.inputs)
+        return self
+
+    def total(self) -> int | None:
+        """Samples in the files, before `--samples` limits them (None for random data)."""
+        return None if self.files is None else sum(self._counts.values())
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        """Yield dicts of arrays (first axis = samples), file by file, validated and cast."""
+        """Yield dicts of arrays (first axis = samples), file by file, validated; `self.where`
+        names the file the current chunk comes from (for errors about its values)."""
         if self.files is None:
             yield from self._random_chunks()
             return
         for path in self.files:
-            yield self._check(_read_arrays(path, self.inputs), str(path))
+            keys = self._keys.get(path) or _match_inputs(path, read_headers(path), self.inputs)[0]
+            arrays = {name: load_array(path, key) for name, key in keys.items()}
+            self.where = str(path)
+            yield self._check(arrays, str(path))
+
+    def _key(self, where: str, name: str) -> str:
+        return self._keys.get(Path(where), {}).get(name, name)
 
     def batches(self, batch_size: int, *, max_pending: int | None = None,
                 max_pending_bytes: int = PENDING_BYTES) -> Iterator[Batch]:
@@ -176,24 +197,34 @@ class DataSource:
         plain split in file order. So that a folder of thousands of lengths never holds them
         all, more than `max_pending` samples (default: PENDING_BATCHES batches) or
         `max_pending_bytes` waiting sends the fullest bucket out early (the first opened among
-        equals): deterministic, and batches stay homogeneous."""
+        equals): deterministic, and batches stay homogeneous. A batch's inputs stay within
+        QTOOL_BATCH_BYTES (256 MiB): larger samples make smaller batches than `batch_size`.
+        Every slice is checked for NaN/Inf and out-of-table ids as it is taken."""
         limit = max_pending if max_pending is not None else PENDING_BATCHES * batch_size
+        budget = batch_bytes_budget()
         buckets: dict[tuple, _Bucket] = {}
         taken = 0  # samples taken from the source so far: the index of the next one
+        self.where = self.label
         for chunk in self.chunks():
-            count = batch_size_of(chunk)
+            where, count = self.where, batch_size_of(chunk)
             if self.limit is not None:
                 count = min(count, self.limit - taken)
-            if count <= 0:
-                break
+                if count <= 0:
+                    break
             key = _signature(chunk)
+            size = capped_batch_size(batch_size, self._sample_bytes(chunk), budget)
+            if size < batch_size:
+                log.debug("%s: batches of %d samples (QTOOL_BATCH_BYTES=%d)", where, size, budget)
             start = 0
             while start < count:
                 bucket = buckets.setdefault(key, _Bucket())
-                take = min(batch_size - bucket.count, count - start)
-                bucket.add({k: v[start:start + take] for k, v in chunk.items()}, taken + start)
+                take = min(size - bucket.count, count - start)
+                part = {k: v[start:start + take] for k, v in chunk.items()}
+                for info in self.inputs:
+                    check_values(info, part[info.name], where, self._key(where, info.name), taken + start)
+                bucket.add(part, taken + start)
                 start += take
-                if bucket.count == batch_size:
+                if bucket.count >= size:
                     yield buckets.pop(key).join()
             taken += count
             while buckets and (sum(b.count for b in buckets.values()) > limit
@@ -203,55 +234,35 @@ class DataSource:
         for bucket in buckets.values():
             yield bucket.join()
 
+    def _sample_bytes(self, chunk: dict[str, np.ndarray]) -> int:
+        """Bytes of one sample as onnxruntime gets it (cast to the model's dtypes)."""
+        dtypes = {info.name: info.dtype for info in self.inputs}
+        return sum(int(np.prod(v.shape[1:], dtype=np.int64)) * max(v.dtype.itemsize, dtypes[k].itemsize)
+                   for k, v in chunk.items())
+
     def batch_count(self, batch_size: int) -> int:
         """How many batches `batches(batch_size)` yields: samples of unequal shapes make more than
         samples / batch_size. Reads the data once (no inference) when the files could differ."""
-        if self.files is None or isinstance(self, _ImageSource):  # one shape throughout
+        if self.files is None:  # one shape throughout
             return -(-(self.count() or 0) // batch_size)
         return sum(1 for _ in self.batches(batch_size))
 
     def count(self) -> int | None:
-        """Number of samples that `batches` will yield, when it is cheap to know."""
+        """Number of samples that `batches` will yield (from the headers: nothing is read)."""
         if self.files is None:
             return self.limit
-        total = 0
-        for path in self.files:
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                total += 1
-            elif path.suffix == ".npy":
-                total += np.load(path, mmap_mode="r").shape[0]
-            else:
-                with np.load(path) as npz:
-                    first = npz.files[0]
-                    total += npz[first].shape[0]
+        total = self.total()
         return total if self.limit is None else min(total, self.limit)
 
     def _check(self, arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-        out = {}
         count = None
         for info in self.inputs:
             array = arrays[info.name]
-            if array.ndim == 0:
-                raise QtoolError(f"{where}: input '{info.name}' is a scalar", "the first axis must index samples")
-            if info.shape is not None:
-                if array.ndim != len(info.shape):
-                    raise QtoolError(
-                        f"{where}: input '{info.name}' has shape {array.shape[1:]} per sample, "
-                        f"the model expects {_fmt_shape(info.shape[1:])}",
-                        "the first axis of the data must index samples",
-                    )
-                for axis, (want, got) in enumerate(zip(info.shape[1:], array.shape[1:]), start=1):
-                    if want is not None and want != got:
-                        raise QtoolError(
-                            f"{where}: input '{info.name}' has shape {array.shape[1:]} per sample, "
-                            f"the model expects {_fmt_shape(info.shape[1:])} (axis {axis})")
-            if not np.can_cast(array.dtype, info.dtype, casting="same_kind"):
-                raise QtoolError(f"{where}: input '{info.name}' is {array.dtype}, the model expects {info.dtype}")
+            check_shape(info, array.shape, array.dtype, where, self._key(where, info.name))
             if count is not None and len(array) != count:
                 raise QtoolError(f"{where}: inputs have different numbers of samples ({count} and {len(array)})")
             count = len(array)
-            out[info.name] = array
-        return out
+        return {info.name: arrays[info.name] for info in self.inputs}
 
     def _random_chunks(self) -> Iterator[dict[str, np.ndarray]]:
         from qtool.random_data import random_chunks
@@ -259,57 +270,40 @@ class DataSource:
         yield from random_chunks(self.inputs, self.limit or 16, self.seed, self.vocab_size)
 
 
-def _fmt_shape(dims: tuple) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
-
-
-def _read_arrays(path: Path, inputs: list[InputInfo]) -> dict[str, np.ndarray]:
+def _match_inputs(path: Path, headers: dict[str, ArrayHeader], inputs: list[InputInfo]
+                  ) -> tuple[dict[str, str], int]:
+    """Which key of the file feeds each model input, checked from the headers; and the samples."""
     names = [info.name for info in inputs]
-    try:
-        if path.suffix == ".npy":
-            array = np.load(path, mmap_mode="r")
-            if len(names) != 1:
-                raise QtoolError(f"{path}: a .npy file holds one array but the model has inputs {names}",
-                                 "use an .npz with one array per input name")
-            arrays = {names[0]: array}
-        else:
-            with np.load(path) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-    except QtoolError:
-        raise
-    except Exception as exc:
-        raise QtoolError(f"{path}: cannot read as numpy data ({type(exc).__name__}: {exc})") from exc
-    if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
-        arrays = {names[0]: next(iter(arrays.values()))}
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise QtoolError(f"{path}: no array for model input '{missing[0]}' (found: {', '.join(sorted(arrays))})",
-                         f"key the arrays by the model's input names: {', '.join(names)}")
-    return {n: arrays[n] for n in names}
-
-
-def _read_images(paths: list[Path], spec: ImageSpec) -> dict[str, np.ndarray]:
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise QtoolError("image folders need Pillow", "pip install 'qtool[images]'") from exc
-    height, width = spec.size
-    batch = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((width, height), Image.BILINEAR)
-            array = np.asarray(image, np.float32)
-        if spec.order == "BGR":
-            array = array[..., ::-1]
-        array = (array - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-        batch.append(array.transpose(2, 0, 1) if spec.layout == "NCHW" else array)
-    return {"__images__": np.stack(batch)}
+    if path.suffix.lower() == ".npy":
+        if len(names) != 1:
+            raise QtoolError(f"{path}: a .npy file holds one array but the model has inputs {names}",
+                             "use an .npz with one array per input name")
+        keys = {names[0]: ""}
+    elif len(names) == 1 and names[0] not in headers and len(headers) == 1:
+        keys = {names[0]: next(iter(headers))}
+    else:
+        missing = [n for n in names if n not in headers]
+        if missing:
+            raise QtoolError(f"{path}: no array for model input '{missing[0]}' (found: {', '.join(sorted(headers))})",
+                             f"key the arrays by the model's input names: {', '.join(names)}")
+        keys = {n: n for n in names}
+    count = None
+    for info in inputs:
+        header = headers[keys[info.name]]
+        check_shape(info, header.shape, header.dtype, str(path), keys[info.name])
+        if count is not None and header.shape[0] != count:
+            raise QtoolError(f"{path}: inputs have different numbers of samples ({count} and {header.shape[0]})",
+                             "every array needs one entry per sample")
+        count = header.shape[0]
+    if not count:
+        raise QtoolError(f"{path}: 0 samples", "the first axis of each array counts samples: give at least one")
+    return keys, count
 
 
 def open_data(spec: str, inputs: list[InputInfo], *, samples: int | None = None,
               image_spec: ImageSpec | None = None, seed: int = 0,
               input_shapes: dict[str, tuple[int, ...]] | None = None, vocab_size: int | None = None) -> DataSource:
-    """Resolve `--data` to a DataSource (nothing is read yet beyond directory listings).
+    """Resolve `--data` to a DataSource and check every file's headers (no data is read yet).
 
     `input_shapes` (from `--input-shape`) fill the model's dynamic dims and must agree with its
     static ones; file data is then checked against them too. `vocab_size` bounds random ids."""
@@ -324,27 +318,43 @@ def open_data(spec: str, inputs: list[InputInfo], *, samples: int | None = None,
     if not path.exists():
         raise QtoolError(f"{path}: no such data file or directory", "give an .npz, .npy, a directory, or 'random'")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".npz", ".npy"} | IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in {".npz", ".npy"} | IMAGE_SUFFIXES and not p.name.startswith("."))
+        except OSError as exc:
+            raise QtoolError(f"{path}: cannot list the folder ({exc.strerror or exc})") from exc
         if not files:
-            raise QtoolError(f"{path}: directory holds no .npz, .npy or image files")
+            raise QtoolError(f"{path}: 0 samples: the folder holds no .npz, .npy or image files")
         if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
             if len(inputs) != 1:
                 raise QtoolError(f"{path}: image folders feed single-input models only")
-            return _ImageSource(str(path), files, inputs, samples=samples, image_spec=image_spec)
-    elif path.suffix not in (".npz", ".npy"):
+            images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            return _ImageSource(str(path), images, inputs, samples=samples, image_spec=image_spec)
+    elif path.suffix.lower() not in (".npz", ".npy"):
         raise QtoolError(f"{path}: unsupported data file type '{path.suffix}'", "use .npz or .npy")
     else:
         files = [path]
-    return DataSource(str(path), files, inputs, samples=samples, image_spec=image_spec, seed=seed)
+    return DataSource(str(path), files, inputs, samples=samples, image_spec=image_spec, seed=seed).scan()
 
 
 class _ImageSource(DataSource):
     """Images are decoded in chunks of 32 so that a folder of any size streams."""
 
+    def scan(self) -> DataSource:
+        for path in self.files:
+            if path.is_dir():
+                raise QtoolError(f"{path}: is a directory, not an image", "a data folder holds files directly")
+        return self
+
+    def total(self) -> int:
+        return len(self.files)
+
+    def batch_count(self, batch_size: int) -> int:
+        size = capped_batch_size(batch_size, (self.image_spec or ImageSpec()).sample_bytes())
+        return -(-(self.count() or 0) // size)
+
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        images = [f for f in self.files if f.suffix.lower() in IMAGE_SUFFIXES]
-        if self.limit is not None:
-            images = images[: self.limit]
+        images = self.files if self.limit is None else self.files[: self.limit]
         for start in range(0, len(images), 32):
-            arrays = _read_images(images[start:start + 32], self.image_spec or ImageSpec())
-            yield self._check({self.inputs[0].name: arrays["__images__"]}, self.label)
+            arrays = read_images(images[start:start + 32], self.image_spec or ImageSpec())
+            yield self._check({self.inputs[0].name: arrays}, self.label)

@@ -7,6 +7,7 @@ that names the file.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.data import DataSource, ImageSpec, open_data
+from qtool.data_checks import check_labels
 from qtool.encodings_io import EncodingSet, resolve_axes
 from qtool.encodings_read import load_encodings
 from qtool.errors import QtoolError
-from qtool.graph import load_model, value_by_name
+from qtool.graph import load_model, shape_of, value_by_name
+from qtool.model_checks import check_custom_ops
 from qtool.plan import param_axis
 from qtool.runtime import input_infos
 
@@ -54,7 +57,29 @@ def load_pair(model_path: str | os.PathLike, encodings_path: str | os.PathLike |
             raise QtoolError(f"{source}: tensor '{name}' is not in {model_path}",
                              "were these encodings computed for another model?")
     encodings = resolve_axes(encodings, lambda name: param_axis(values[name]))
+    check_encoding_shapes(encodings, values, source)
+    check_custom_ops(model, str(model_path))
     return model, encodings, source
+
+
+def check_encoding_shapes(encodings: EncodingSet, values: dict[str, ir.Value], source: str) -> None:
+    """Per-channel encodings against the tensors they quantize: one scale per channel of a weight,
+    activations per tensor (qtool and onnxruntime's integer kernels quantize them so)."""
+    for name, enc in encodings.activations.items():
+        if enc.axis is not None and enc.scale.size > 1:
+            raise QtoolError(f"{source}: activation '{name}' has a per-channel encoding ({enc.scale.size} scales)",
+                             "qtool quantizes activations per tensor: give it one scale and offset")
+    for name, enc in encodings.params.items():
+        tensor = values[name].const_value
+        if enc.is_float or enc.axis is None or tensor is None:
+            continue
+        shape = tuple(tensor.shape)
+        if not -len(shape) <= enc.axis < len(shape) or shape[enc.axis] != enc.scale.size:
+            channels = f"{shape[enc.axis]} channels on axis {enc.axis}" if -len(shape) <= enc.axis < len(shape) \
+                else f"no axis {enc.axis}"
+            raise QtoolError(f"{source}: '{name}' has {enc.scale.size} per-channel scales, but the tensor "
+                             f"(shape {shape}) has {channels}",
+                             "were these encodings computed for another model or an older version of it?")
 
 
 def open_model_data(model: ir.Model, spec: str, *, samples: int | None, preprocess: str | None,
@@ -66,17 +91,30 @@ def open_model_data(model: ir.Model, spec: str, *, samples: int | None, preproce
                      input_shapes=parse_input_shapes(input_shapes or ()), vocab_size=vocab_size)
 
 
-def load_labels(path: str | os.PathLike) -> np.ndarray:
-    """Integer class labels, one per sample (.npy, or .txt with one integer a line)."""
+def load_labels(path: str | os.PathLike, model: ir.Model | None = None, data: DataSource | None = None
+                ) -> np.ndarray:
+    """Integer class labels, one per sample (.npy, or .txt with one integer a line). With the
+    model and the data they label: one label per sample of the data, a classifier output of the
+    model, and labels inside its classes (qtool.data_checks.check_labels)."""
     path = Path(path)
-    if not path.exists():
-        raise QtoolError(f"{path}: no such labels file")
+    if not path.is_file():
+        raise QtoolError(f"{path}: {'is a directory, not a labels file' if path.is_dir() else 'no such labels file'}")
     try:
-        labels = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64, ndmin=1)
+        with warnings.catch_warnings():  # numpy warns on an empty text file: the check below says it
+            warnings.simplefilter("ignore")
+            labels = np.load(path, allow_pickle=False) if path.suffix == ".npy" else \
+                np.loadtxt(path, dtype=np.int64, ndmin=1)
     except Exception as exc:
-        raise QtoolError(f"{path}: cannot read labels ({exc})", "use a .npy of integers or a text file") from exc
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise QtoolError(f"{path}: labels must be a 1-D array of integers, got {labels.dtype} {labels.shape}")
+        text = " ".join(str(exc).split())[:160]
+        raise QtoolError(f"{path}: cannot read labels ({type(exc).__name__}: {text})",
+                         "use a .npy of integers (numpy.save) or a text file with one integer a line") from exc
+    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        kind = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else "an .npz archive"
+        raise QtoolError(f"{path}: labels must be a 1-D array of integers, got {kind}")
+    if model is not None:
+        outputs = [(value.name, shape_of(value)) for value in model.graph.outputs]
+        check_labels(labels, str(path), data.total() if data is not None else None,
+                     data.label if data is not None else "the data", outputs)
     return labels
 
 

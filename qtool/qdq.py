@@ -31,6 +31,8 @@ def build_qdq_model(model: ir.Model, encodings: EncodingSet, *, integer_bias: bo
                     source: str = "encodings") -> ir.Model:
     """A new model with quantizers inserted; `model` is not changed."""
     qdq = ensure_opset(clone(model), source=source)
+    if "qtool.source" in model.meta:  # onnxruntime errors name the file the model came from
+        qdq.meta["qtool.source"] = f"{model.meta['qtool.source']} (quantized with {source})"
     values = value_by_name(qdq)
     for name in list(encodings.params) + list(encodings.activations):
         if name not in values:

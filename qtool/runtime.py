@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -72,11 +73,58 @@ def max_batch(model: ir.Model) -> int | None:
     return None
 
 
+class Session(ort.InferenceSession):
+    """An onnxruntime session whose run errors are QtoolErrors naming the model and the node.
+
+    onnxruntime fails inside a run for reasons the data or the model cause (an index beyond a
+    table, a Reshape the input's length does not divide, a custom kernel's own check); each
+    becomes one line, `MODEL: onnxruntime failed in OP node 'NAME': what it said`."""
+
+    source = "the model"
+
+    def run(self, output_names, input_feed, run_options=None):
+        try:
+            return super().run(output_names, input_feed, run_options)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise run_error(self.source, exc) from exc
+
+
+_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
+_SOURCE_CHECK = re.compile(r"^\S+:\d+ .*? (?:was false|failed)\.\s*")  # onnxruntime's C++ check, before its text
+
+
+def run_error(source: str, exc: BaseException) -> QtoolError:
+    """One line for an onnxruntime run failure: the node (when the message names one) and the
+    message without onnxruntime's C++ source location."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    node = _NODE.search(text)
+    detail = text.split("Status Message:", 1)[-1].strip()
+    detail = _SOURCE_CHECK.sub("", detail) or detail
+    where = f" in {node.group(1)} node '{node.group(2)}'" if node else ""
+    return QtoolError(f"{source}: onnxruntime failed{where}: {detail[:300]}",
+                      "does the data fit the model (shapes, value ranges, the inputs it was exported for)?")
+
+
+def model_source(model: ir.Model) -> str:
+    """The file a model came from (kept in its meta by load_model), for error messages."""
+    return str(model.meta.get("qtool.source", "the model"))
+
+
+def keep_source(copy: ir.Model, original: ir.Model, note: str = "") -> ir.Model:
+    """Carry the original's file name over to a derived copy, so errors still name the file."""
+    if "qtool.source" in original.meta:
+        copy.meta["qtool.source"] = f"{original.meta['qtool.source']}{note}"
+    return copy
+
+
 def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = True,
                  threads: int | None = None) -> ort.InferenceSession:
     """A CPU session; `simulate` keeps QDQ nodes unfused (float fake quantization)."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions (one line each); no log lines on stderr
     # onnxruntime's default order (a reverse DFS from the graph outputs) runs every tap after the
     # whole network when taps are extra outputs, keeping all activations alive at once (6.8 GB
     # instead of 0.3 GB on PP-OCRv4 rec); the priority-based order runs each tap when it is ready.
@@ -89,15 +137,21 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     elif not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model_source(model)
     try:
-        return ort.InferenceSession(model_bytes(model), options, providers=["CPUExecutionProvider"])
+        session = Session(model_bytes(model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise QtoolError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from exc
+        from qtool.model_checks import custom_op_error
+
+        raise custom_op_error(model, source) or QtoolError(
+            f"{source}: onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from exc
+    session.source = source
+    return session
 
 
 def with_taps(model: ir.Model, names: Iterable[str]) -> ir.Model:
     """A copy of the model whose graph outputs also include the named intermediate tensors."""
-    tapped = clone(model)
+    tapped = keep_source(clone(model), model)
     values = value_by_name(tapped)
     outputs = {v.name for v in tapped.graph.outputs}
     for name in names:
@@ -149,7 +203,7 @@ def with_reduce_taps(model: ir.Model, taps: dict[str, tuple[str, str, list[int]]
     `taps`: key -> (tensor name, op, axes); returns key -> name of the new output. Each
     reduction sits right after its tensor's producer, so onnxruntime can free the tensor early.
     """
-    tapped = clone(model)
+    tapped = keep_source(clone(model), model)
     values = value_by_name(tapped)
     axes_as_input = tapped.opset_imports.get("", 1) >= 18
     outputs = {}
