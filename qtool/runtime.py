@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from qtool.data import Batch, InputInfo
+from qtool.data import Batch, InputInfo, batch_size_of, slice_batch
 from qtool.errors import QtoolError
 from qtool.graph import add_initializer, clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name, value_by_name
 
@@ -229,6 +229,18 @@ def with_reduce_taps(model: ir.Model, taps: dict[str, tuple[str, str, list[int]]
         tapped.graph.outputs.append(out)
         outputs[key] = out.name
     return tapped, outputs
+
+
+def split_batches(batches: Iterable[dict[str, np.ndarray]], limit: int | None) -> Iterator[dict[str, np.ndarray]]:
+    """The batches cut into pieces of at most `limit` samples (a model whose batch dim is fixed,
+    usually to 1, runs one sample at a time); a Batch's pieces keep their sample indices."""
+    for batch in batches:
+        count = batch_size_of(batch)
+        if limit is None or count <= limit:
+            yield batch
+            continue
+        for start in range(0, count, limit):
+            yield slice_batch(batch, start, start + limit)
 
 
 def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.ndarray]],

@@ -36,7 +36,7 @@ from qtool.quant import Encoding
 from qtool.quant.adaround import AdaRoundParams, adaround_matrix
 from qtool.quant.layer_rows import LayerRows
 from qtool.quant.patches import conv_patches, output_shape, sample_rows
-from qtool.runtime import make_session, run_batches, with_taps
+from qtool.runtime import keep_source, make_session, max_batch, run_batches, split_batches, with_taps
 from qtool.segmented import SegmentedRunner
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -220,7 +220,12 @@ def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_ba
              ) -> AdaRoundResult:
     """Adaround every eligible layer; returns the new model and encodings (weights frozen)."""
     start = time.perf_counter()
-    model = clone(model)
+    limit = max_batch(model)
+    if limit is not None:  # a batch dim fixed (to 1): every pass feeds pieces the model accepts
+        whole = batches
+        batches = lambda: split_batches(whole(), limit)  # noqa: E731
+        total_batches = sum(1 for _ in batches())
+    model = keep_source(clone(model), model)
     encodings = EncodingSet(dict(encodings.activations), dict(encodings.params),
                             dict(encodings.quantizer_args), list(encodings.excluded))
     result = AdaRoundResult(model, encodings)

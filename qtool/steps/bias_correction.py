@@ -37,7 +37,7 @@ from qtool.progress import Progress, no_progress
 from qtool.qdq import build_qdq_model
 from qtool.quant import Encoding, QuantSpec, quantize_dequantize
 from qtool.quant.observers import encode_param
-from qtool.runtime import make_session, max_batch, run_batches, with_mean_taps
+from qtool.runtime import keep_source, make_session, max_batch, run_batches, split_batches, with_mean_taps
 from qtool.steps.fold import BN_STATS_KEY
 
 CORRECTABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -121,7 +121,9 @@ def _local_errors(model: ir.Model, encodings: EncodingSet, axes: dict[str, list[
     session = make_session(tapped, simulate=True)
     sums: dict[str, np.ndarray] = {}
     count = 0
-    for feeds, result in run_batches(session, batches, list(outputs.values()), max_batch(model)):
+    # one run per piece of max_batch samples: a mean over the batch axis (Gemm) is per run, so
+    # run_batches must not join the pieces of a batch (a model with batch dim 1 runs sample by sample)
+    for feeds, result in run_batches(session, split_batches(batches, max_batch(model)), list(outputs.values())):
         n = len(next(iter(feeds.values())))
         for key, out in outputs.items():
             mean = result[out].astype(np.float64)  # (N, C) per sample, or (C,) over the batch
@@ -172,7 +174,7 @@ def correct_bias(model: ir.Model, encodings: EncodingSet, batches: Batches | Non
                  source: str = "encodings") -> BiasCorrectionResult:
     """Empirical correction with `batches` (a callable giving a fresh iterable each pass);
     analytic where BN statistics exist and `analytic` is set or no data is given."""
-    model = clone(model)
+    model = keep_source(clone(model), model)
     encodings = EncodingSet(dict(encodings.activations), dict(encodings.params),
                             dict(encodings.quantizer_args), list(encodings.excluded))
     result = BiasCorrectionResult(model, encodings)

@@ -28,6 +28,8 @@ DATA_COMMANDS = ("calibrate", "simulate", "equalize", "bias-correct", "adaround"
 MODEL_COMMANDS = DATA_COMMANDS + ("export", "fold", "plot-ranges")
 RUNTIME_COMMANDS = ("calibrate", "simulate", "bias-correct", "adaround", "analyze", "mixed-precision", "export")
 ENCODINGS_COMMANDS = ("calibrate", "simulate", "bias-correct", "adaround", "analyze", "export")
+# equalize reads data only for the layer pairs it scales: models without one do not read it
+PAIRLESS_DATA_COMMANDS = tuple(c for c in DATA_COMMANDS if c != "equalize")
 LABEL_COMMANDS = ("simulate", "analyze", "mixed-precision")
 METRIC_COMMANDS = ("analyze", "mixed-precision")
 SAMPLES = 8
@@ -104,6 +106,23 @@ def reshape_model(path: Path) -> Path:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "R", 4])], inits, path)
 
 
+def embedding_model(path: Path, *, indirect: bool = False) -> Path:
+    """ids [N, 6] int64 -> Gather(table 10 x 4) -> ReduceMean over the tokens -> MatMul -> out [N, 3].
+    `indirect`: the ids pass through an Add first, so qtool cannot tell the table's size from the
+    graph and an id beyond it fails inside onnxruntime."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "head"),
+             numpy_helper.from_array(np.zeros((), np.int64), "zero")]
+    ids = "shifted" if indirect else "ids"
+    nodes = ([helper.make_node("Add", ["ids", "zero"], ["shifted"], name="shift")] if indirect else []) + [
+        helper.make_node("Gather", ["table", ids], ["embedded"], name="gather"),
+        helper.make_node("ReduceMean", ["embedded"], ["mean"], name="mean", axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["mean", "head"], ["out"], name="head_matmul")]
+    return _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])], inits, path)
+
+
 def good_data(n: int = SAMPLES) -> np.ndarray:
     return np.random.default_rng(3).standard_normal((n, 3, 8, 8)).astype(np.float32)
 
@@ -121,6 +140,9 @@ def build_base(folder: Path) -> dict:
              features=rng.standard_normal((4, 8)).astype(np.float32))
     reshape_model(folder / "reshape.onnx")
     np.savez(folder / "reshape.npz", x=np.ones((4, 6), np.float32))
+    embedding_model(folder / "emb.onnx")
+    embedding_model(folder / "emb-add.onnx", indirect=True)
+    np.savez(folder / "ids.npz", ids=np.arange(24, dtype=np.int64).reshape(4, 6) % 10)
     images = folder / "images"
     images.mkdir(exist_ok=True)
     _png(images / "a.png")
@@ -129,7 +151,8 @@ def build_base(folder: Path) -> dict:
 
 def calibrate_base(folder: Path, run: Callable[[list[str]], int]) -> None:
     """Sibling encodings for the base models (`run` is qtool's CLI: args -> exit code)."""
-    for model, data in (("tiny", "tiny.npz"), ("seg", "tiny.npz"), ("reshape", "reshape.npz"), ("two", "two.npz")):
+    for model, data in (("tiny", "tiny.npz"), ("seg", "tiny.npz"), ("reshape", "reshape.npz"), ("two", "two.npz"), ("emb", "ids.npz"),
+                        ("emb-add", "ids.npz")):
         staged = folder / "calibrated" / model
         code = run(["calibrate", str(folder / f"{model}.onnx"), "--data", str(folder / data), "--scheme", "minmax",
                     "--config", "w8a8-per-channel", "-o", str(staged)])
@@ -316,7 +339,12 @@ CASES: list[Case] = [
     Case("data_csv", "data", lambda f: {"data": _write("calib.csv", b"1,2,3\n")(f)}, "calib.csv", DATA_COMMANDS),
     Case("runtime_reshape", "data", lambda f: {"model": f / "reshape.onnx", "data": _write(
         "rows-of-4.npz", _npz_bytes(x=np.ones((4, 4), np.float32)))(f)}, "reshape",
-         tuple(c for c in DATA_COMMANDS if c != "equalize")),  # no layer pair to equalize: data unused
+         PAIRLESS_DATA_COMMANDS),
+    _data("npz_ids_beyond_table", lambda: _npz_bytes(ids=np.full((4, 6), 12, np.int64)), named="'ids'",
+          commands=PAIRLESS_DATA_COMMANDS, model="emb.onnx"),
+    Case("runtime_gather", "data", lambda f: {"model": f / "emb-add.onnx", "data": _write(
+        "ids-beyond-table.npz", _npz_bytes(ids=np.full((4, 6), 12, np.int64)))(f)}, "gather",
+         PAIRLESS_DATA_COMMANDS),
     # images and --preprocess
     Case("image_corrupt", "data", _image_folder("corrupt", b"\x89PNG\r\n\x1a\n" + b"\0" * 64), "b-corrupt.png",
          DATA_COMMANDS),
