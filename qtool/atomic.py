@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from qtool.errors import QtoolError
-from qtool.output_guard import check_output
+from qtool.output_guard import check_output, is_input
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,14 @@ def _umask() -> int:
 
 def temporary_sibling(path: Path) -> str:
     """A new empty file beside `path` with the permissions a plain open() would give it (first
-    removing the temporary files that killed runs left in that folder)."""
+    removing the temporary files that killed runs left in that folder). When `path` is an input,
+    the write is refused when it would be renamed (or dropped, for an unchanged copy): no folder is
+    made for it (`-o new/../m.onnx`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_input(path):
+        path = path.resolve()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

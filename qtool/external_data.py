@@ -62,7 +62,7 @@ def _check_location(path: Path, tensor: onnx.TensorProto) -> Path:
     keep_beside = "keep the model's external data files in its folder, as regular files"
     relative = Path(location)
     if not location or relative.is_absolute() or ".." in relative.parts:
-        raise QtoolError(f"{where}, not a file inside the model's folder", keep_beside)
+        raise QtoolError(f"{where}, which is outside the model's folder", keep_beside)
     folder = path.parent
     current = folder
     for part in relative.parts:

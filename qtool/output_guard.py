@@ -82,9 +82,14 @@ def input_keys() -> set[Key]:
     return keys
 
 
+def is_input(path: str | os.PathLike) -> bool:
+    """Whether `path` is (or resolves to) an input of the running command."""
+    inputs = input_keys()
+    return bool(inputs and file_keys(path) & inputs)
+
+
 def check_output(path: str | os.PathLike) -> None:
     """Refuse to write `path` when it is (or resolves to) an input of the running command."""
-    inputs = input_keys()
-    if inputs and file_keys(path) & inputs:
+    if is_input(path):
         raise QtoolError(f"{path}: is an input of this command, writing it would replace the input",
                          "choose another output name: qtool never modifies its inputs")
