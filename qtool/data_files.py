@@ -15,6 +15,7 @@ a CRC error) is a QtoolError naming the file and the key as well.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ def _read_header(stream, size: int, where: str, key: str) -> ArrayHeader:
     except Exception as exc:  # ValueError for a bad magic or header, EOFError-like for short files
         raise QtoolError(f"{where}: not numpy data ({_first_line(exc)})", f"is the file truncated? {_FIX}") from exc
     dtype = np.dtype(dtype)
+    if any(int(d) < 0 for d in shape):
+        raise QtoolError(f"{where}: {_what(key)} has a negative dimension in its header {tuple(shape)}", _FIX)
     if dtype.hasobject:
         raise QtoolError(f"{where}: {_what(key)} holds Python objects (a pickle), which qtool never loads",
                          "save plain numeric arrays (numpy.save with allow_pickle=False)")
@@ -100,6 +103,7 @@ def read_headers(path: Path) -> dict[str, ArrayHeader]:
                 key = info.filename[: -len(".npy")]
                 with archive.open(info) as stream:
                     headers[key] = _read_header(stream, info.file_size, str(path), key)
+                _check_memory(path, headers[key])
     except QtoolError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
@@ -108,6 +112,19 @@ def read_headers(path: Path) -> dict[str, ArrayHeader]:
     if not headers:
         raise QtoolError(f"{path}: the archive holds no numpy arrays", _FIX)
     return headers
+
+
+def _check_memory(path: Path, header: ArrayHeader) -> None:
+    """An .npz member is read whole: refuse one larger than half of this machine's memory (the
+    alternative is the kernel's OOM killer, which leaves no message at all)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if header.nbytes > memory // 2:
+        raise QtoolError(f"{path}: {_what(header.key)} needs {header.nbytes / 2**30:.1f} GiB in memory, more than "
+                         f"half of this machine's {memory / 2**30:.1f} GiB",
+                         "save it as .npy (memory-mapped, read batch by batch) or split it into a folder of files")
 
 
 def load_array(path: Path, key: str) -> np.ndarray:

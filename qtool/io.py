@@ -108,8 +108,12 @@ def load_labels(path: str | os.PathLike, model: ir.Model | None = None, data: Da
         text = " ".join(str(exc).split())[:160]
         raise QtoolError(f"{path}: cannot read labels ({type(exc).__name__}: {text})",
                          "use a .npy of integers (numpy.save) or a text file with one integer a line") from exc
-    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        kind = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else "an .npz archive"
+    if not isinstance(labels, np.ndarray):
+        labels.close()  # np.load gave an NpzFile: the file is a zip archive whatever its name
+        raise QtoolError(f"{path}: labels must be a 1-D array of integers, got an .npz archive",
+                         "save the labels alone with numpy.save")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        kind = f"{labels.dtype} {labels.shape}"
         raise QtoolError(f"{path}: labels must be a 1-D array of integers, got {kind}")
     if model is not None:
         outputs = [(value.name, shape_of(value)) for value in model.graph.outputs]

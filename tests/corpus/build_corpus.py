@@ -88,6 +88,20 @@ def tiny_model(path: Path, *, batch: int | str = "N", weight_fault: float | None
     return path
 
 
+def _nan_constant(path: Path) -> Path:
+    """seg_model's output plus a constant holding a NaN (not a layer weight: still refused)."""
+    seg_model(path)
+    import onnx
+
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0.5, np.nan, 1, 2], np.float32)
+                                                           .reshape(1, 4, 1, 1), "offset"))
+    model.graph.node.append(helper.make_node("Add", ["out", "offset"], ["shifted"], name="add"))
+    model.graph.output[0].name = "shifted"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def seg_model(path: Path) -> Path:
     """input [N,3,8,8] -> Conv(4) -> out [N,4,8,8]: not a classifier."""
     weight = numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
@@ -189,12 +203,15 @@ def _npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+def _header_only(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
 def _huge_header() -> bytes:
     """An .npy whose header claims 10^9 samples of 3x8x8 float32 but holds one."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (10**9, 3, 8, 8)})
-    return buffer.getvalue() + good_data(1).tobytes()
+    return _header_only((10**9, 3, 8, 8)) + good_data(1).tobytes()
 
 
 def _bad_member() -> bytes:
@@ -299,6 +316,21 @@ def _per_channel_activation(doc: dict) -> None:
     entry.update(enc_type="PER_CHANNEL", scale=entry["scale"] * 4, offset=entry["offset"] * 4)
 
 
+def _legacy_short(folder: Path) -> Path:
+    """The base encodings in AIMET 0.6.1 form, conv2.weight with a channel too many."""
+    from qtool.encodings_io import save_encodings
+    from qtool.encodings_read import load_encodings
+
+    enc = load_encodings(folder / "tiny.encodings.json")
+    weight = enc.params["conv2.weight"]
+    enc.params["conv2.weight"] = type(weight)(weight.bw, np.append(weight.scale, weight.scale[:1]),
+                                              np.append(weight.offset, weight.offset[:1]), weight.symmetric,
+                                              weight.dtype, weight.axis, weight.frozen)
+    path = folder / "enc-0.6.1-long.encodings.json"
+    save_encodings(enc, path, "0.6.1")
+    return path
+
+
 def _npz_dir_as_text(folder: Path) -> dict:
     (folder / "notes.npz").write_text("input,1,2,3\n" * 10)
     return {"data": folder / "notes.npz"}
@@ -331,6 +363,10 @@ CASES: list[Case] = [
     _data("npy_pickled", lambda: _npy_bytes(np.array([{"a": 1}] * SAMPLES, dtype=object), allow_pickle=True)),
     _data("npy_huge_header", _huge_header),
     _data("npy_scalar", lambda: _npy_bytes(np.float32(1.0))),
+    _data("npy_negative_dim", lambda: _header_only((-4, 3, 8, 8)) + bytes(64)),
+    _data("npz_complex", lambda: _npz_bytes(input=good_data().astype(np.complex64)), named="'input'"),
+    _data("npz_float_ids", lambda: _npz_bytes(ids=np.full((4, 6), 1.5, np.float32)), named="'ids'",
+          commands=PAIRLESS_DATA_COMMANDS, model="emb.onnx"),
     _data("npy_zero_samples", lambda: _npy_bytes(np.zeros((0, 3, 8, 8), np.float32))),
     Case("folder_with_subdir", "data", _folder_with_subdir, "more.npz", DATA_COMMANDS),
     Case("folder_empty", "data", lambda f: {"data": (f / "empty-folder").mkdir(exist_ok=True) or f / "empty-folder"},
@@ -368,6 +404,7 @@ CASES: list[Case] = [
     _labels("truncated", _npy_bytes(np.arange(SAMPLES, dtype=np.int64))[:100]),
     _labels("text", b"one\ntwo\nthree\n", suffix=".txt"),
     _labels("empty", b"", suffix=".txt"),
+    _labels("archive", _npz_bytes(labels=np.zeros(SAMPLES, np.int64)), suffix=".npy"),
     _labels("not_classifier", np.zeros(SAMPLES, np.int64), named="'out'", model="seg.onnx"),
     # user metrics
     _metric("raises", "def score(outputs, reference, labels):\n    return 1 / 0\n", named="ZeroDivisionError"),
@@ -381,6 +418,7 @@ CASES: list[Case] = [
     _model_case("model_inf_weight", lambda f: tiny_model(f / "inf-weight.onnx", weight_fault=np.inf), "conv1.weight"),
     _model_case("model_custom_op", lambda f: tiny_model(f / "custom-op.onnx", custom_op=True), "com.example",
                 commands=RUNTIME_COMMANDS, sibling_encodings=True),
+    _model_case("model_nan_constant", lambda f: _nan_constant(f / "nan-constant.onnx"), "offset"),
     _model_case("model_truncated", lambda f: _write("cut.onnx", (f / "tiny.onnx").read_bytes()[:700])(f), "cut.onnx"),
     _model_case("model_empty", lambda f: _write("empty.onnx", b"")(f), "empty.onnx"),
     _model_case("model_text", lambda f: _write("text.onnx", b"ir_version: 8\n" * 30)(f), "text.onnx"),
@@ -389,6 +427,8 @@ CASES: list[Case] = [
     _encodings("per_channel_activation", _per_channel_activation, named="r1"),
     _encodings("unknown_tensor", lambda d: _param(d, "fc.weight").update(name="fc.weights"), named="fc.weights"),
     _encodings("nan_scale", lambda d: _param(d, "fc.weight").update(scale=[float("nan")] * 5), named="fc.weight"),
+    Case("encodings_0_6_1_short", "encodings", lambda f: {"encodings": _legacy_short(f)}, "conv2.weight",
+         ENCODINGS_COMMANDS),
     _encodings("bitwidth", lambda d: _param(d, "fc.weight").update(bw=1), named="fc.weight"),
     _encodings("not_a_list", lambda d: d.update(param_encodings={"a": 1}), named="param_encodings"),
     Case("encodings_empty", "encodings", lambda f: {"encodings": _write("empty.encodings.json", b"")(f)},
