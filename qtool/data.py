@@ -15,8 +15,12 @@ pending bucket per shape, and never concatenates unequal arrays. Every batch is 
 feeds, plus each sample's position in the source (``indices``), so that per-sample labels stay
 with their samples when bucketing reorders them.
 
-Names, shapes and dtypes are checked against the model before anything runs, and each
-mismatch is a one-line error naming the file, the input and the fix.
+Names, shapes and dtypes are checked against the model before anything runs, from each file's
+headers (``qtool.data_files``: nothing is unpickled, truncated files are caught there), and each
+mismatch is a one-line error naming the file, the input and the fix; a file without samples is
+one (``FILE: 0 samples``) for every command alike. Values are checked as batches are built
+(``qtool.data_checks``: NaN/Inf, ids beyond an embedding table). A batch's inputs stay within
+QTOOL_BATCH_BYTES (256 MiB by default): larger samples make batches smaller than --batch-size.
 """
 
 from __future__ import annotations
