@@ -302,8 +302,10 @@ def export_cmd(model, encodings, output_dir, prefix, encoding_version):
     """
     from qtool.graph import save_model
     from qtool.io import load_pair
+    from qtool.safe_paths import check_file_stem
     from qtool.steps.export import export
 
+    check_file_stem(prefix, "--prefix")
     graph, enc_set, enc_source = load_pair(model, encodings)
     result = export(graph, enc_set, source=enc_source)
     folder = Path(output_dir)

@@ -17,29 +17,39 @@ from qtool.atomic import atomic_write_bytes
 from qtool.metrics import describe_metrics, hidden_channels
 from qtool.recipe.document import apply_overrides, interpolate, read_document
 from qtool.recipe.gate import check_expectations
+from qtool.recipe.policy import RunPolicy
 from qtool.recipe.runner import execute, plan_runs, versions
 from qtool.recipe.validate import Recipe, validate
 
 GATE_FAILED = 3
 
 
-def load_recipe(path: str, assignments: tuple[str, ...] = ()) -> Recipe:
-    """Parse, override, interpolate and check a recipe; raises RecipeError listing every problem."""
+def load_recipe(path: str, assignments: tuple[str, ...] = (), policy: RunPolicy = RunPolicy()) -> Recipe:
+    """Parse, override, interpolate and check a recipe; raises RecipeError listing every problem.
+    `policy`: what the command line allowed beyond data (docs/security.md)."""
     doc = read_document(path)
     apply_overrides(doc, assignments)
-    interpolate(doc, {"recipe_dir": str(doc.path.parent.resolve()), "cwd": os.getcwd()})
-    return validate(doc)
+    interpolate(doc, {"recipe_dir": str(doc.path.parent.resolve()), "cwd": os.getcwd()}, policy.env)
+    return validate(doc, policy)
 
 
 @cli.command("run")
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value: calibrate.scheme=minmax, data.calibration=calib.npz, "
                    "vars.bits=4 (repeatable; paths relative to the current folder).")
 @click.option("--force", is_flag=True, help="Rerun every step, even those unchanged since the last run.")
 @click.option("--dry-run", is_flag=True, help="Check the recipe and print the plan; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout (progress on stderr).")
-def run_cmd(recipe, assignments, force, dry_run, as_json):
+@click.option("--allow-code", is_flag=True,
+              help="Let the recipe name Python code (metric: file.py:function or module:function); "
+                   "without it a recipe is data only (docs/security.md).")
+@click.option("--allow-outside", is_flag=True,
+              help="Let the recipe write files outside its output: folder (e.g. analyze.write_overrides).")
+@click.option("--env", "env_names", multiple=True, metavar="NAME",
+              help="Let ${NAME} in the recipe read environment variable NAME (repeatable); "
+                   "otherwise only vars: and --set vars.NAME=... are read.")
+def run_cmd(recipe, assignments, force, dry_run, as_json, allow_code, allow_outside, env_names):
     """Run a recipe: fold, equalize, calibrate, bias-correct, adaround, simulate, export, in its order.
 
     Steps whose inputs and options did not change since the last run are skipped; `expect:` in
@@ -48,7 +58,7 @@ def run_cmd(recipe, assignments, force, dry_run, as_json):
     Example: qtool run recipes/w8a8-per-channel.yaml --set model=net.onnx --set data.calibration=calib.npz
     """
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    plan = load_recipe(recipe, assignments)
+    plan = load_recipe(recipe, assignments, RunPolicy(allow_code, allow_outside, tuple(env_names)))
     runs = plan_runs(plan, force=force, write=not dry_run)
     if dry_run:
         _print_plan(plan, runs, say)

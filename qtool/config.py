@@ -16,6 +16,7 @@ list of per-tensor/per-node decisions (overrides.py).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qtool.errors import QtoolError
+from qtool.input_text import load_json
 from qtool.overrides import Override, parse_overrides
 
 BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
@@ -136,7 +138,7 @@ def _bool(value: Any, source: str, where: str) -> bool:
 def _check_keys(section: dict, allowed: set[str], source: str, where: str) -> None:
     if not isinstance(section, dict):
         raise _fail(source, where, f"expected an object, got {type(section).__name__}")
-    unknown = sorted(set(section) - allowed)
+    unknown = sorted(map(str, set(section) - allowed))
     if unknown:
         raise _fail(source, where, f"unknown key {unknown[0]!r}", f"valid keys: {', '.join(sorted(allowed))}")
 
@@ -167,6 +169,9 @@ def _constraints(section: Any, source: str, where: str) -> tuple[float, float]:
             raise _fail(source, where, f"missing {key!r}", "give both min and max")
         if not isinstance(section[key], (int, float)) or isinstance(section[key], bool):
             raise _fail(source, f"{where}.{key}", f"expected a number, got {section[key]!r}")
+        if not math.isfinite(section[key]):
+            raise _fail(source, f"{where}.{key}", f"{section[key]!r} is not a finite number",
+                        "a fixed range has finite ends; leave the tensor unconstrained instead")
     if not section["min"] < section["max"]:
         raise _fail(source, where, f"min {section['min']} is not below max {section['max']}")
     return float(section["min"]), float(section["max"])
@@ -279,7 +284,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         if not isinstance(op_list, list) or len(op_list) < 2:
             raise _fail(source, f"supergroups[{index}].op_list", "expected a list of at least two op types")
         for op in op_list:
-            if op not in known:
+            if not isinstance(op, str) or op not in known:
                 raise _fail(source, f"supergroups[{index}]", f"unknown ONNX op type {op!r}")
         supergroups.append(tuple(op_list))
 
@@ -308,7 +313,8 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
 
 
 def load_config(name_or_path: str | os.PathLike | None) -> RuntimeConfig:
-    """A built-in target by name (see BUILTIN_CONFIGS) or an AIMET runtime config JSON file."""
+    """A built-in target by name (see BUILTIN_CONFIGS) or an AIMET runtime config JSON file,
+    read strictly (qtool.input_text: no folder, NaN, duplicate keys or binary files)."""
     name = str(name_or_path or "default")
     if name in BUILTIN_CONFIGS:
         text = resources.files("qtool.configs").joinpath(f"{name}.json").read_text()
@@ -316,8 +322,4 @@ def load_config(name_or_path: str | os.PathLike | None) -> RuntimeConfig:
     path = Path(name)
     if not path.exists():
         raise QtoolError(f"{path}: no such config file", f"give a JSON file or one of: {', '.join(BUILTIN_CONFIGS)}")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QtoolError(f"{path}: not valid JSON ({exc})") from exc
-    return parse_config(doc, str(path))
+    return parse_config(load_json(path, "config file"), str(path))

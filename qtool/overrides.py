@@ -23,14 +23,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qtool.errors import QtoolError
+from qtool.input_text import load_json
 
 log = logging.getLogger("qtool")
 
@@ -76,6 +77,18 @@ def _typed(entry: dict, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
+def _constraints(value: Any, where: str) -> tuple[float, float] | None:
+    """{"min": a, "max": b}, finite numbers with a < b (an infinite end makes the grid's scale infinite)."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and set(value) == {"min", "max"}
+            and all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool) and math.isfinite(value[k])
+                    for k in ("min", "max")) and value["min"] < value["max"]):
+        raise QtoolError(f"{where}.encoding_constraints: expected {{\"min\": a, \"max\": b}} (finite numbers) with a < b, "
+                         f"got {value!r}")
+    return float(value["min"]), float(value["max"])
+
+
 def parse_overrides(entries: Any, source: str) -> tuple[Override, ...]:
     """Validate the ``overrides`` list of a config or overrides file."""
     if entries is None:
@@ -87,7 +100,7 @@ def parse_overrides(entries: Any, source: str) -> tuple[Override, ...]:
         where = f"{source}: overrides[{index}]"
         if not isinstance(entry, dict):
             raise QtoolError(f"{where}: expected an object, got {entry!r}")
-        unknown = sorted(set(entry) - _KEYS)
+        unknown = sorted(map(str, set(entry) - _KEYS))
         if unknown:
             close = difflib.get_close_matches(unknown[0], sorted(_KEYS), n=1)
             raise QtoolError(f"{where}: unknown key {unknown[0]!r}",
@@ -102,13 +115,7 @@ def parse_overrides(entries: Any, source: str) -> tuple[Override, ...]:
         bitwidth = _typed(entry, "bitwidth", int, where)
         if bitwidth is not None and not (2 <= bitwidth <= 16 or bitwidth == 32):
             raise QtoolError(f"{where}.bitwidth: expected 2..16 (or 32: not quantized), got {bitwidth}")
-        constraints = entry.get("encoding_constraints")
-        if constraints is not None:
-            if not (isinstance(constraints, dict) and set(constraints) == {"min", "max"}
-                    and all(isinstance(constraints[k], (int, float)) and not isinstance(constraints[k], bool)
-                            for k in ("min", "max")) and constraints["min"] < constraints["max"]):
-                raise QtoolError(f"{where}.encoding_constraints: expected {{\"min\": a, \"max\": b}} with a < b")
-            constraints = (float(constraints["min"]), float(constraints["max"]))
+        constraints = _constraints(entry.get("encoding_constraints"), where)
         parsed.append(Override(where, tensors, nodes, kind, role, bitwidth, dtype,
                                _typed(entry, "is_symmetric", bool, where), _typed(entry, "per_channel", bool, where),
                                _typed(entry, "exclude", bool, where), constraints))
@@ -116,14 +123,10 @@ def parse_overrides(entries: Any, source: str) -> tuple[Override, ...]:
 
 
 def load_overrides(path: str | os.PathLike) -> tuple[Override, ...]:
-    """An overrides file: {"overrides": [...]} (what analyze and mixed-precision write) or a bare list."""
+    """An overrides file: {"overrides": [...]} (what analyze and mixed-precision write) or a bare list,
+    read strictly (qtool.input_text: no folder, NaN, duplicate keys or binary files)."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QtoolError(f"{path}: no such overrides file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QtoolError(f"{path}: not valid JSON ({exc})") from None
+    doc = load_json(path, "overrides file")
     if isinstance(doc, dict):
         unknown = sorted(set(doc) - {"overrides", "comment", "metric", "source"})
         if unknown:

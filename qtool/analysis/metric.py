@@ -141,25 +141,67 @@ def metric_for(spec: str | None, labels: np.ndarray | None, model=None) -> Metri
 
 
 def load_metric(spec: str) -> Metric:
-    """A built-in name or `module:function` / `file.py:function`."""
+    """A built-in name or `module:function` / `file.py:function`. Whatever the user's code does
+    wrong (fails to import, raises, returns something that is not a finite number) is a
+    QtoolError naming the metric; it runs only because the user typed it (or allowed a recipe
+    to name it with `qtool run --allow-code`)."""
     if spec in BUILTIN_METRICS:
         return BUILTIN_METRICS[spec]
-    module_name, sep, function_name = spec.rpartition(":")
-    if not sep or not module_name or not function_name:
-        raise QtoolError(f"--metric {spec}: expected one of {', '.join(BUILTIN_METRICS)} or module:function")
+    module_name, function_name = _split(spec)
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            if module_spec is None or not path.exists():
+            if path.is_dir() or not path.exists():
                 raise QtoolError(f"--metric {spec}: no such file {path}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise QtoolError(f"--metric {spec}: cannot import {module_name} ({exc})") from exc
+    except QtoolError:
+        raise
+    except Exception as exc:  # the user's module: any error in it is theirs to fix
+        raise QtoolError(f"--metric {spec}: cannot load {module_name} ({type(exc).__name__}: {exc})") from exc
     function = getattr(module, function_name, None)
     if not callable(function):
         raise QtoolError(f"--metric {spec}: {module_name} has no function {function_name!r}")
-    return Metric(spec, "", lambda outputs, reference, labels: float(function(outputs, reference, labels)))
+    return Metric(spec, "", _guarded(spec, function))
+
+
+def _split(spec: str) -> tuple[str, str]:
+    module_name, sep, function_name = spec.rpartition(":")
+    if not sep or not module_name or not function_name:
+        raise QtoolError(f"--metric {spec}: expected one of {', '.join(BUILTIN_METRICS)} or module:function")
+    return module_name, function_name
+
+
+def _guarded(spec: str, function: Callable) -> Callable[[Outputs, Outputs, "np.ndarray | None"], float]:
+    """The user's function with its failures turned into one line naming it."""
+    def score(outputs: Outputs, reference: Outputs, labels) -> float:
+        try:
+            value = float(function(outputs, reference, labels))
+        except QtoolError:
+            raise
+        except Exception as exc:
+            raise QtoolError(f"--metric {spec}: the function raised {type(exc).__name__}: {exc}",
+                             "it must return a number, higher is better") from exc
+        if not np.isfinite(value):
+            raise QtoolError(f"--metric {spec}: the function returned {value}", "it must return a finite number")
+        return value
+    return score
+
+
+def metric_source(spec: str) -> Path | None:
+    """The file a code metric's function lives in (hashed into a recipe step's key, so editing
+    it reruns the step); None for built-ins and modules that cannot be found."""
+    if spec in BUILTIN_METRICS or ":" not in spec:
+        return None
+    module_name, _ = _split(spec)
+    if module_name.endswith(".py"):
+        return Path(module_name) if Path(module_name).is_file() else None
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None

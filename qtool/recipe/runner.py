@@ -3,7 +3,7 @@
 Each step writes into `output/NN-step/` and leaves a `run.json` there whose `key` hashes
 everything the step's result depends on: the previous step's key (so a change reruns every
 step after it), the step's options, the content of the files it reads from outside the output
-folder (model, data, labels, config), and qtool's version. A step whose key matches its
+folder (model, data, labels, config, a code metric's file), and qtool's version. A step whose key matches its
 run.json, and whose outputs are still there, is skipped, like make.
 """
 
@@ -161,9 +161,23 @@ def _key(step: PlannedStep, kwargs: dict, previous_key: str, output: Path, hashe
         if isinstance(value, str) and Path(value).exists() and not Path(value).resolve().is_relative_to(
                 output.resolve()):
             inputs[option] = hashes(Path(value))
+    source = _metric_source(kwargs.get("metric"))
+    if source is not None:
+        inputs["metric"] = hashes(source)
     text = json.dumps({"previous": previous_key, "step": step.name, "options": kwargs, "inputs": inputs,
                        "qtool": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _metric_source(spec: Any) -> Path | None:
+    """The file of a code metric (allowed by --allow-code), so that editing it reruns the step."""
+    from qtool.recipe.policy import is_code
+
+    if not is_code("metric", spec):
+        return None
+    from qtool.analysis.metric import metric_source
+
+    return metric_source(spec)
 
 
 def _read_stamp(folder: Path) -> dict | None:
@@ -221,7 +235,10 @@ def execute(recipe: Recipe, runs: list[StepRun], say: Callable[[str], None]) -> 
 def _outputs(run: StepRun, stem: str) -> dict[str, Path]:
     paths = output_paths(run.step.kind, run.folder, stem)
     if run.step.kind.output in ("report", "pair-folder"):
-        return {**paths, **({"report_html": run.folder / "report.html"} if run.step.kind.output == "report" else {})}
+        extra = {"report_html": run.folder / "report.html"} if run.step.kind.output == "report" else {}
+        if run.kwargs.get("write_overrides"):  # a copy elsewhere in output/ (policy.WRITTEN_PATH_OPTIONS)
+            extra["write_overrides"] = Path(run.kwargs["write_overrides"])
+        return {**paths, **extra}
     if "folder" in paths:  # export: the files it reports
         return {Path(name).name: Path(name) for name in run.summary.get("files", [])}
     return paths

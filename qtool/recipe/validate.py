@@ -9,7 +9,7 @@ without data, no `expect:` without a simulate step to measure it).
 from __future__ import annotations
 
 import difflib
-import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,10 @@ from pydantic import ValidationError
 
 from qtool.config import BUILTIN_CONFIGS, parse_config
 from qtool.errors import QtoolError
+from qtool.input_text import load_json
 from qtool.random_data import parse_input_shapes, recipe_input_shapes
 from qtool.recipe.document import Document, RecipeError
+from qtool.recipe.policy import RunPolicy, check_step_folders, confine_option
 from qtool.recipe.schema import TOP_LEVEL_KEYS, RecipeSchema
 from qtool.recipe.steps import PATH_OPTIONS, STEP_KINDS, StepKind, step_name
 
@@ -53,7 +55,9 @@ class Recipe:
     text_sha: str = ""
 
 
-def validate(doc: Document) -> Recipe:
+def validate(doc: Document, policy: RunPolicy = RunPolicy()) -> Recipe:
+    """The checked Recipe, or a RecipeError listing every problem; `policy` is what the user
+    allowed on the command line (code, writes outside `output:`)."""
     problems: list[str] = []
     data = doc.data
     if isinstance(data.get("data"), str):  # shorthand: data: calib.npz
@@ -71,8 +75,9 @@ def validate(doc: Document) -> Recipe:
     output = _resolve(doc, ("output",), schema.output)
     config = _config(doc, schema.config, problems)
     recipe_data = _data(doc, schema, problems)
-    steps = [_step(doc, index, item, problems) for index, item in enumerate(schema.steps)]
+    steps = [_step(doc, index, item, output, policy, problems) for index, item in enumerate(schema.steps)]
     steps = [step for step in steps if step is not None]
+    check_step_folders(output, [step.folder_name for step in steps], doc.where(("output",)), policy, problems)
     expect = {key: value for key, value in (schema.expect.model_dump() if schema.expect else {}).items()
               if value is not None}
     _check_order(doc, steps, recipe_data, expect, problems)
@@ -134,8 +139,8 @@ def _config(doc: Document, config: str | dict | None, problems: list[str]) -> st
     path = _existing(doc, ("config",), config, problems, "config")
     if path.exists():
         try:
-            parse_config(json.loads(path.read_text()), str(path))
-        except (QtoolError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            parse_config(load_json(path, "config file"), str(path))
+        except QtoolError as exc:
             problems.append(f"{doc.where(('config',))}: {exc}")
     return str(path)
 
@@ -154,7 +159,8 @@ def _data(doc: Document, schema: RecipeSchema, problems: list[str]) -> dict[str,
     return {key: value for key, value in block.items() if value is not None}
 
 
-def _step(doc: Document, index: int, item: dict, problems: list[str]) -> PlannedStep | None:
+def _step(doc: Document, index: int, item: dict, output: Path, policy: RunPolicy,
+          problems: list[str]) -> PlannedStep | None:
     location = ("steps", index)
     if len(item) != 1:
         problems.append(f"{doc.where(location)}: each step is one mapping 'name: {{options}}', "
@@ -166,11 +172,12 @@ def _step(doc: Document, index: int, item: dict, problems: list[str]) -> Planned
         problems.append(f"{doc.where(location)}: unknown step {key!r}{_did_you_mean(name, STEP_KINDS)}")
         return None
     kind = STEP_KINDS[name]
-    converted = _step_options(doc, location + (key,), kind, options or {}, problems)
+    converted = _step_options(doc, location + (key,), kind, options or {}, (output, policy), problems)
     return PlannedStep(index + 1, name, kind, converted, doc.where(location))
 
 
-def _step_options(doc: Document, location: tuple, kind: StepKind, options: dict, problems: list[str]) -> dict:
+def _step_options(doc: Document, location: tuple, kind: StepKind, options: dict,
+                  confinement: tuple[Path, RunPolicy], problems: list[str]) -> dict:
     command = kind.command
     params = {param.name: param for param in command.params if param.name != "as_json"}
     settable = [name for name in params if name not in kind.wired_options()]
@@ -192,10 +199,20 @@ def _step_options(doc: Document, location: tuple, kind: StepKind, options: dict,
         except click.BadParameter as exc:
             problems.append(f"{where}: {kind.command_name}.{name}: {exc.message}")
             continue
+        if not _finite(value):
+            problems.append(f"{where}: {kind.command_name}.{name}: {value!r} is not a finite number; write one")
+            continue
         if name in PATH_OPTIONS and isinstance(value, str) and not _special_value(name, value):
             value = str(_existing(doc, location + (key,), value, problems, f"{kind.command_name}.{name}"))
-        converted[name] = value
+        converted[name] = confine_option(name, value, f"{where}: {kind.command_name}.{name}",
+                                         doc.base_dir(location + (key,)), *confinement, problems)
     return converted
+
+
+def _finite(value: Any) -> bool:
+    """Click's FLOAT type accepts 'nan' and 'inf'; no option means either."""
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    return all(math.isfinite(item) for item in values if isinstance(item, float))
 
 
 def _special_value(option: str, value: str) -> bool:
