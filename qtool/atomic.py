@@ -134,6 +134,17 @@ def _terminate_cleanly() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM are delivered after the block (a few renames), not in the middle."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _pause_for_tests(path: str | os.PathLike) -> None:
     """The test hook (SLOW_WRITE_ENV): announce the write on stderr, then wait."""
     seconds = os.environ.get(SLOW_WRITE_ENV)
@@ -255,15 +266,18 @@ class StagedOutputs:
 
     def _commit(self) -> None:
         """Rename every staged file onto its final name, unless one of them is an input of the
-        running command: then none is (qtool.output_guard)."""
+        running command: then none is (qtool.output_guard). Last staged first: a file staged
+        after another may be what it refers to (a model's external data), and must not be missing
+        when the other appears. SIGINT/SIGTERM wait until all are renamed."""
         if self._staged:
             _pause_for_tests(self._staged[0][1])
         final = None
         try:
             for _, final in self._staged:
                 check_output(final)
-            for tmp, final in self._staged:
-                os.replace(tmp, final)
+            with _signals_held():
+                for tmp, final in reversed(self._staged):
+                    os.replace(tmp, final)
         except OSError as error:
             self._discard()
             raise QtoolError(f"{final}: cannot write ({error.strerror or error})") from error
