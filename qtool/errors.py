@@ -38,7 +38,7 @@ def report_exception(exc: BaseException, echo: Callable[[str], None]) -> int:
         exc = QtoolError("out of memory", "lower --batch-size or --samples; QTOOL_BATCH_BYTES caps the bytes "
                                           "of one batch (default 256 MiB)")
     if isinstance(exc, QtoolError):
-        echo("qtool: error: " + " ".join(str(exc).splitlines()))
+        echo(f"qtool: error: {exc}")  # one line; a recipe's checker lists every problem, a line each
         return QtoolError.exit_code
     echo("".join(traceback.format_exception(exc)).rstrip())
     echo(f"qtool: internal error: please report at {BUG_REPORT}")
