@@ -8,7 +8,7 @@ Temporary files are named `.NAME.PID.XXXXXXXX.tmp` beside the output. SIGINT and
 write remove them (SIGTERM is turned into SystemExit while a write is open); only SIGKILL (or a
 power cut) can leave one, and the next run that writes into that folder removes those whose
 process is gone, and says so on stderr. A file whose process still runs is another run's write in
-progress and is left alone. `QTOOL_TEST_SLOW_WRITE=SECONDS` pauses every write half-way (after
+progress and is left alone, unless it is over a day old (process ids are reused). `QTOOL_TEST_SLOW_WRITE=SECONDS` pauses every write half-way (after
 announcing it on stderr), so that tests can interrupt a write reliably.
 """
 

@@ -3,9 +3,11 @@
 `qtool fold m.onnx -o m.onnx` used to replace its input, although every command promises to leave
 its inputs alone. The loaders register each file they read (`register_input`: the model and its
 external-data files), the command's own options name the rest (every existing file among its
-parameters except the output ones), and the atomic writer asks `check_output` before it creates
-its temporary file, so a refused run writes nothing. Paths are compared resolved (symlinks,
-`./m.onnx`) and by inode (hard links).
+parameters except the output ones), and the atomic writer asks `check_output` before it renames
+its temporary files onto their names (all of a pair, before the first), so a refused run leaves
+nothing. The check waits until then because an unchanged copy onto itself is allowed
+(`qtool calibrate m.onnx -o m` writes m.encodings.json beside the model it leaves alone). Paths
+are compared resolved (symlinks, `./m.onnx`) and by inode (hard links).
 
 The registry lives in the click context of the running command (`ctx.meta`, shared by nested
 contexts and new for each invocation): a recipe run's steps share one, two CliRunner invocations in
