@@ -9,7 +9,7 @@ import click
 
 from qtool import strict_json
 from qtool.analysis.metric import BUILTIN_METRICS, metric_for
-from qtool.analysis.roles import describe
+from qtool.analysis.role_label import describe
 from qtool.analysis.report_html import render_html, without_timings
 from qtool.atomic import StagedOutputs, copy_file_atomic
 from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting

@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 
 from conftest import run_main
-from qtool.analysis.roles import describe, node_roles
+from qtool.analysis.role_label import describe
+from qtool.analysis.roles import node_roles
 from qtool.graph import load_model
 from tiny_bert import sentences, tiny_bert
 

@@ -26,7 +26,7 @@ from qtool import __version__
 from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.groups import Group, blocks, fix_encoding, override_for, quantizer_groups
 from qtool.analysis.metric import Metric, pieces
-from qtool.analysis.roles import describe
+from qtool.analysis.role_label import describe
 from qtool.analysis.switchable import build_switchable
 from qtool.analysis.tensors import activation_views, clip_bounds, param_view, statistic
 from qtool.encodings_io import EncodingSet

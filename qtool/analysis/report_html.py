@@ -15,7 +15,7 @@ import shlex
 from typing import Any
 from urllib.parse import quote
 
-from qtool.analysis.roles import describe
+from qtool.analysis.role_label import describe
 
 _DASH = "\u2014"
 _SEP = " \u00b7 "

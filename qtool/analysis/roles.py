@@ -159,8 +159,3 @@ def node_roles(model: ir.Model) -> dict[str, str]:
             if role:
                 roles[label] = role
     return roles
-
-
-def describe(op_type: str, role: str | None) -> str:
-    """'MatMul' or 'MatMul: attention scores Q.K^T', as the CLI and the report print a group."""
-    return f"{op_type}: {role}" if role else op_type
