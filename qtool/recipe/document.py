@@ -42,6 +42,9 @@ class RecipeError(QtoolError):
         self.problems = problems
         super().__init__("\nqtool: error: ".join(problems))
 
+    def __reduce__(self):  # QtoolError's takes (message, hint); this one is made from its problems
+        return (type(self), (self.problems,))
+
 
 @dataclass
 class Document:
