@@ -400,8 +400,8 @@ def info_cmd(model, config, per_channel, overrides, show_ranges, compare, data, 
         lines.append(f"  attention mask: {len(plan.masked)} tensors left unquantized (the mask path and the masked "
                      f"scores into Softmax; config 'patterns.attention_mask')")
     if plan.widened:
-        lines.append(f"  residual sums into LayerNorm and their linear branches: {len(plan.widened)} tensors at "
-                     f"{config_rules_bw(plan)} bits (config 'patterns.layer_norm_input_bw')")
+        lines.append(f"  LayerNorm inputs (residual sums, their linear branches) and outputs: {len(plan.widened)} tensors "
+                     f"at up to {config_rules_bw(plan)} bits (config 'patterns.layer_norm_input_bw', 'layer_norm_output_bw')")
     for name, t in plan.all().items():
         granularity = f"per-channel axis {t.spec.axis}" if t.spec.axis is not None else "per-tensor"
         lines.append(f"    {t.kind:10} {t.role:6} {t.spec.bw:2d}-bit {'sym ' if t.spec.symmetric else 'asym'} "

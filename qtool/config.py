@@ -91,6 +91,7 @@ class PatternRules:
     pointwise_functions: bool = True  # quantize a written-out GELU/SiLU/hard-swish only at its result
     attention_mask: bool = True  # leave the additive mask and the masked scores unquantized
     layer_norm_input_bw: int | None = 16  # residual sums into a LayerNorm (None: as other activations)
+    layer_norm_output_bw: int | None = 16  # what comes out of a LayerNorm (None: as other activations)
 
 
 @dataclass(frozen=True)
@@ -216,17 +217,18 @@ def _mixed_ranges(section: Any, source: str) -> MixedRangeRule:
 
 
 def _patterns(section: Any, source: str) -> PatternRules:
-    """The ``patterns`` section: {"pointwise_functions", "attention_mask", "layer_norm_input_bw"}."""
+    """The ``patterns`` section: two switches and two bit-widths (PatternRules)."""
     if not isinstance(section, dict):
         raise _fail(source, "patterns", "expected an object")
-    _check_keys(section, {"pointwise_functions", "attention_mask", "layer_norm_input_bw"}, source, "patterns")
+    widths = ("layer_norm_input_bw", "layer_norm_output_bw")
+    _check_keys(section, {"pointwise_functions", "attention_mask", *widths}, source, "patterns")
     fields: dict[str, Any] = {key: _bool(section[key], source, f"patterns.{key}")
                               for key in ("pointwise_functions", "attention_mask") if key in section}
-    if "layer_norm_input_bw" in section:
-        bw = section["layer_norm_input_bw"]
+    for key in widths:
+        bw = section.get(key, getattr(PatternRules, key))
         if bw is not None and (isinstance(bw, bool) or not isinstance(bw, int) or not 2 <= bw <= 16):
-            raise _fail(source, "patterns.layer_norm_input_bw", f"expected a bit-width 2..16 or null, got {bw!r}")
-        fields["layer_norm_input_bw"] = bw
+            raise _fail(source, f"patterns.{key}", f"expected a bit-width 2..16 or null, got {bw!r}")
+        fields[key] = bw
     return PatternRules(**fields)
 
 

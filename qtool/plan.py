@@ -27,7 +27,8 @@ from qtool.errors import QtoolError
 from qtool.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
 from qtool.overrides import Override, apply_overrides
 from qtool.plan_patterns import (attention_mask_tensors, bounded_relus, clipped_offsets,
-                                 decomposed_layer_norm_internals, layer_norm_inputs, pointwise_internals)
+                                 decomposed_layer_norm_internals, layer_norm_inputs, layer_norm_outputs,
+                                 pointwise_internals)
 from qtool.quant import QuantSpec
 
 # op type -> {input index: parameter type}; a constant at another index is not a parameter.
@@ -81,7 +82,7 @@ class QuantPlan:
     fused: list[str] = field(default_factory=list)  # outputs left unquantized inside supergroups
     mixed_ranges: MixedRangeRule = MixedRangeRule()  # applied by calibrate, once ranges are known
     masked: list[str] = field(default_factory=list)  # attention-mask path and masked scores: unquantized
-    widened: list[str] = field(default_factory=list)  # residual sums into a LayerNorm, at more bits
+    widened: list[str] = field(default_factory=list)  # LayerNorm inputs (residual sums) and outputs, at more bits
 
     def all(self) -> dict[str, TensorPlan]:
         return {**self.activations, **self.params}
@@ -149,7 +150,9 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
     if rules.pointwise_functions:
         fused |= pointwise_internals(model)
     masked = attention_mask_tensors(model) if rules.attention_mask else set()
-    widened = layer_norm_inputs(model) if rules.layer_norm_input_bw else set()
+    widened = {name: rules.layer_norm_output_bw for name in layer_norm_outputs(model)} if rules.layer_norm_output_bw else {}
+    if rules.layer_norm_input_bw:  # a residual sum can be a LayerNorm's output too: the inputs' rule then wins
+        widened.update(dict.fromkeys(layer_norm_inputs(model), rules.layer_norm_input_bw))
     plan.fused, plan.masked = sorted(fused - masked), sorted(masked)
     fused |= masked
     # --act-bw/--param-bw ask for integer grids, whatever dtype the config had
@@ -165,8 +168,8 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
         if value.name in plan.activations or value.const_value is not None or not is_float(value):
             return
         settings = act_override.over(settings)
-        if value.name in widened and settings.dtype == "int" and (settings.bitwidth or 8) < rules.layer_norm_input_bw:
-            settings = QuantizerSettings(bitwidth=rules.layer_norm_input_bw).over(settings)
+        if value.name in widened and settings.dtype == "int" and (settings.bitwidth or 8) < widened[value.name]:
+            settings = QuantizerSettings(bitwidth=widened[value.name]).over(settings)
             plan.widened.append(value.name)
         if _is_quantizing(settings):
             plan.activations[value.name] = TensorPlan(value.name, "activation", role, _spec(settings, config, None), where, fixed)

@@ -396,7 +396,8 @@ def test_param_and_act_bitwidth_overrides(config):
     assert {t.spec.axis for t in plan.params.values()} == {None}
     plan = build_plan(model, load_config(config), PlanOptions(per_channel=True, act_bw=6))
     assert plan.params["q.weight_1"].spec.axis == 1
-    assert {t.spec.bw for t in plan.activations.values()} == {6}
+    assert plan.widened and {plan.activations[n].spec.bw for n in plan.widened} == {16}  # the LayerNorm rules
+    assert {t.spec.bw for t in plan.activations.values() if t.name not in plan.widened} == {6}
 
 
 def test_act_bw_override_on_a_float16_config(tmp_path):

@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
 import pytest
 
 from qtool.config import load_config, parse_config
 from qtool.plan import build_plan
+from qtool.plan_patterns import layer_norm_outputs
 from qtool.qdq import build_qdq_model
 from qtool.runtime import make_session
 from qtool.steps.calibrate import CalibrateOptions, calibrate
@@ -77,7 +79,30 @@ def test_residual_sums_into_layer_norm_and_their_linear_branch_get_16_bits():
     assert len(branches) == 4 and all(plan.activations[v.name].spec.bw == 16 for v in branches)
     others = [t for t in plan.activations.values() if t.name not in plan.widened]
     assert others and all(t.spec.bw == 8 for t in others)
-    assert not build_plan(model, _config(layer_norm_input_bw=None)).widened
+    narrow = build_plan(model, _config(layer_norm_input_bw=None))
+    assert not set(narrow.widened) & {n.outputs[0].name for n in sums}
+    assert not build_plan(model, _config(layer_norm_input_bw=None, layer_norm_output_bw=None)).widened
+
+
+def test_layer_norm_outputs_get_16_bits_fused_or_written_out():
+    model = _model(-1e4)
+    plan = build_plan(model, _config(layer_norm_input_bw=None))
+    outputs = layer_norm_outputs(model)
+    assert len(outputs) == 5  # the embedding LayerNorm and two per layer, each written out
+    for name in outputs:  # the Add(beta) that ends each written-out LayerNorm
+        assert plan.activations[name].spec.bw == 16 and name in plan.widened
+    assert not build_plan(model, _config(layer_norm_output_bw=None, layer_norm_input_bw=None)).widened
+    fused = helper.make_graph([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1),
+                               helper.make_node("MatMul", ["y", "w"], ["z"])], "ln",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8])],
+                              [numpy_helper.from_array(np.ones(8, np.float32), "g"),
+                               numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+                               numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")])
+    fused_model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(
+        helper.make_model(fused, opset_imports=[helper.make_opsetid("", 17)])))
+    assert layer_norm_outputs(fused_model) == {"y"}
+    assert build_plan(fused_model, _config()).activations["y"].spec.bw == 16
 
 
 def test_gelu_inside_is_fused_and_embedding_tables_are_per_hidden_dimension():
