@@ -25,6 +25,7 @@ def test_every_transformer_role_is_found_once_per_layer(tmp_path):
     onnx.save(tiny_bert(layers=layers), tmp_path / "bert.onnx")
     roles = Counter(node_roles(load_model(tmp_path / "bert.onnx")).values())
     for role in ("attention scores Q.K^T", "attention context P.V", "attention probabilities", "GELU",
+                 "attention output projection",
                  "FFN up-projection", "FFN down-projection"):
         assert roles[role] == layers, role
     assert roles["Q/K/V projection"] == 3 * layers

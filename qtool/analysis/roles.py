@@ -11,7 +11,8 @@ exporter:
   which comes from a Softmax;
 * attention probabilities: a Softmax feeding such a MatMul;
 * Q/K/V projection: a weight MatMul/Gemm whose output (after its bias) reaches an attention
-  MatMul through movers; FFN up-projection: one whose output goes into a GELU/SiLU; FFN
+  MatMul through movers; attention output projection: one that reads the attention context
+  through movers; FFN up-projection: one whose output goes into a GELU/SiLU; FFN
   down-projection: one whose input comes out of one;
 * residual sum into LayerNorm / its linear branch (plan_patterns.layer_norm_inputs), LayerNorm
   (fused or written out), GELU/SiLU (plan_patterns.pointwise_internals and its result), the
@@ -98,7 +99,8 @@ def _functions(model: ir.Model, norm_inner: set[str]) -> dict[str, tuple[str, st
     return results
 
 
-def _linear_role(node: ir.Node, functions: dict[str, tuple[str, str]], attention_inputs: set[str]) -> str | None:
+def _linear_role(node: ir.Node, functions: dict[str, tuple[str, str]], attention_inputs: set[str],
+                 contexts: set[int]) -> str | None:
     out = node.outputs[0]
     consumers = out.consumers()
     after_bias = consumers[0].outputs[0] if len(consumers) == 1 and consumers[0].op_type == "Add" and any(
@@ -114,6 +116,8 @@ def _linear_role(node: ir.Node, functions: dict[str, tuple[str, str]], attention
     data = next((v for v in node.inputs if v is not None and v.const_value is None), None)
     if data is not None and data.name in functions:
         return "FFN down-projection"
+    if id(_comes_from(data, {"MatMul"})) in contexts:
+        return "attention output projection"
     return None
 
 
@@ -125,6 +129,7 @@ def node_roles(model: ir.Model) -> dict[str, str]:
     mask = attention_mask_tensors(model)
     residual = layer_norm_inputs(model)
     attention_inputs: set[str] = set()
+    contexts: set[int] = set()  # the P.V MatMuls (by id: nodes are not hashable by name alone)
     for node in model.graph:
         if not _is_activation_matmul(node) or not node.outputs:
             continue
@@ -132,6 +137,7 @@ def node_roles(model: ir.Model) -> dict[str, str]:
             roles[node_label(node)] = "attention scores Q.K^T"
         elif any(_comes_from(v, {"Softmax"}) is not None for v in node.inputs):
             roles[node_label(node)] = "attention context P.V"
+            contexts.add(id(node))
         else:
             continue
         attention_inputs.update(v.name for v in node.inputs if v is not None)
@@ -155,7 +161,7 @@ def node_roles(model: ir.Model) -> dict[str, str]:
                 and node.inputs[0].const_value is not None and len(node.inputs[0].shape or ()) == 2:
             roles[label] = "embedding table"
         elif node.op_type in ("MatMul", "Gemm") and not _is_activation_matmul(node):
-            role = _linear_role(node, functions, attention_inputs)
+            role = _linear_role(node, functions, attention_inputs, contexts)
             if role:
                 roles[label] = role
     return roles
