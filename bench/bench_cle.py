@@ -155,8 +155,8 @@ class Bench:
 
         import onnx_ir as ir
 
-        from qtool.encodings_read import load_encodings
-        from qtool.qdq import build_qdq_model
+        from qtool.encodings.read import load_encodings
+        from qtool.ir.qdq import build_qdq_model
         encodings = calibrated[0]
         row = {"method": label, "kind": "qtool"}
         if encodings is None or not encodings.is_file():

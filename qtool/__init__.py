@@ -4,4 +4,6 @@ A quantized model is a pair: the float ONNX model and an AIMET-format encodings 
 step reads a pair and writes a new one; the QDQ model is derived from the pair when needed.
 """
 
-__version__ = "0.1.0"
+from qtool._version import __version__
+
+__all__ = ["__version__"]

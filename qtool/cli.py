@@ -19,13 +19,15 @@ import click
 # Only light modules at the top: building the command tree (and a recipe run whose steps are all
 # up to date) must not pay for onnx, onnx_ir and onnxruntime (about 1 s). Each command imports
 # the steps it calls in its body.
-from qtool import __version__, strict_json
-from qtool.atomic import StagedOutputs, copy_file_atomic
-from qtool.config import BUILTIN_CONFIGS, load_config
-from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
+from qtool._version import __version__
+from qtool.encodings.formats import ENCODING_VERSIONS
+from qtool.encodings.write import save_encodings
 from qtool.errors import QtoolError, report_exception
-from qtool.metrics import describe_metrics, hidden_channels
-from qtool.overrides import load_overrides
+from qtool.files import strict_json
+from qtool.files.atomic import StagedOutputs
+from qtool.metrics.comparison import describe_metrics, hidden_channels
+from qtool.plan.config import BUILTIN_CONFIGS, load_config
+from qtool.plan.overrides import load_overrides
 from qtool.progress import Bar
 from qtool.quant.observers import ACTIVATION_SCHEMES, SCHEMES, SQNR_GAMMA
 
@@ -189,9 +191,10 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, input_shap
 
     Example: qtool calibrate model.onnx --data calib.npz --config w8a8-per-channel -o out/model
     """
-    from qtool.graph import load_model
     from qtool.io import load_pair, open_model_data, output_prefix
-    from qtool.plan import PlanOptions, build_plan
+    from qtool.ir.external_data import copy_model_file
+    from qtool.ir.graph import load_model
+    from qtool.plan.build import PlanOptions, build_plan
     from qtool.steps.calibrate import CalibrateOptions, calibrate
 
     prefix = output_prefix(output)
@@ -207,7 +210,7 @@ def calibrate_cmd(model, data, samples, batch_size, preprocess, seed, input_shap
     result = calibrate(graph, plan, lambda: source.batches(batch_size), options, frozen=frozen,
                        total=source.count(), progress=Bar("calibrate"))
     with StagedOutputs() as out:
-        copy_file_atomic(model, out.path(f"{prefix}.onnx"))
+        copy_model_file(model, out.path(f"{prefix}.onnx"))
         save_encodings(result.encodings, out.path(f"{prefix}.encodings.json"), encoding_version)
     summary = {
         "model": f"{prefix}.onnx", "encodings": f"{prefix}.encodings.json", "samples": result.samples,
@@ -256,9 +259,9 @@ def simulate_cmd(model, encodings, data, samples, batch_size, preprocess, seed, 
 
     Example: qtool simulate out/model.onnx --data eval.npz --labels eval_labels.npy
     """
-    from qtool.graph import load_model, save_model
     from qtool.io import load_labels, load_pair, open_model_data
-    from qtool.output_channels import parse_channel_axes
+    from qtool.ir.graph import load_model, save_model
+    from qtool.metrics.channels import parse_channel_axes
     from qtool.steps.simulate import simulate
 
     if bypass:
@@ -300,9 +303,10 @@ def export_cmd(model, encodings, output_dir, prefix, encoding_version):
 
     Example: qtool export out/model.onnx -o deploy --prefix mynet
     """
-    from qtool.graph import save_model
+    from qtool.files.safe_paths import check_file_stem
     from qtool.io import load_pair
-    from qtool.safe_paths import check_file_stem
+    from qtool.ir.external_data import copy_model_file
+    from qtool.ir.graph import save_model
     from qtool.steps.export import export
 
     check_file_stem(prefix, "--prefix")
@@ -310,7 +314,7 @@ def export_cmd(model, encodings, output_dir, prefix, encoding_version):
     result = export(graph, enc_set, source=enc_source)
     folder = Path(output_dir)
     with StagedOutputs() as out:
-        copy_file_atomic(model, out.path(folder / f"{prefix}.onnx"))
+        copy_model_file(model, out.path(folder / f"{prefix}.onnx"))
         save_encodings(result.encodings, out.path(folder / f"{prefix}.encodings"), encoding_version)
         save_model(result.qdq_model, out.path(folder / f"{prefix}_qdq.onnx"))
     files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
@@ -330,7 +334,7 @@ def plot_ranges_cmd(model, compare, layers, max_layers, output):
 
     Example: qtool plot-ranges folded.onnx --compare equalized.onnx -o ranges.png
     """
-    from qtool.graph import load_model
+    from qtool.ir.graph import load_model
     from qtool.plots import plot_ranges
     from qtool.weight_ranges import layer_ranges
 
@@ -359,9 +363,9 @@ def info_cmd(model, config, per_channel, overrides, show_ranges, compare, data, 
 
     Example: qtool info model.onnx --config w8a8-per-channel
     """
-    from qtool.graph import load_model
-    from qtool.plan import PlanOptions, build_plan
-    from qtool.runtime import input_infos
+    from qtool.ir.graph import load_model
+    from qtool.plan.build import PlanOptions, build_plan
+    from qtool.runtime.sessions import input_infos
     from qtool.weight_ranges import format_table, layer_ranges, ranges_table
 
     graph = load_model(model)

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import click
 
-from qtool import strict_json
 from qtool.analysis.metric import BUILTIN_METRICS, metric_for
-from qtool.analysis.role_label import describe
 from qtool.analysis.report_html import render_html, without_timings
-from qtool.atomic import StagedOutputs, copy_file_atomic
+from qtool.analysis.role_label import describe
 from qtool.cli import Bar, Report, cli, data_options, json_option, overrides_option, read_overrides, reporting
-from qtool.config import load_config
-from qtool.encodings_io import EncodingSet, save_encodings
-from qtool.overrides import parse_overrides
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.encodings.write import save_encodings
+from qtool.files import strict_json
+from qtool.files.atomic import StagedOutputs
+from qtool.plan.config import load_config
+from qtool.plan.overrides import parse_overrides
 from qtool.quant.observers import ACTIVATION_SCHEMES
 
 # the analysis, the steps, onnx and onnxruntime are imported in each body (see the note in cli.py)
@@ -47,9 +48,9 @@ def metric_option(func):
 def pair_for_analysis(model: str, encodings: str | None, config: str, overrides: str | None, source,
                       batch_size: int):
     """The pair to analyse: given encodings, or a calibration of MODEL with --config first."""
-    from qtool.graph import load_model
     from qtool.io import load_pair
-    from qtool.plan import PlanOptions, build_plan
+    from qtool.ir.graph import load_model
+    from qtool.plan.build import PlanOptions, build_plan
     from qtool.steps.calibrate import calibrate
 
     if encodings:
@@ -86,8 +87,8 @@ def analyze_cmd(model, encodings, data, samples, batch_size, preprocess, seed, i
     Example: qtool analyze out/model.onnx --data calib.npz --labels labels.npy --jobs 2 -o report
     """
     from qtool.analysis.analyze import AnalyzeOptions, analyze
-    from qtool.graph import load_model
     from qtool.io import load_labels, open_model_data
+    from qtool.ir.graph import load_model
 
     graph = load_model(model)
     shapes = {"input_shapes": input_shape, "vocab_size": vocab_size}
@@ -169,11 +170,12 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, inpu
     Example: qtool mixed-precision model.onnx --data calib.npz --labels labels.npy --candidates w8a8,w8a16 -o amp
     """
     from qtool.analysis.mixed_precision import mixed_precision, parse_candidates
-    from qtool.graph import load_model
     from qtool.io import load_labels, open_model_data
-    from qtool.plan import PlanOptions, build_plan
+    from qtool.ir.external_data import copy_model_file
+    from qtool.ir.graph import load_model
+    from qtool.ir.qdq import build_qdq_model
+    from qtool.plan.build import PlanOptions, build_plan
     from qtool.plots import pareto_plot, plots_available
-    from qtool.qdq import build_qdq_model
     from qtool.steps.calibrate import CalibrateOptions, calibrate
 
     choices = parse_candidates(candidates)
@@ -209,7 +211,7 @@ def mixed_precision_cmd(model, data, samples, batch_size, preprocess, seed, inpu
     with StagedOutputs() as out:
         out.path(folder / "overrides.json").write_bytes(strict_json.dumps(overrides_doc).encode())
         out.path(folder / "mixed_precision.json").write_bytes(strict_json.dumps(without_timings(result)).encode())
-        copy_file_atomic(model, out.path(folder / "model.onnx"))
+        copy_model_file(model, out.path(folder / "model.onnx"))
         save_encodings(final["encodings"], out.path(folder / "model.encodings.json"))
         plotted = pareto_plot(result, out.path(folder / "pareto.png")) if plots_available() else False
     return Report(result, _mp_lines(result, folder, plotted))

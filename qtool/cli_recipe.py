@@ -11,10 +11,10 @@ import sys
 
 import click
 
-from qtool import strict_json
 from qtool.cli import cli
-from qtool.atomic import atomic_write_bytes
-from qtool.metrics import describe_metrics, hidden_channels
+from qtool.files import strict_json
+from qtool.files.atomic import atomic_write_bytes
+from qtool.metrics.comparison import describe_metrics, hidden_channels
 from qtool.recipe.document import apply_overrides, interpolate, read_document
 from qtool.recipe.gate import check_expectations
 from qtool.recipe.policy import RunPolicy

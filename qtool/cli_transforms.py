@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import click
 
-from qtool.atomic import StagedOutputs
+from qtool.files.atomic import StagedOutputs
 from qtool.cli import (Bar, Report, cli, data_options, fold_note, json_option, overrides_option, read_overrides,
                        reporting, shape_options)
-from qtool.config import load_config
-from qtool.encodings_io import ENCODING_VERSIONS, save_encodings
+from qtool.encodings.formats import ENCODING_VERSIONS
+from qtool.encodings.write import save_encodings
 from qtool.errors import QtoolError
+from qtool.plan.config import load_config
 from qtool.steps import RELU6_MODES
 
 # the steps, onnx and onnxruntime are imported in each command's body (see the note in cli.py)
@@ -32,7 +33,7 @@ def fold_cmd(model, output):
 
     Example: qtool fold model.onnx -o model_folded.onnx
     """
-    from qtool.graph import load_model, save_model
+    from qtool.ir.graph import load_model, save_model
     from qtool.steps.fold import fold_batch_norms
 
     result = fold_batch_norms(load_model(model))
@@ -76,8 +77,8 @@ def equalize_cmd(model, output, relu6, keep_relu6, no_absorb, data, samples, bat
     Example: qtool equalize model.onnx -o model_cle.onnx
     (noise-aware: qtool equalize model.onnx --relu6 bound --data calib.npz -o model_cle.onnx)
     """
-    from qtool.graph import load_model, save_model
     from qtool.io import open_model_data
+    from qtool.ir.graph import load_model, save_model
     from qtool.steps.equalize import NoiseAwareOptions, equalize
 
     if keep_relu6 and relu6 not in ("replace", "keep"):
@@ -128,8 +129,8 @@ def bias_correct_cmd(model, encodings, data, samples, batch_size, preprocess, an
 
     Example: qtool bias-correct model_cle.onnx --encodings model_cle.encodings.json --data calib.npz -o out/model_bc
     """
-    from qtool.graph import save_model
     from qtool.io import load_pair, open_model_data, output_prefix
+    from qtool.ir.graph import save_model
     from qtool.steps.bias_correction import correct_bias
 
     if data is None and not analytic:
@@ -191,9 +192,9 @@ def adaround_cmd(model, data, samples, batch_size, preprocess, seed, input_shape
 
     Example: qtool adaround model.onnx --data calib.npz --param-bw 4 -o out/model_w4
     """
-    from qtool.graph import load_model, save_model
     from qtool.io import load_pair, open_model_data, output_prefix
-    from qtool.plan import PlanOptions, build_plan
+    from qtool.ir.graph import load_model, save_model
+    from qtool.plan.build import PlanOptions, build_plan
     from qtool.quant.adaround import AdaRoundParams
     from qtool.steps.adaround import AdaRoundOptions, adaround
     from qtool.steps.calibrate import calibrate

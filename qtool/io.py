@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from qtool.data import DataSource, ImageSpec, open_data
-from qtool.data_checks import check_labels
-from qtool.encodings_io import EncodingSet, resolve_axes
-from qtool.encodings_read import load_encodings
+from qtool.data.checks import check_labels
+from qtool.data.sources import DataSource, ImageSpec, open_data
+from qtool.encodings.encoding_set import EncodingSet, resolve_axes
+from qtool.encodings.read import load_encodings
 from qtool.errors import QtoolError
-from qtool.graph import load_model, shape_of, value_by_name
-from qtool.model_checks import check_custom_ops
-from qtool.plan import param_axis
-from qtool.runtime import input_infos
+from qtool.ir.graph import load_model, shape_of, value_by_name
+from qtool.plan.build import param_axis
+from qtool.runtime.custom_ops import check_custom_ops
+from qtool.runtime.sessions import input_infos
 
 ENCODINGS_SUFFIX = ".encodings.json"
 
@@ -85,7 +85,7 @@ def check_encoding_shapes(encodings: EncodingSet, values: dict[str, ir.Value], s
 def open_model_data(model: ir.Model, spec: str, *, samples: int | None, preprocess: str | None,
                     seed: int = 0, input_shapes: Iterable[str] = (), vocab_size: int | None = None) -> DataSource:
     """`--data` for this model; `input_shapes` are `--input-shape` values (NAME=1x3x320x320)."""
-    from qtool.random_data import parse_input_shapes
+    from qtool.data.random_data import parse_input_shapes
 
     return open_data(spec, input_infos(model), samples=samples, image_spec=ImageSpec.parse(preprocess), seed=seed,
                      input_shapes=parse_input_shapes(input_shapes or ()), vocab_size=vocab_size)
@@ -95,7 +95,7 @@ def load_labels(path: str | os.PathLike, model: ir.Model | None = None, data: Da
                 ) -> np.ndarray:
     """Integer class labels, one per sample (.npy, or .txt with one integer a line). With the
     model and the data they label: one label per sample of the data, a classifier output of the
-    model, and labels inside its classes (qtool.data_checks.check_labels)."""
+    model, and labels inside its classes (qtool.data.checks.check_labels)."""
     path = Path(path)
     if not path.is_file():
         raise QtoolError(f"{path}: {'is a directory, not a labels file' if path.is_dir() else 'no such labels file'}")

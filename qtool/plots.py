@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from qtool.errors import QtoolError
-from qtool.atomic import atomic_output
+from qtool.files.atomic import atomic_output
 from qtool.weight_ranges import LayerRanges, match_after
 
 # Per-format metadata that would otherwise carry the matplotlib version or a timestamp, so

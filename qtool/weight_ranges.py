@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.errors import QtoolError
-from qtool.graph import constant_array
+from qtool.ir.graph import constant_array
 from qtool.steps.fold import LINEAR_OPS, output_channels
 
 # Floor for the narrowest channel range: a dead (all-constant) channel gives a large but finite

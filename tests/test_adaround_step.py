@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from qtool.cli import main
-from qtool.config import load_config
-from qtool.encodings_read import load_encodings
-from qtool.graph import load_model
-from qtool.overrides import parse_overrides
-from qtool.plan import PlanOptions, build_plan
+from qtool.encodings.read import load_encodings
+from qtool.ir.graph import load_model
+from qtool.plan.build import PlanOptions, build_plan
+from qtool.plan.config import load_config
+from qtool.plan.overrides import parse_overrides
 from qtool.quant import quantize_dequantize
 from qtool.quant.adaround import AdaRoundParams
 from qtool.steps.adaround import AdaRoundOptions, adaround
@@ -64,8 +64,8 @@ def test_adaround_beats_nearest_on_held_out_data(rounded):
 
 def test_frozen_encodings_survive_calibrate_and_export(tmp_path, rounded):
     model, nearest, result, held_out, name = rounded
-    from qtool.encodings_io import save_encodings
-    from qtool.graph import save_model
+    from qtool.encodings.write import save_encodings
+    from qtool.ir.graph import save_model
 
     save_model(result.model, tmp_path / "ada.onnx")
     save_encodings(result.encodings, tmp_path / "ada.encodings.json")

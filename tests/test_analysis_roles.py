@@ -14,7 +14,7 @@ import onnx
 from conftest import run_main
 from qtool.analysis.role_label import describe
 from qtool.analysis.roles import node_roles
-from qtool.graph import load_model
+from qtool.ir.graph import load_model
 from tiny_bert import sentences, tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]

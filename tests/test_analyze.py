@@ -14,13 +14,13 @@ from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.groups import blocks, quantizer_groups
 from qtool.analysis.metric import load_metric
 from qtool.analysis.switchable import build_switchable
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
 from qtool.io import load_pair
-from qtool.qdq import build_qdq_model
+from qtool.ir.qdq import build_qdq_model
 from qtool.quant import QuantSpec
 from qtool.quant.encoding import encode_tensor
-from qtool.runtime import make_session
+from qtool.runtime.sessions import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 CBR = ROOT / "sample_models" / "conv_bn_relu.onnx"

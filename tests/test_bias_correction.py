@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.config import load_config
-from qtool.graph import model_bytes
-from qtool.plan import PlanOptions, build_plan
-from qtool.qdq import build_qdq_model
+from qtool.ir.graph import model_bytes
+from qtool.ir.qdq import build_qdq_model
+from qtool.plan.build import PlanOptions, build_plan
+from qtool.plan.config import load_config
 from qtool.quant import quantize_dequantize
 from qtool.steps.bias_correction import correct_bias
 from qtool.steps.calibrate import calibrate
@@ -49,7 +49,7 @@ def pair(model: ir.Model, x: np.ndarray, param_bw: int, bias_quantized: bool = F
     config = load_config("default")
     plan = build_plan(model, config, PlanOptions(param_bw=param_bw))
     if bias_quantized:
-        from qtool.config import QuantizerSettings
+        from qtool.plan.config import QuantizerSettings
 
         config = type(config)(**{**config.__dict__, "param_types": {"bias": QuantizerSettings(enabled=True)}})
         plan = build_plan(model, config, PlanOptions(param_bw=param_bw))

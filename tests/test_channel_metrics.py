@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import run_main
 from qtool.analysis.metric import metric_for
 from qtool.errors import QtoolError
-from qtool.metrics import Comparison, channel_powers, describe_metrics, worst_channels
-from qtool.output_channels import output_channel_axes, parse_channel_axes
+from qtool.metrics.channels import output_channel_axes, parse_channel_axes
+from qtool.metrics.comparison import Comparison, channel_powers, describe_metrics, worst_channels
 from qtool.recipe.gate import check_expectations
 
 CLASSES = 6  # output0 is [N, 4 + CLASSES, 64]: channels 0-3 boxes in pixels, 4-9 class probabilities

@@ -154,7 +154,7 @@ def test_a_model_the_checker_refuses_but_onnxruntime_runs_is_loaded_with_a_warni
     import onnx
     from onnx import TensorProto, helper
 
-    from qtool.graph import load_model
+    from qtool.ir.graph import load_model
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import run_main
 from qtool.analysis.metric import load_metric
-from qtool.config import parse_config
 from qtool.errors import QtoolError
-from qtool.overrides import parse_overrides
+from qtool.plan.config import parse_config
+from qtool.plan.overrides import parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CBR = ROOT / "sample_models" / "conv_bn_relu.onnx"

@@ -1,4 +1,4 @@
-"""AIMET runtime configs (qtool.config) and the quantizer plan they give on real graphs (qtool.plan)."""
+"""AIMET runtime configs (qtool.plan.config) and the quantizer plan they give on real graphs (qtool.plan.build)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.config import BUILTIN_CONFIGS, QuantizerSettings, load_config, parse_config
 from qtool.errors import QtoolError
-from qtool.graph import load_model, model_bytes
-from qtool.plan import PlanOptions, build_plan
+from qtool.ir.graph import load_model, model_bytes
+from qtool.plan.build import PlanOptions, build_plan
+from qtool.plan.config import BUILTIN_CONFIGS, QuantizerSettings, load_config, parse_config
 from qtool.quant import QuantSpec, compute_encoding
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 

@@ -17,10 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_main
-from qtool.data import Batch, DataSource, InputInfo, open_data
+from qtool.data.random_data import apply_input_shapes, parse_input_shapes, random_chunks
+from qtool.data.sources import Batch, DataSource, InputInfo, open_data
 from qtool.errors import QtoolError
-from qtool.metrics import Comparison
-from qtool.random_data import apply_input_shapes, parse_input_shapes, random_chunks
+from qtool.metrics.comparison import Comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, CLASSES, SENTENCES = 50, 4, 24
@@ -273,8 +273,8 @@ def test_random_shapes_come_out_as_given(tmp_path):
 
 
 def test_random_token_ids_stay_inside_the_vocabulary(text, tmp_path, capsys):
-    from qtool.graph import load_model
-    from qtool.runtime import input_infos
+    from qtool.ir.graph import load_model
+    from qtool.runtime.sessions import input_infos
 
     infos = input_infos(load_model(text["model"]))
     assert {i.name: i.vocab for i in infos} == {"input_ids": VOCAB, "token_type_ids": 2, "attention_mask": None}
@@ -297,7 +297,7 @@ def test_random_token_ids_stay_inside_the_vocabulary(text, tmp_path, capsys):
 def test_integer_inputs_without_a_table_get_zeros_with_a_warning(caplog):
     import logging
 
-    from qtool.random_data import check_random_inputs
+    from qtool.data.random_data import check_random_inputs
 
     info = InputInfo("positions", (None, 6), np.dtype(np.int64))
     with caplog.at_level(logging.WARNING):

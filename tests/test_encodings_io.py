@@ -8,14 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from qtool.encodings_io import (
-    ENCODING_VERSIONS,
-    EncodingSet,
-    resolve_axes,
-    save_encodings,
-    to_json_dict,
-)
-from qtool.encodings_read import from_json_dict, load_encodings
+from qtool.encodings.encoding_set import EncodingSet, resolve_axes
+from qtool.encodings.formats import ENCODING_VERSIONS
+from qtool.encodings.read import from_json_dict, load_encodings
+from qtool.encodings.write import save_encodings, to_json_dict
 from qtool.errors import QtoolError
 from qtool.quant.encoding import Encoding, QuantSpec, compute_encoding, float_encoding
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.graph import clone, load_model, model_bytes
+from qtool.ir.graph import clone, load_model, model_bytes
 from qtool.steps.equalize import equalize, replace_relu6
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

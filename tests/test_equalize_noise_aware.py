@@ -14,11 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_main
-from qtool.channel_stats import ChannelTap, channel_statistics
-from qtool.config import load_config
-from qtool.graph import clone, load_model, model_bytes
-from qtool.plan import build_plan
-from qtool.qdq import build_qdq_model
+from qtool.ir.graph import clone, load_model, model_bytes
+from qtool.ir.qdq import build_qdq_model
+from qtool.plan.build import build_plan
+from qtool.plan.config import load_config
+from qtool.runtime.channel_stats import ChannelTap, channel_statistics
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.equalize import equalize
 
@@ -64,7 +64,7 @@ def test_channel_statistics_match_numpy_over_uneven_batches():
     stats = channel_statistics(model, taps, [{"x": b} for b in batches])
     session = ort.InferenceSession(model_bytes(model), providers=["CPUExecutionProvider"])
     whole = np.concatenate(batches)
-    from qtool.runtime import with_taps
+    from qtool.runtime.sessions import with_taps
     a = ort.InferenceSession(model_bytes(with_taps(model, ["a"])), providers=["CPUExecutionProvider"]).run(
         ["a"], {"x": whole})[0]
     del session

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from qtool.cli import cli
-from qtool.data import InputInfo, open_data
+from qtool.data.sources import InputInfo, open_data
 from qtool.errors import QtoolError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "corpus"))

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.graph import model_bytes
+from qtool.ir.graph import model_bytes
 from qtool.steps.fold import BN_STATS_KEY, fold_batch_norms
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -152,7 +152,7 @@ def test_spatial_mul_is_not_folded():
 @pytest.mark.parametrize("name", ["conv_bn_relu", "mobilenet_block", "ppocr_cls", "attention_block", "two_inputs",
                                   "relu6_attr_opset6"])
 def test_sample_models_fold_within_1e5(name):
-    from qtool.graph import load_model
+    from qtool.ir.graph import load_model
 
     model = load_model(SAMPLES / f"{name}.onnx")
     feeds = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qtool.atomic import SLOW_WRITE_ENV, TEMP_NAME
+from qtool.files.atomic import SLOW_WRITE_ENV, TEMP_NAME
 from small_model import invoke, tree, workspace
 
 CALIBRATE = ["calibrate", "m.onnx", "--data", "d.npz", "--scheme", "minmax", "-o", "out/cal"]

@@ -13,8 +13,8 @@ from conftest import run_main
 from qtool.analysis.cost import layer_macs
 from qtool.analysis.mixed_precision import Candidate, parse_candidates
 from qtool.errors import QtoolError
-from qtool.graph import load_model
-from qtool.overrides import load_overrides
+from qtool.ir.graph import load_model
+from qtool.plan.overrides import load_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = ROOT / "sample_models" / "broken_layer.onnx"

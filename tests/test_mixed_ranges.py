@@ -13,10 +13,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.config import MixedRangeRule, load_config, parse_config
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
-from qtool.plan import build_plan
+from qtool.plan.build import build_plan
+from qtool.plan.config import MixedRangeRule, load_config, parse_config
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.mixed_ranges import find_mixed_joins, lost_bits
 from qtool.steps.simulate import simulate
@@ -65,8 +65,8 @@ def _data(count: int = 24, seed: int = 1) -> list[dict[str, np.ndarray]]:
 
 def _score_sqnr(model: ir.Model, encodings: EncodingSet) -> tuple[float, float]:
     """(box SQNR, score SQNR) in dB of the quantized model against float, on held-out data."""
-    from qtool.runtime import make_session
-    from qtool.qdq import build_qdq_model
+    from qtool.ir.qdq import build_qdq_model
+    from qtool.runtime.sessions import make_session
     feeds = _data(16, seed=7)
     ref = make_session(model, simulate=True)
     qdq = make_session(build_qdq_model(model, encodings), simulate=True)

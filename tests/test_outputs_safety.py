@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_main
-from qtool import strict_json
-from qtool.atomic import remove_stale_temporaries, temporary_sibling
+from qtool.files import strict_json
+from qtool.files.atomic import remove_stale_temporaries, temporary_sibling
 from small_model import invoke, tree, workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_every_json_dump_in_qtool_is_strict():
     loose = []
     for path in sorted((ROOT / "qtool").rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()
-        if relative == "qtool/strict_json.py":
+        if relative == "qtool/files/strict_json.py":
             continue
         for function, call in _json_calls(ast.parse(path.read_text())):
             strict = any(k.arg == "allow_nan" and isinstance(k.value, ast.Constant) and k.value.value is False

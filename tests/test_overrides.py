@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import run_main
-from qtool.config import load_config, parse_config
 from qtool.errors import QtoolError
-from qtool.graph import load_model
-from qtool.overrides import load_overrides, parse_overrides
-from qtool.plan import PlanOptions, build_plan
+from qtool.ir.graph import load_model
+from qtool.plan.build import PlanOptions, build_plan
+from qtool.plan.config import load_config, parse_config
+from qtool.plan.overrides import load_overrides, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CBR = ROOT / "sample_models" / "conv_bn_relu.onnx"

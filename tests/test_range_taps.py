@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from qtool.config import load_config
-from qtool.graph import load_model, model_bytes
-from qtool.plan import build_plan
+from qtool.ir.graph import load_model, model_bytes
+from qtool.plan.build import build_plan
+from qtool.plan.config import load_config
 from qtool.quant import compute_encoding
-from qtool.runtime import with_range_taps, with_taps
+from qtool.runtime.sessions import with_range_taps, with_taps
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

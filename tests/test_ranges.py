@@ -10,12 +10,12 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.config import load_config, parse_config
-from qtool.graph import load_model
-from qtool.plan import build_plan
+from qtool.ir.graph import load_model
+from qtool.ir.ranges import derivations, range_function
+from qtool.plan.build import build_plan
+from qtool.plan.config import load_config, parse_config
 from qtool.quant.observers import MinMaxObserver
-from qtool.ranges import derivations, range_function
-from qtool.runtime import input_infos
+from qtool.runtime.sessions import input_infos
 from qtool.steps.calibrate import _RangeTaps, _TensorTaps
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import run_main
-from qtool.config import load_config
-from qtool.graph import load_model
-from qtool.plan import PlanOptions, build_plan
+from qtool.ir.graph import load_model
+from qtool.plan.build import PlanOptions, build_plan
+from qtool.plan.config import load_config
 from qtool.quant import QuantSpec
 from qtool.quant.observers import SCHEMES, MinMaxObserver, NoiseObserver, PercentileObserver
 from qtool.steps.calibrate import AIMET_SCHEME_NAMES, CalibrateOptions, calibrate

@@ -8,9 +8,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from qtool.graph import load_model, set_initializer
-from qtool.runtime import make_session, with_taps
-from qtool.segmented import SegmentedRunner
+from qtool.ir.graph import load_model, set_initializer
+from qtool.runtime.segmented import SegmentedRunner
+from qtool.runtime.sessions import make_session, with_taps
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -66,10 +66,10 @@ def test_a_stop_before_the_nodes_already_run_is_refused():
 @pytest.mark.parametrize("param_bw", [4, 12])
 def test_requantized_param_equals_a_rebuilt_qdq_model(param_bw):
     """AdaRound updates one weight in the QDQ model instead of rebuilding it: same model bytes."""
-    from qtool.config import load_config
-    from qtool.graph import model_bytes
-    from qtool.plan import PlanOptions, build_plan
-    from qtool.qdq import build_qdq_model, requantize_param
+    from qtool.ir.graph import model_bytes
+    from qtool.ir.qdq import build_qdq_model, requantize_param
+    from qtool.plan.build import PlanOptions, build_plan
+    from qtool.plan.config import load_config
     from qtool.steps.calibrate import calibrate
 
     model = load_model(SAMPLES / "mobilenet_block.onnx")

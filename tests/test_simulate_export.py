@@ -24,13 +24,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import integer_kernels_saturate
 from qtool.cli import cli
-from qtool.config import load_config, parse_config
-from qtool.graph import load_model, save_model
 from qtool.io import open_model_data
-from qtool.metrics import sqnr_db
-from qtool.plan import PlanOptions, build_plan
+from qtool.ir.graph import load_model, save_model
+from qtool.metrics.comparison import sqnr_db
+from qtool.plan.build import PlanOptions, build_plan
+from qtool.plan.config import load_config, parse_config
 from qtool.quant import compute_encoding, quantize, quantize_dequantize
-from qtool.runtime import input_infos, make_session, with_taps
+from qtool.runtime.sessions import input_infos, make_session, with_taps
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 from qtool.steps.export import export
 from qtool.steps.simulate import simulate

@@ -10,11 +10,11 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 import pytest
 
-from qtool.config import load_config, parse_config
-from qtool.plan import build_plan
-from qtool.plan_patterns import layer_norm_outputs
-from qtool.qdq import build_qdq_model
-from qtool.runtime import make_session
+from qtool.ir.patterns import layer_norm_outputs
+from qtool.ir.qdq import build_qdq_model
+from qtool.plan.build import build_plan
+from qtool.plan.config import load_config, parse_config
+from qtool.runtime.sessions import make_session
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 
 from tiny_bert import cosine, mean_pooled, sentences, tiny_bert

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qtool.errors import QtoolError
-from qtool.graph import load_model
+from qtool.ir.graph import load_model
 from qtool.plots import plot_ranges
 from qtool.steps.fold import fold_batch_norms, scale_output_channels
 from qtool.weight_ranges import LayerRanges, format_table, layer_ranges, ranges_table

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qtool import __version__
+from qtool._version import __version__
 from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.groups import Group, blocks, fix_encoding, override_for, quantizer_groups
 from qtool.analysis.metric import Metric, pieces
 from qtool.analysis.role_label import describe
 from qtool.analysis.switchable import build_switchable
 from qtool.analysis.tensors import activation_views, clip_bounds, param_view, statistic
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.progress import Progress, no_progress
 
 log = logging.getLogger("qtool")

@@ -11,8 +11,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.analysis.groups import LAYER_OPS
-from qtool.graph import node_label
-from qtool.runtime import make_session, with_taps
+from qtool.ir.graph import node_label
+from qtool.runtime.sessions import make_session, with_taps
 
 
 def layer_macs(model: ir.Model, sample: dict[str, np.ndarray]) -> dict[str, int]:

@@ -24,10 +24,10 @@ import onnx_ir as ir
 
 from qtool.analysis.metric import Metric, Outputs
 from qtool.analysis.switchable import SwitchableModel
-from qtool.data import Batch, batch_size_of, sample_indices
+from qtool.data.sources import Batch, batch_size_of, sample_indices
 from qtool.errors import QtoolError
 from qtool.progress import Progress, no_progress
-from qtool.runtime import make_session, max_batch
+from qtool.runtime.sessions import make_session, max_batch
 
 
 @dataclass(frozen=True)

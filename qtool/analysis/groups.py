@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from qtool.analysis.roles import node_roles
-from qtool.encodings_io import EncodingSet
-from qtool.graph import node_label, value_by_name
-from qtool.plan import param_axis
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.ir.graph import node_label, value_by_name
+from qtool.plan.build import param_axis
 from qtool.quant import Encoding, QuantSpec
 from qtool.quant.encoding import compute_encoding, encode_tensor
 

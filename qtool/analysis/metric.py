@@ -1,7 +1,7 @@
 """The number the debugging flow and mixed precision optimise: higher is better, always.
 
 Built in: `sqnr` (dB, all float outputs pooled), `channel_sqnr` (dB, the worst channel of any
-float output: per channel of each output, on the axis qtool.output_channels picks, the lowest
+float output: per channel of each output, on the axis qtool.metrics.channels picks, the lowest
 SQNR; outputs without channels count pooled), `top1` (% of samples whose arg-max over the last
 axis matches the float model's), `cosine` (mean cosine similarity per sample, x100) and
 `accuracy` (% arg-max equal to integer labels). Without labels the default is `channel_sqnr`:
@@ -10,7 +10,7 @@ killed (class scores next to box pixels in one detector output). `module:functio
 loads a function of the user's: f(outputs, reference, labels) -> float, where outputs and
 reference map output names to arrays over all evaluation samples, in the order of `labels`. An
 output whose shape differs between samples (a sequence's length) comes as a list of per-batch
-arrays instead (each batch one shape; see qtool.data's bucketing), never padded or cut.
+arrays instead (each batch one shape; see qtool.data.sources's bucketing), never padded or cut.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.errors import QtoolError
-from qtool.metrics import channel_powers, channel_sqnr_db, sqnr_db
+from qtool.metrics.comparison import channel_powers, channel_sqnr_db, sqnr_db
 
 Outputs = dict[str, np.ndarray]
 MAX_DB = 300.0  # identical outputs: a finite number, so reports stay valid JSON
@@ -129,12 +129,12 @@ BUILTIN_METRICS = {
 def metric_for(spec: str | None, labels: np.ndarray | None, model=None) -> Metric:
     """The --metric the user asked for (default: accuracy with labels, else channel_sqnr),
     checked against the labels before any long work starts. `model` (an ir.Model) gives
-    channel_sqnr each output's channel axis (qtool.output_channels); without it, axis 1."""
+    channel_sqnr each output's channel axis (qtool.metrics.channels); without it, axis 1."""
     metric = load_metric(spec or ("accuracy" if labels is not None else "channel_sqnr"))
     if metric.name == "accuracy" and labels is None:
         raise QtoolError("--metric accuracy needs --labels")
     if metric.name == "channel_sqnr" and model is not None:
-        from qtool.output_channels import output_channel_axes  # imports onnx_ir: only when used
+        from qtool.metrics.channels import output_channel_axes  # imports onnx_ir: only when used
 
         metric = Metric(metric.name, metric.unit, _channel_sqnr_for(output_channel_axes(model)))
     return metric

@@ -27,7 +27,7 @@ from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.groups import Group, blocks, quantizer_groups
 from qtool.analysis.metric import Metric
 from qtool.analysis.switchable import build_switchable
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
 from qtool.progress import Progress, no_progress
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from qtool.graph import node_label
-from qtool.plan_patterns import (MOVERS, attention_mask_tensors, decomposed_layer_norm_internals,
+from qtool.ir.graph import node_label
+from qtool.ir.patterns import (MOVERS, attention_mask_tensors, decomposed_layer_norm_internals,
                                  layer_norm_inputs, pointwise_internals)
 
 _SCALES = MOVERS | {"Div", "Mul", "Add", "Sub", "Where"}  # between Q.K^T and its Softmax

@@ -21,8 +21,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.errors import QtoolError
-from qtool.graph import add_initializer, clone, ensure_opset, unique_name, value_by_name
-from qtool.qdq import MS_DOMAIN, activation_quantizer, first_consumer, param_quantizer, splice_after
+from qtool.ir.graph import add_initializer, clone, ensure_opset, unique_name, value_by_name
+from qtool.ir.qdq import MS_DOMAIN, activation_quantizer, first_consumer, param_quantizer, splice_after
 from qtool.quant import Encoding
 
 SELECTOR_PREFIX = "qtool_select_"

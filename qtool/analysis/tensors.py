@@ -12,11 +12,11 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.analysis.switchable import SwitchableModel
-from qtool.encodings_io import EncodingSet
-from qtool.metrics import sqnr_db
-from qtool.plan import param_axis
-from qtool.graph import value_by_name
-from qtool.runtime import make_session, with_taps
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.ir.graph import value_by_name
+from qtool.metrics.comparison import sqnr_db
+from qtool.plan.build import param_axis
+from qtool.runtime.sessions import make_session, with_taps
 
 TAP_BATCH = 4
 BINS = 64

@@ -5,7 +5,7 @@ line they come from, so the recipe is parsed with PyYAML's node API rather than 
 `--set` overrides and `${var}` interpolation are applied here too, before validation, so a
 value that came from either is checked like any other.
 
-The document is read within limits (qtool.input_text for the file, qtool.yaml_safe for its size
+The document is read within limits (qtool.files.input_text for the file, qtool.files.yaml_safe for its size
 once aliases are expanded, its depth and cycles), and `${name}` reads only the recipe's `vars:`,
 `--set vars.name=...` and two built-ins: the environment only for names given with `--env`,
 since a recipe received with a model must not be able to copy a secret into run.json.
@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from qtool.errors import QtoolError
-from qtool.input_text import read_text
-from qtool.yaml_safe import YamlLimitError, compose, construct_scalar
+from qtool.files.input_text import read_text
+from qtool.files.yaml_safe import YamlLimitError, compose, construct_scalar
 
 Path_ = tuple  # a location in the document: keys and list indices, e.g. ("steps", 2, "calibrate", "scheme")
 

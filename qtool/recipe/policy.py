@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qtool.safe_paths import escapes, stem_problem
+from qtool.files.safe_paths import escapes, stem_problem
 
 CODE_OPTIONS = {"metric"}  # options whose value may name Python code (module:function, file.py:function)
 WRITTEN_PATH_OPTIONS = {"write_overrides"}  # options naming a file the step writes, beside the wired outputs

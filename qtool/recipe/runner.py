@@ -20,10 +20,11 @@ from typing import Any, Callable
 
 import click
 
-from qtool import __version__, strict_json
+from qtool._version import __version__
+from qtool.data.random_data import recipe_input_shapes
 from qtool.errors import QtoolError
-from qtool.atomic import atomic_write_bytes
-from qtool.random_data import recipe_input_shapes
+from qtool.files import strict_json
+from qtool.files.atomic import atomic_write_bytes
 from qtool.recipe.steps import PATH_OPTIONS, output_option, output_paths
 from qtool.recipe.validate import PlannedStep, Recipe
 

@@ -18,10 +18,10 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from qtool.config import BUILTIN_CONFIGS, parse_config
+from qtool.data.random_data import parse_input_shapes, recipe_input_shapes
 from qtool.errors import QtoolError
-from qtool.input_text import load_json
-from qtool.random_data import parse_input_shapes, recipe_input_shapes
+from qtool.files.input_text import load_json
+from qtool.plan.config import BUILTIN_CONFIGS, parse_config
 from qtool.recipe.document import Document, RecipeError
 from qtool.recipe.policy import RunPolicy, check_step_folders, confine_option
 from qtool.recipe.schema import TOP_LEVEL_KEYS, RecipeSchema

@@ -11,7 +11,7 @@ Inputs are streamed: per batch only the sampled rows of each layer are kept (`ro
 layer, spread evenly over the batches), so memory does not grow with the number of samples.
 The targets W x_fp come from one pass of the float model for all layers (only the outputs are
 kept, computed batch by batch); x_q for each layer from the model adarounded so far, as AIMET
-does, but without AIMET's pass per layer: `qtool.segmented` runs
+does, but without AIMET's pass per layer: `qtool.runtime.segmented` runs
 only the nodes between the previous layer and this one, from the activations cached at their
 boundary, so all layers together cost one simulated pass.
 """
@@ -26,18 +26,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
-from qtool.graph import clone, set_initializer
-from qtool.layers import attr_int
+from qtool.ir.graph import clone, set_initializer
+from qtool.ir.layers import attr_int
+from qtool.ir.qdq import build_qdq_model, requantize_param
 from qtool.progress import Progress, no_progress
-from qtool.qdq import build_qdq_model, requantize_param
 from qtool.quant import Encoding
 from qtool.quant.adaround import AdaRoundParams, adaround_matrix
 from qtool.quant.layer_rows import LayerRows
 from qtool.quant.patches import conv_patches, output_shape, sample_rows
-from qtool.runtime import keep_source, make_session, max_batch, run_batches, split_batches, with_taps
-from qtool.segmented import SegmentedRunner
+from qtool.runtime.segmented import SegmentedRunner
+from qtool.runtime.sessions import keep_source, make_session, max_batch, run_batches, split_batches, with_taps
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from qtool.encodings_io import EncodingSet
-from qtool.graph import add_initializer, clone, constant_array, unique_name
-from qtool.layers import bias_array, bias_value, input_channel_axis, output_channels, set_bias
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.ir.graph import add_initializer, clone, constant_array, unique_name
+from qtool.ir.layers import bias_array, bias_value, input_channel_axis, output_channels, set_bias
+from qtool.ir.qdq import build_qdq_model
 from qtool.progress import Progress, no_progress
-from qtool.qdq import build_qdq_model
 from qtool.quant import Encoding, QuantSpec, quantize_dequantize
 from qtool.quant.observers import encode_param
-from qtool.runtime import keep_source, make_session, max_batch, run_batches, split_batches, with_mean_taps
+from qtool.runtime.sessions import keep_source, make_session, max_batch, run_batches, split_batches, with_mean_taps
 from qtool.steps.fold import BN_STATS_KEY
 
 CORRECTABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -16,16 +16,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx_ir as ir
 
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
-from qtool.graph import constant_array, value_by_name
-from qtool.plan import QuantPlan
+from qtool.ir.graph import constant_array, value_by_name
+from qtool.ir.ranges import derivations, resolve
+from qtool.plan.build import QuantPlan
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
 from qtool.quant.encoding import Encoding
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA, MinMaxObserver, encode_param, make_observer
-from qtool.ranges import derivations, resolve
-from qtool.runtime import make_session, max_batch, run_batches, with_range_taps, with_taps
+from qtool.runtime.sessions import make_session, max_batch, run_batches, with_range_taps, with_taps
 from qtool.steps.mixed_ranges import MixedJoin, apply_mixed_joins, find_mixed_joins
 from qtool.steps.scheme_choice import choose_scheme, first_samples, skip_samples
 
@@ -223,7 +223,7 @@ class _TensorTaps:
 
 class _RangeTaps:
     """Min-max observers need two numbers per tensor and batch: ranges of monotonic ops' outputs
-    are derived from their inputs' (qtool.ranges), the rest are reduced inside onnxruntime so
+    are derived from their inputs' (qtool.ir.ranges), the rest are reduced inside onnxruntime so
     that only scalars leave the session. A batch whose reduced range is not finite (inf/NaN
     inside) is rerun with those tensors taken out whole, and non-finite values are skipped, as
     the observers do everywhere else."""

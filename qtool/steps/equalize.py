@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from qtool import strict_json
-from qtool.channel_stats import ChannelStats, ChannelTap, channel_statistics
-from qtool.graph import add_initializer, constant_array, hand_over, set_initializer, shape_of
-from qtool.layers import (
+from qtool.files import strict_json
+from qtool.ir.graph import add_initializer, constant_array, hand_over, set_initializer, shape_of
+from qtool.runtime.channel_stats import ChannelStats, ChannelTap, channel_statistics
+from qtool.ir.layers import (
     LINEAR_OPS,
     attr_int,
     bias_array,
@@ -45,9 +45,9 @@ from qtool.layers import (
     scale_output_channels,
     set_bias,
 )
+from qtool.ir.ranges import clip_bounds
 from qtool.progress import Progress, no_progress
 from qtool.quant.cle_scales import PairNoise, cle_scales, noise_aware_scales
-from qtool.ranges import clip_bounds
 from qtool.steps import RELU6_MODES
 from qtool.steps.fold import BN_STATS_KEY, fold_batch_norms
 

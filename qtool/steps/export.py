@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from qtool.encodings_io import EncodingSet
-from qtool.qdq import build_qdq_model
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.ir.qdq import build_qdq_model
 
 
 @dataclass

@@ -29,9 +29,9 @@ import onnx_ir as ir
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from qtool import strict_json
-from qtool.graph import clone, constant_array, hand_over, set_initializer
-from qtool.layers import (  # noqa: F401  (output_channels/scale_output_channels re-exported)
+from qtool.files import strict_json
+from qtool.ir.graph import clone, constant_array, hand_over, set_initializer
+from qtool.ir.layers import (  # noqa: F401  (output_channels/scale_output_channels re-exported)
     LINEAR_OPS,
     attr_float,
     attr_int,

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qtool.config import MixedRangeRule
-from qtool.graph import constant_array, is_float, value_by_name
+from qtool.ir.graph import constant_array, is_float, value_by_name
+from qtool.plan.config import MixedRangeRule
 
 # Ops whose output holds exactly the values of their (first) input, rearranged.
 CARRIERS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}

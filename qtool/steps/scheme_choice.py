@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.quant.encoding import Encoding
 from qtool.quant.observers import SCHEMES
 from qtool.steps.simulate import simulate

@@ -4,8 +4,8 @@ Both sessions use the same onnxruntime settings (basic optimisations, QDQ fusion
 all quantizers bypassed the two runs are bit-identical: a sanity check that the simulation
 itself adds no error (white paper 4.8, the FP32 sanity step).
 
-Each float output gets a pooled SQNR and the worst SQNR over its channels (qtool.metrics); the
-channel axis comes from qtool.output_channels, or from `channel_axes` where the caller names one.
+Each float output gets a pooled SQNR and the worst SQNR over its channels (qtool.metrics.comparison); the
+channel axis comes from qtool.metrics.channels, or from `channel_axes` where the caller names one.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from qtool.data import sample_indices
-from qtool.encodings_io import EncodingSet
+from qtool.data.sources import sample_indices
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
-from qtool.metrics import Comparison
-from qtool.output_channels import output_channel_axes
+from qtool.ir.qdq import build_qdq_model
+from qtool.metrics.channels import output_channel_axes
+from qtool.metrics.comparison import Comparison
 from qtool.progress import Progress, no_progress
-from qtool.qdq import build_qdq_model
-from qtool.runtime import make_session, max_batch, run_batches
+from qtool.runtime.sessions import make_session, max_batch, run_batches
 
 
 @dataclass

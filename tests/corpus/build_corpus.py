@@ -229,8 +229,8 @@ def _per_channel_activation(doc: dict) -> None:
 
 def _legacy_short(folder: Path) -> Path:
     """The base encodings in AIMET 0.6.1 form, conv2.weight with a channel too many."""
-    from qtool.encodings_io import save_encodings
-    from qtool.encodings_read import load_encodings
+    from qtool.encodings.read import load_encodings
+    from qtool.encodings.write import save_encodings
 
     enc = load_encodings(folder / "tiny.encodings.json")
     weight = enc.params["conv2.weight"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qtool.graph import add_initializer, hand_over, set_initializer, unique_name
+from qtool.ir.graph import add_initializer, hand_over, set_initializer, unique_name
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx_ir as ir
 
-from qtool.graph import constant_array
+from qtool.ir.graph import constant_array
 
 Range = tuple[np.float32, np.float32]
 RangeFn = Callable[[Range], Range]

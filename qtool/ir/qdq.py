@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qtool.encodings_io import EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
-from qtool.graph import add_initializer, clone, ensure_opset, set_initializer, unique_name, value_by_name
+from qtool.ir.graph import add_initializer, clone, ensure_opset, set_initializer, unique_name, value_by_name
 from qtool.quant import Encoding, quantize, quantize_dequantize
 
 MS_DOMAIN = "com.microsoft"

@@ -1,4 +1,4 @@
-"""Which axis of each model output holds its channels, for the per-channel SQNR (qtool.metrics).
+"""Which axis of each model output holds its channels, for the per-channel SQNR (qtool.metrics.comparison).
 
 A pooled SQNR is dominated by the output's largest part: a YOLO head [N, 4 + C, anchors] that
 joins box pixels (0..320) with class probabilities (0..1) reads 38 dB while every probability
@@ -34,7 +34,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qtool.errors import QtoolError
-from qtool.graph import shape_of
+from qtool.ir.graph import shape_of
 
 _ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "Relu", "LeakyRelu", "PRelu",

@@ -1,9 +1,8 @@
 """Read AIMET encodings files (1.0.0, 0.6.1, 2.0.0 and the legacy 0.4.0/0.5.0 layout).
 
-Split from encodings_io.py (which writes, and holds the formats' description and
-`EncodingSet`): reading is the other half of the job and most of its code is validation, so that
-every problem in a hand-edited or foreign file is one QtoolError naming the file, the entry and
-the fix.
+Most of reading is validation, so that every problem in a hand-edited or foreign file is one
+QtoolError naming the file, the entry and the fix. The formats are described in
+`qtool.encodings.formats`; writing them is `qtool.encodings.write`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qtool.encodings_io import _DTYPE_RE, _LEGACY_VERSIONS, ENCODING_VERSIONS, EncodingSet
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.encodings.formats import DTYPE_RE, ENCODING_VERSIONS, LEGACY_VERSIONS
 from qtool.errors import QtoolError
 from qtool.quant.encoding import Encoding, float_encoding
 
@@ -137,7 +137,7 @@ def _read_2_0_0(entry: dict, src: str, where: str) -> Encoding:
     dtype = _get(entry, "output_dtype", "str", src, where)
     if dtype in ("float16", "float32"):
         return float_encoding(int(dtype[5:]))
-    match = _DTYPE_RE.fullmatch(dtype)
+    match = DTYPE_RE.fullmatch(dtype)
     if not match:
         raise _bad(src, where, f"output_dtype {dtype!r} is not supported", "use int<N>, uint<N> or float16")
     if "block_size" in entry or "per_block_int_scale" in entry:
@@ -181,7 +181,7 @@ def from_json_dict(doc: dict, *, source: str = "<encodings>", param_names: set[s
     if not isinstance(doc, dict):
         raise QtoolError(f"{src}: an encodings file must hold a JSON object, not {_JSON_TYPES.get(type(doc), 'that')}")
     version = _get(doc, "version", "str", src, "top level", "0.4.0")
-    if version not in ENCODING_VERSIONS + _LEGACY_VERSIONS:
+    if version not in ENCODING_VERSIONS + LEGACY_VERSIONS:
         raise QtoolError(f"{src}: unknown encodings version {version!r}",
                          f"qtool reads versions {', '.join(ENCODING_VERSIONS)}")
     result = EncodingSet(quantizer_args=dict(_get(doc, "quantizer_args", "dict", src, "top level", {})))

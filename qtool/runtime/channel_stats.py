@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from qtool.errors import QtoolError
 from qtool.progress import Progress, no_progress
-from qtool.runtime import make_session, max_batch, run_batches, with_reduce_taps
+from qtool.runtime.sessions import make_session, max_batch, run_batches, with_reduce_taps
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ The composer below measures while it composes, so every limit trips before the t
   stops after a few hundred nodes, in milliseconds). The node limit also bounds the time spent
   composing: PyYAML composes about 20,000 nodes a second, so a 1 MiB flow list of 500,000
   numbers alone took 27 s.
-The size of the text itself is capped by the caller (qtool.input_text.read_text).
+The size of the text itself is capped by the caller (qtool.files.input_text.read_text).
 Errors are yaml.MarkedYAMLError, so callers report them with their line like any syntax error.
 """
 

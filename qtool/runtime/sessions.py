@@ -17,9 +17,11 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from qtool.data import Batch, InputInfo, batch_size_of, slice_batch
+from qtool.data.inputs import InputInfo
+from qtool.data.sources import Batch, batch_size_of, slice_batch
 from qtool.errors import QtoolError
-from qtool.graph import add_initializer, clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name, value_by_name
+from qtool.ir.graph import (add_initializer, clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name,
+                            value_by_name)
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
     try:
         session = Session(model_bytes(model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        from qtool.model_checks import custom_op_error
+        from qtool.runtime.custom_ops import custom_op_error
 
         raise custom_op_error(model, source) or QtoolError(
             f"{source}: onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from exc

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from qtool.config import MixedRangeRule, OpTypeSettings, QuantizerSettings, RuntimeConfig
 from qtool.errors import QtoolError
-from qtool.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
-from qtool.overrides import Override, apply_overrides
-from qtool.plan_patterns import (attention_mask_tensors, bounded_relus, clipped_offsets,
+from qtool.ir.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
+from qtool.plan.config import MixedRangeRule, OpTypeSettings, QuantizerSettings, RuntimeConfig
+from qtool.plan.overrides import Override, apply_overrides
+from qtool.ir.patterns import (attention_mask_tensors, bounded_relus, clipped_offsets,
                                  decomposed_layer_norm_internals, layer_norm_inputs, layer_norm_outputs,
                                  pointwise_internals)
 from qtool.quant import QuantSpec

@@ -5,7 +5,7 @@ Top-1 agreement: fraction of samples whose arg-max over the last axis is the sam
 shaped like classifier scores (N x C with C > 1). Accuracy: arg-max against integer labels.
 
 Worst-channel SQNR: the same ratio per channel (signal and noise power summed over every axis
-but the channel axis, qtool.output_channels says which), and the lowest over the channels. A
+but the channel axis, qtool.metrics.channels says which), and the lowest over the channels. A
 pooled figure is dominated by the output's largest part; a part that quantization killed (class
 probabilities sharing one grid with box pixels) shows only per channel. Conventions:
 * a channel whose float values are all zero has no SQNR: left out of the minimum; if its
@@ -111,7 +111,7 @@ class Comparison:
     labels: np.ndarray | None = None
     # output name -> the decisions its values make (e.g. argmax over a softmax axis, per position)
     decisions: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
-    # output name -> its channel axis (qtool.output_channels; None: pooled only); outputs not
+    # output name -> its channel axis (qtool.metrics.channels; None: pooled only); outputs not
     # named here use axis 1 when they have one
     channel_axes: dict[str, int | None] = field(default_factory=dict)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qtool.errors import QtoolError
-from qtool.input_text import load_json
+from qtool.files.input_text import load_json
 
 log = logging.getLogger("qtool")
 
@@ -124,7 +124,7 @@ def parse_overrides(entries: Any, source: str) -> tuple[Override, ...]:
 
 def load_overrides(path: str | os.PathLike) -> tuple[Override, ...]:
     """An overrides file: {"overrides": [...]} (what analyze and mixed-precision write) or a bare list,
-    read strictly (qtool.input_text: no folder, NaN, duplicate keys or binary files)."""
+    read strictly (qtool.files.input_text: no folder, NaN, duplicate keys or binary files)."""
     path = Path(path)
     doc = load_json(path, "overrides file")
     if isinstance(doc, dict):

@@ -1,6 +1,6 @@
 """Checks of data against the model: shapes and dtypes from headers, values batch by batch.
 
-Shapes and dtypes are checked from each file's headers before anything runs (qtool.data_files
+Shapes and dtypes are checked from each file's headers before anything runs (qtool.data.arrays
 reads them without the data), so a folder whose last file does not fit fails at once, not after
 an hour of calibration. Values can only be checked as they are read: every slice that goes into
 a batch is checked for NaN/Inf (float inputs: one NaN makes every range NaN, and a calibrated

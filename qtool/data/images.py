@@ -1,6 +1,6 @@
 """Image folders as data: the `--preprocess` spec and decoding (Pillow, the optional `images` extra).
 
-Split from qtool.data so that every way an image or a spec can be wrong has its one-line error
+Split from qtool.data.sources so that every way an image or a spec can be wrong has its one-line error
 in one place: a spec is checked whole when it is parsed (a word where a size belongs, a zero
 size or std, three means for a two-value spec, a layout that is neither NCHW nor NHWC), before
 any image is decoded; an image Pillow cannot read is named by its path.

@@ -12,7 +12,7 @@ crashed a YOLO export inside onnxruntime. So:
   dynamic is a one-line error that names the input and the dim.
 * float inputs get standard normal values;
 * integer inputs that index an embedding table (a Gather on an initializer, directly or through
-  Cast/Unsqueeze/Reshape/...; see ``qtool.runtime.input_infos``) get uniform ids below the
+  Cast/Unsqueeze/Reshape/...; see ``qtool.runtime.sessions.input_infos``) get uniform ids below the
   table's rows, and below ``--vocab-size N`` when given (ids beyond a tokenizer's vocabulary
   would be rows training never touched);
 * integer or bool inputs named like masks ("mask" in the name) get ones: everything attended;
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from qtool.data import InputInfo
+from qtool.data.inputs import InputInfo
 from qtool.errors import QtoolError
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from qtool.runtime import make_session
+from qtool.runtime.sessions import make_session
 
 
 class ActivationStore:

@@ -18,11 +18,11 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
-from qtool.atomic import atomic_write_bytes
 from qtool.errors import QtoolError
-from qtool.external_data import load_external_data, save_with_external_data
-from qtool.model_checks import check_weights
-from qtool.output_guard import register_input
+from qtool.files.atomic import atomic_write_bytes
+from qtool.files.output_guard import register_input
+from qtool.ir.checks import check_weights
+from qtool.ir.external_data import load_external_data, save_with_external_data
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ MIN_QDQ_OPSET = 13
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
 # model.meta key: the model was read with external data, so it is written with external data too
-EXTERNAL_DATA = "qtool.external_data"
+EXTERNAL_DATA = "qtool.ir.external_data"
 
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
@@ -42,7 +42,7 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
 
 def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     """(the checked proto with its weights, whether they came from external data files).
-    External data locations are checked by qtool before onnx opens them (qtool.external_data)."""
+    External data locations are checked by qtool before onnx opens them (qtool.ir.external_data)."""
     path = Path(path)
     if not path.exists():
         raise QtoolError(f"{path}: no such file", "check the path to the ONNX model")
@@ -91,7 +91,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     model = ir.from_proto(proto)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     model.meta["qtool.source"] = str(path)  # for error messages further down
-    check_weights(model, path)  # NaN/Inf weights: refused, naming the tensor (qtool.model_checks)
+    check_weights(model, path)  # NaN/Inf weights: refused, naming the tensor (qtool.ir.checks)
     if external:
         model.meta[EXTERNAL_DATA] = True
     return model
@@ -108,7 +108,7 @@ def model_bytes(model: ir.Model) -> bytes:
 
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:
     """Save atomically and deterministically; a model read with external data is written with
-    its weights in `<name>.data` beside it (qtool.external_data), the two files renamed together."""
+    its weights in `<name>.data` beside it (qtool.ir.external_data), the two files renamed together."""
     if model.meta.get(EXTERNAL_DATA):
         save_with_external_data(model_to_proto(model), path)
     else:

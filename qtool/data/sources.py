@@ -6,7 +6,7 @@
 * a directory of such files, read one file at a time in sorted order (bounded memory);
 * a directory of images, with a preprocessing spec (Pillow, the optional `images` extra);
 * ``random``: data of the model's input shapes, for smoke tests only (warns; see
-  ``qtool.random_data``: dynamic dims must be given with ``--input-shape``, token ids respect
+  ``qtool.data.random_data``: dynamic dims must be given with ``--input-shape``, token ids respect
   the embedding table's size).
 
 Samples may differ in shape from file to file (a folder of one ``.npz`` per sentence, each with
@@ -16,10 +16,10 @@ feeds, plus each sample's position in the source (``indices``), so that per-samp
 with their samples when bucketing reorders them.
 
 Names, shapes and dtypes are checked against the model before anything runs, from each file's
-headers (``qtool.data_files``: nothing is unpickled, truncated files are caught there), and each
+headers (``qtool.data.arrays``: nothing is unpickled, truncated files are caught there), and each
 mismatch is a one-line error naming the file, the input and the fix; a file without samples is
 one (``FILE: 0 samples``) for every command alike. Values are checked as batches are built
-(``qtool.data_checks``: NaN/Inf, ids beyond an embedding table). A batch's inputs stay within
+(``qtool.data.checks``: NaN/Inf, ids beyond an embedding table). A batch's inputs stay within
 QTOOL_BATCH_BYTES (256 MiB by default): larger samples make batches smaller than --batch-size.
 """
 
@@ -28,14 +28,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from qtool.data_checks import check_shape, check_values
-from qtool.data_files import ArrayHeader, load_array, read_headers
-from qtool.data_images import IMAGE_SUFFIXES, ImageSpec, read_images
+from qtool.data.arrays import ArrayHeader, load_array, read_headers
+from qtool.data.checks import check_shape, check_values
+from qtool.data.images import IMAGE_SUFFIXES, ImageSpec, read_images
+from qtool.data.inputs import InputInfo
 from qtool.errors import QtoolError
 
 log = logging.getLogger(__name__)
@@ -45,22 +45,6 @@ __all__ = ["Batch", "DataSource", "ImageSpec", "InputInfo", "IMAGE_SUFFIXES", "o
 PENDING_BATCHES = 8  # samples waiting in shape buckets: at most this many batches' worth...
 PENDING_BYTES = 256 << 20  # ...and this many bytes, then the fullest bucket goes out early
 BATCH_BYTES = 256 << 20  # one batch's inputs at most (QTOOL_BATCH_BYTES): caps --batch-size
-
-
-@dataclass(frozen=True)
-class InputInfo:
-    """What the model expects on one input: dims are ints, or None where dynamic.
-
-    `dim_names`: the symbolic name of each dim where the model gives one (for messages, and so
-    that `--input-shape` fills a dim named 'seq' on every input that has it); `vocab`: the rows
-    of the embedding table that this integer input indexes (a Gather on an initializer), for
-    random token ids that the model can look up."""
-
-    name: str
-    shape: tuple[int | None, ...] | None
-    dtype: np.dtype
-    dim_names: tuple[str | None, ...] | None = None
-    vocab: int | None = None
 
 
 class Batch(dict):
@@ -269,7 +253,7 @@ class DataSource:
         return {info.name: arrays[info.name] for info in self.inputs}
 
     def _random_chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        from qtool.random_data import random_chunks
+        from qtool.data.random_data import random_chunks
 
         yield from random_chunks(self.inputs, self.limit or 16, self.seed, self.vocab_size)
 
@@ -311,7 +295,7 @@ def open_data(spec: str, inputs: list[InputInfo], *, samples: int | None = None,
 
     `input_shapes` (from `--input-shape`) fill the model's dynamic dims and must agree with its
     static ones; file data is then checked against them too. `vocab_size` bounds random ids."""
-    from qtool.random_data import apply_input_shapes, check_random_inputs
+    from qtool.data.random_data import apply_input_shapes, check_random_inputs
 
     inputs = apply_input_shapes(inputs, input_shapes or {})
     if spec == "random":

@@ -6,8 +6,8 @@ before onnx opens anything, whatever the onnx version (onnx 1.16 follows a symli
 of the model's folder, so any readable file could be copied into the outputs): the location must
 be relative, stay inside the model's folder once resolved, pass through no symlink, and hold the
 bytes the tensor claims. Writing: a model read with external data is written with external data,
-`out.onnx` + `out.onnx.data`, both staged and renamed together (qtool.atomic.StagedOutputs), so the
-pair is complete and never points at another `.data` file that happens to be in the output folder.
+`out.onnx` + `out.onnx.data`, both staged and renamed together (qtool.files.atomic.StagedOutputs),
+so the pair is complete and never points at another `.data` file that happens to be in the output folder.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import onnx
 
-from qtool.atomic import StagedOutputs, atomic_write_bytes, final_path, staged_companion
 from qtool.errors import QtoolError
-from qtool.output_guard import register_input
+from qtool.files.atomic import (StagedOutputs, atomic_write_bytes, copies_onto_itself, copy_file_atomic, final_path,
+                                staged_companion)
+from qtool.files.output_guard import register_input
 
 # tensors smaller than this stay inside the .onnx file (onnx's own default threshold)
 SIZE_THRESHOLD = 1024
@@ -164,3 +165,13 @@ def copy_model_with_external_data(src: str | os.PathLike, dst: str | os.PathLike
         return False
     save_with_external_data(proto, dst)
     return True
+
+
+def copy_model_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """An unchanged copy of an ONNX model (`qtool.files.atomic.copy_file_atomic`), except that a
+    model whose weights are stored as external data is re-serialised, its data under dst's own
+    name (`out.onnx` + `out.onnx.data`): a byte copy would point at a data file the output folder
+    does not have, or at another one that happens to be there."""
+    if not copies_onto_itself(src, dst) and copy_model_with_external_data(src, dst):
+        return
+    copy_file_atomic(src, dst)

@@ -1,4 +1,4 @@
-"""Checks of a model the user gives: weights that are NaN or infinite, ops onnxruntime cannot run.
+"""Checks of a model the user gives: weights that are NaN or infinite, nodes of custom domains.
 
 A NaN or infinite weight makes every range, scale and SQNR derived from it NaN (simulate printed
 `SQNR nan dB ... max |err| 0`), so a model holding one is refused at load, naming the tensor.
@@ -6,9 +6,8 @@ NaN is refused in any float initializer; an infinity only where the initializer 
 weight, bias or normalisation parameter: elsewhere +-inf is a legitimate constant (a Clip bound,
 an additive attention mask).
 
-A node of a custom domain (`com.example:MyOp`) cannot be simulated or exported when onnxruntime
-has no kernel for it. Commands that run the model call `check_custom_ops`, which names the node,
-its op and domain; a model onnxruntime runs (contrib ops, a registered library) passes through.
+A node of a custom domain (`com.example:MyOp`) may have no kernel in onnxruntime: `custom_nodes`
+lists them, and `qtool.runtime.custom_ops` asks onnxruntime whether it can run them.
 """
 
 from __future__ import annotations
@@ -64,33 +63,3 @@ def check_weights(model: ir.Model, source: str | os.PathLike) -> None:
 def custom_nodes(model: ir.Model) -> list[ir.Node]:
     """Nodes of domains onnxruntime does not ship (in the main graph and subgraphs)."""
     return [node for node in model.graph.all_nodes() if node.domain not in STANDARD_DOMAINS]
-
-
-def custom_op_error(model: ir.Model, source: str) -> QtoolError | None:
-    """The error to report when onnxruntime cannot load a model because of a custom-domain op."""
-    nodes = custom_nodes(model)
-    if not nodes:
-        return None
-    node = nodes[0]
-    others = f" (and {len(nodes) - 1} more custom node(s))" if len(nodes) > 1 else ""
-    return QtoolError(f"{source}: node '{node.name or node.op_type}' is op '{node.op_type}' of the custom domain "
-                      f"'{node.domain}', which onnxruntime cannot run{others}",
-                      "qtool runs the model in onnxruntime: replace the op by standard ONNX ops, or quantize "
-                      "the model before the custom op is added")
-
-
-def check_custom_ops(model: ir.Model, source: str) -> None:
-    """Refuse a model with custom-domain ops that onnxruntime cannot load (one try, only when the
-    model has such ops)."""
-    if not custom_nodes(model):
-        return
-    import onnxruntime as ort
-
-    from qtool.graph import model_bytes
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        ort.InferenceSession(model_bytes(model), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise custom_op_error(model, source) from exc

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from qtool.errors import QtoolError
-from qtool.output_guard import check_output, is_input
+from qtool.files.output_guard import check_output, is_input
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class StagedOutputs:
 
     def _commit(self) -> None:
         """Rename every staged file onto its final name, unless one of them is an input of the
-        running command: then none is (qtool.output_guard). Last staged first: a file staged
+        running command: then none is (qtool.files.output_guard). Last staged first: a file staged
         after another may be what it refers to (a model's external data), and must not be missing
         when the other appears. SIGINT/SIGTERM wait until all are renamed."""
         if self._staged:
@@ -290,26 +290,22 @@ class StagedOutputs:
             tmp.unlink(missing_ok=True)
 
 
+def copies_onto_itself(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Whether `dst` (staged or not) names the file `src` itself."""
+    final = final_path(dst)
+    return final.exists() and os.path.samefile(src, final)
+
+
 def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """An unchanged copy of an input file, written under a temporary name first.
 
-    An ONNX model whose weights are stored as external data is re-serialised instead, with its
-    data under dst's own name (`out.onnx` + `out.onnx.data`): a byte copy would point at a data
-    file the output folder does not have, or at another one that happens to be there. That one
-    case imports qtool.external_data (onnx), late, so that this module stays light.
-
     A copy onto the source itself (`qtool calibrate m.onnx -o m` writes m.encodings.json beside
-    the model) writes nothing: the file already is what the copy would be."""
-    final = final_path(dst)
-    if final.exists() and os.path.samefile(src, final):
+    the model) writes nothing: the file already is what the copy would be. ONNX models go
+    through `qtool.ir.external_data.copy_model_file`, which knows their external data."""
+    if copies_onto_itself(src, dst):
         if is_staged(dst):
             _staged[os.fspath(dst)][0].unstage(Path(dst))
         return
-    if os.fspath(src).endswith(".onnx"):
-        from qtool.external_data import copy_model_with_external_data
-
-        if copy_model_with_external_data(src, dst):
-            return
     if is_staged(dst):
         shutil.copyfile(src, dst)
         return

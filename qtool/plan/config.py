@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from qtool.errors import QtoolError
-from qtool.input_text import load_json
-from qtool.overrides import Override, parse_overrides
+from qtool.files.input_text import load_json
+from qtool.plan.overrides import Override, parse_overrides
 
 BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
 
@@ -316,7 +316,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
 
 def load_config(name_or_path: str | os.PathLike | None) -> RuntimeConfig:
     """A built-in target by name (see BUILTIN_CONFIGS) or an AIMET runtime config JSON file,
-    read strictly (qtool.input_text: no folder, NaN, duplicate keys or binary files)."""
+    read strictly (qtool.files.input_text: no folder, NaN, duplicate keys or binary files)."""
     name = str(name_or_path or "default")
     if name in BUILTIN_CONFIGS:
         text = resources.files("qtool.configs").joinpath(f"{name}.json").read_text()

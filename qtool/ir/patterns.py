@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qtool.graph import constant_array, is_float
+from qtool.ir.graph import constant_array, is_float
 
 # Elementwise ops that can make up a pointwise function of one tensor. Piecewise-linear ones
 # (Clip, Relu, Min, Max, HardSigmoid) are left out, measured: fusing the written-out hard-swish of
