@@ -54,6 +54,16 @@ class Document:
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     from_command_line: set[Path_] = field(default_factory=set)  # paths set by --set (relative to the cwd)
+    replaced: dict[Path_, Any] = field(default_factory=dict)  # the file's own values that --set replaced
+
+    def model_replaced(self) -> bool:
+        """Whether `--set model=...` named another model file than the recipe's own: the recipe's
+        data then belongs to a model that is no longer run (validate.py drops it)."""
+        if ("model",) not in self.replaced or not isinstance(self.replaced[("model",)], str):
+            return False
+        original = os.path.normpath(self.path.parent / Path(self.replaced[("model",)]).expanduser())
+        current = self.data.get("model") if isinstance(self.data, dict) else None
+        return not isinstance(current, str) or os.path.normpath(Path.cwd() / Path(current).expanduser()) != original
 
     def where(self, location: Path_) -> str:
         """'recipe.yaml:12' for the nearest located ancestor of `location`, or '--set a.b' for overrides."""
@@ -180,6 +190,8 @@ def apply_overrides(doc: Document, assignments: tuple[str, ...]) -> None:
         if not targets:
             problems.append(f"--set {assignment}: the recipe has no step or key named {parts[0]!r}")
         for location in targets:
+            if location not in doc.replaced and location not in doc.from_command_line:
+                doc.replaced[location] = _value_at(doc.data, location)
             problem = _assign(doc, location, value)
             if problem:
                 problems.append(f"--set {assignment}: {problem}")
@@ -220,6 +232,18 @@ def _step_key(name: Any) -> str:
     return str(name).replace("-", "_")
 
 
+def _value_at(data: Any, location: Path_) -> Any:
+    """The value at `location`, None where the path does not exist."""
+    for part in location:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
 def _assign(doc: Document, location: Path_, value: Any) -> str | None:
     """Set `value` at `location`, making mappings on the way; the problem when a list is in the way."""
     cursor: Any = doc.data
@@ -241,10 +265,14 @@ def _assign(doc: Document, location: Path_, value: Any) -> str | None:
 
 
 def interpolate(doc: Document, builtins: dict[str, str], env_names: Collection[str] = ()) -> None:
-    """Replace `${name}` in every string by `vars.name`, a built-in (recipe_dir, cwd) or, for the
+    """Replace `${name}` in every string by `vars.name`, a built-in (recipe_dir, cwd, and
+    model_stem: the model file's name without `.onnx`, after `--set model=...`) or, for the
     names in `env_names` only (`qtool run --env NAME`), an environment variable, in that order.
     A string that is exactly one `${name}` takes the variable's own type. The text added in all
-    is capped (MAX_INTERPOLATED), so a long variable used many times cannot blow the recipe up."""
+    is capped (MAX_INTERPOLATED), so a long variable used many times cannot blow the recipe up.
+
+    `model_stem` is what lets one recipe serve any model: `output: build/${model_stem}/w8a8` and
+    `export: {prefix: "${model_stem}"}` name the files after the model that was run."""
     variables = doc.data.get("vars") or {}
     problems: list[str] = []
     if not isinstance(variables, dict):
@@ -284,6 +312,16 @@ def interpolate(doc: Document, builtins: dict[str, str], env_names: Collection[s
             return _VAR.sub(lambda m: str(lookup(m.group(1), location)), value)
         return value
 
+    if isinstance(doc.data.get("model"), str):  # the model first: model_stem is read from it
+        doc.data["model"] = walk(doc.data["model"], ("model",))
+        if isinstance(doc.data["model"], str):
+            builtins = {**builtins, "model_stem": model_stem(doc.data["model"])}
     doc.data = walk(doc.data, ())
     if problems:
         raise RecipeError(problems)
+
+
+def model_stem(model: str) -> str:
+    """`net` for `models/net.onnx`: the name outputs derive from."""
+    name = Path(model).name
+    return name[:-5] if name.lower().endswith(".onnx") and len(name) > 5 else Path(name).stem or name

@@ -45,7 +45,7 @@ Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 class RecipeSchema(_Strict):
     description: str | None = None
     model: str
-    output: str
+    output: str | None = None  # default: <model's folder>/<model stem>-<recipe stem> (validate.py)
     config: str | dict[str, Any] | None = None
     data: DataSpec | None = None
     vars: dict[str, Scalar] = {}

@@ -3,12 +3,22 @@
 Checks, in one pass: the top-level shape (schema.py), each step's name and options against the
 CLI command's parameters (types, choices, ranges), files that must exist, the config, and the
 order of steps (nothing that needs encodings before a step that makes them, no data-hungry step
-without data, no `expect:` without a simulate step to measure it).
+without data, no `expect:` without a simulate step to measure it). A shape problem does not
+stop the pass: the keys it concerns are left out and the rest is checked, so one run of
+`qtool run` lists every problem (the order checks are skipped when a step or the data block was
+left out, since they would report its absence).
+
+One recipe serves many models: `output:` defaults to `<model's folder>/<model stem>-<recipe
+stem>/`, and when `--set model=...` replaces the recipe's model, the recipe file's data paths
+(calibration, evaluation, labels) are dropped with a note, since they belong to the model the
+file names; data given with `--set` is kept.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,16 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
+from pydantic import ValidationError, create_model
 
 from qtool.data.random_data import parse_input_shapes, recipe_input_shapes
 from qtool.errors import QtoolError
 from qtool.files.input_text import load_json
 from qtool.plan.config import BUILTIN_CONFIGS, parse_config
-from qtool.recipe.document import Document, RecipeError
+from qtool.recipe.document import Document, RecipeError, model_stem
 from qtool.recipe.policy import RunPolicy, check_step_folders, confine_option
 from qtool.recipe.schema import TOP_LEVEL_KEYS, RecipeSchema
 from qtool.recipe.steps import PATH_OPTIONS, STEP_KINDS, StepKind, step_name
+
+log = logging.getLogger("qtool")
+DATA_PATHS = ("calibration", "evaluation", "labels")
+ACCURACY_KEYS = ("max_accuracy_drop", "min_accuracy")  # need labels
+LABEL_FREE_KEYS = ("min_sqnr_db", "min_channel_sqnr_db")  # every model has them
+# the schema with its required keys optional: what is left to check once a shape problem is reported
+_Partial = create_model("PartialRecipe", __base__=RecipeSchema, model=(str | None, None),
+                        output=(str | None, None), steps=(list[dict[str, dict[str, Any] | None]] | None, None))
 
 
 @dataclass
@@ -65,25 +83,90 @@ def validate(doc: Document, policy: RunPolicy = RunPolicy()) -> Recipe:
         doc.lines[("data", "calibration")] = doc.lines.get(("data",), 0)
         if ("data",) in doc.from_command_line:
             doc.from_command_line.add(("data", "calibration"))
-    try:
-        schema = RecipeSchema.model_validate(data)
-    except ValidationError as exc:
-        located = [(_line_of(doc, tuple(error["loc"])), _pydantic_problem(doc, error)) for error in exc.errors()]
-        raise RecipeError([problem for _, problem in sorted(located, key=lambda pair: pair[0])]) from None
-
-    model = _existing(doc, ("model",), schema.model, problems, "model")
-    output = _resolve(doc, ("output",), schema.output)
+    if doc.model_replaced():
+        _drop_data_of_replaced_model(doc)
+    schema, left_out = _schema(doc, data, problems)
+    if schema is None:
+        raise RecipeError(problems)
+    model = _existing(doc, ("model",), schema.model, problems, "model") if schema.model else None
+    output = _output(doc, schema, model)
     config = _config(doc, schema.config, problems)
     recipe_data = _data(doc, schema, problems)
-    steps = [_step(doc, index, item, output, policy, problems) for index, item in enumerate(schema.steps)]
+    steps = [_step(doc, index, item, output, policy, problems) for index, item in enumerate(schema.steps or [])]
     steps = [step for step in steps if step is not None]
-    check_step_folders(output, [step.folder_name for step in steps], doc.where(("output",)), policy, problems)
+    if output is not None:
+        check_step_folders(output, [step.folder_name for step in steps], doc.where(("output",)), policy, problems)
     expect = {key: value for key, value in (schema.expect.model_dump() if schema.expect else {}).items()
               if value is not None}
-    _check_order(doc, steps, recipe_data, expect, problems)
+    if not left_out & {"steps", "data", "expect"}:
+        _check_order(doc, steps, recipe_data, expect, problems)
     if problems:
         raise RecipeError(problems)
     return Recipe(doc.path, model, output, config, recipe_data, steps, expect)
+
+
+def _schema(doc: Document, data: dict, problems: list[str]) -> tuple[Any, set]:
+    """The validated top level and the top-level keys left out because of a problem (each
+    problem appended, in line order). None when not even the rest can be read."""
+    try:
+        return RecipeSchema.model_validate(data), set()
+    except ValidationError as exc:
+        errors = exc.errors()
+    located = [(_line_of(doc, tuple(error["loc"])), _pydantic_problem(doc, error)) for error in errors]
+    problems.extend(problem for _, problem in sorted(located, key=lambda pair: pair[0]))
+    pruned = copy.deepcopy(data)
+    for error in sorted(errors, key=lambda e: [(0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in e["loc"]],
+                        reverse=True):
+        _prune(pruned, tuple(error["loc"]))
+    try:
+        return _Partial.model_validate(pruned), {error["loc"][0] for error in errors if error["loc"]}
+    except ValidationError:
+        return None, set()
+
+
+def _prune(data: Any, location: tuple) -> None:
+    """Remove what a shape problem is about: a whole step, else the deepest part of `location`
+    that exists (pydantic adds union member names to a location, e.g. ('config', 'str'))."""
+    if len(location) >= 2 and location[0] == "steps" and isinstance(data.get("steps"), list):
+        if isinstance(location[1], int) and location[1] < len(data["steps"]):
+            del data["steps"][location[1]]  # problems are pruned from the last location back
+        return
+    parent, key = data, None
+    for part in location:
+        if isinstance(parent, dict) and part in parent:
+            holder, key = parent, part
+        elif isinstance(parent, list) and isinstance(part, int) and 0 <= part < len(parent):
+            holder, key = parent, part
+        else:
+            break
+        parent = holder[key]
+    if key is not None:
+        del holder[key]
+
+
+def _drop_data_of_replaced_model(doc: Document) -> None:
+    """`--set model=other.onnx`: the recipe file's data paths were made for its own model (the
+    demo's text lines and labels), so they are not used; paths given with --set are kept."""
+    block = doc.data.get("data")
+    if not isinstance(block, dict) or ("data",) in doc.from_command_line:
+        return
+    dropped = [key for key in DATA_PATHS if key in block and ("data", key) not in doc.from_command_line]
+    for key in dropped:
+        del block[key]
+    if dropped:
+        names = " and ".join(f"data.{key}" for key in dropped)
+        log.info("%s: --set model replaces the recipe's model, so its %s (made for %s) %s not used; "
+                 "give yours with --set data.%s=...", doc.path, names, doc.replaced[("model",)],
+                 "is" if len(dropped) == 1 else "are", dropped[0])
+
+
+def _output(doc: Document, schema: Any, model: Path | None) -> Path | None:
+    """`output:` as given, else `<model's folder>/<model stem>-<recipe stem>` (None without a model)."""
+    if schema.output:
+        return _resolve(doc, ("output",), schema.output)
+    if model is None:
+        return None
+    return model.parent / f"{model_stem(str(model))}-{doc.path.stem}"
 
 
 def _line_of(doc: Document, location: tuple) -> int:
@@ -242,6 +325,9 @@ def _check_order(doc: Document, steps: list[PlannedStep], data: dict, expect: di
         if not any(step.name == "simulate" for step in steps):
             problems.append(f"{doc.where(('expect',))}: expect: needs a simulate step to measure the model")
         labelled = "labels" in data or any("labels" in s.options for s in steps if s.name == "simulate")
-        for key in ("max_accuracy_drop", "min_accuracy"):
-            if key in expect and not labelled:
-                problems.append(f"{doc.where(('expect', key))}: expect.{key} needs labels: set data.labels")
+        unmeasurable = [key for key in ACCURACY_KEYS if key in expect and not labelled]
+        if unmeasurable and not set(LABEL_FREE_KEYS) & set(expect):
+            # without labels the gate falls back to the SQNR checks (gate.py); with none, it could not fail
+            problems.append(f"{doc.where(('expect', unmeasurable[0]))}: expect.{unmeasurable[0]} needs labels: "
+                            f"set data.labels, or add min_sqnr_db or min_channel_sqnr_db, which the gate "
+                            f"checks when there are no labels")

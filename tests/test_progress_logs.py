@@ -1,0 +1,92 @@
+"""Progress off a terminal (issue 14): periodic log lines instead of silence, a closing line, and
+no two bars with the same label; and that a real command logs when its stderr is a file."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from qtool.progress import Bar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _label(base: str) -> str:
+    """A label no other bar of the test process has used (labels are numbered per process)."""
+    return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+def test_off_a_terminal_a_line_every_interval_and_one_when_done():
+    stream, clock, label = io.StringIO(), _Clock(), _label("calibrate")
+    bar = Bar(label, stream=stream, interval=10, clock=clock)
+    bar(10, 300)
+    assert stream.getvalue() == "", "work shorter than the interval prints nothing"
+    clock.now += 12
+    bar(120, 300)
+    bar(130, 300)  # within the interval of the last line: nothing
+    clock.now += 10
+    bar.detail("Conv_3 500/2000 iterations")
+    clock.now += 3
+    bar(300, 300)
+    lines = stream.getvalue().splitlines()
+    assert lines == [f"qtool: {label}: 120/300 samples, 12 s elapsed, about 18 s left",
+                     f"qtool: {label}: 130/300 samples (Conv_3 500/2000 iterations), 22 s elapsed, about 29 s left",
+                     f"qtool: {label}: done, 300 samples in 25 s"]
+    assert "\r" not in stream.getvalue() and "\033" not in stream.getvalue()
+
+
+def test_short_work_off_a_terminal_prints_nothing_even_when_done():
+    stream, clock = io.StringIO(), _Clock()
+    bar = Bar(_label("simulate"), stream=stream, interval=10, clock=clock)
+    clock.now += 4
+    bar(64, 64)
+    assert stream.getvalue() == ""
+
+
+def test_a_second_pass_and_a_second_bar_get_their_own_labels():
+    stream, label = _Terminal(), _label("calibrate")
+    bar = Bar(label, stream=stream)
+    bar(300, 300)
+    bar(16, 300)  # the histogram pass starts again from zero
+    again = Bar(label, stream=stream)
+    again(1, 2)
+    labels = [chunk.split(" [")[0] for chunk in stream.getvalue().replace("\n", "\r").split("\r") if chunk]
+    assert labels == [label, f"{label} (pass 2)", f"{label} (2)"]
+
+
+def test_a_real_command_logs_progress_when_stderr_is_a_file(tmp_path):
+    """simulate's bar, made from a child whose stderr is a file and whose log interval is 0 s."""
+    script = (
+        "import qtool.progress as p, sys\n"
+        "p.LOG_INTERVAL = 0.0\n"
+        "p.Bar.__init__.__kwdefaults__['interval'] = 0.0\n"
+        "from qtool.cli import main\n"
+        "main(sys.argv[1:])\n")
+    data = tmp_path / "d.npy"
+    import numpy as np
+    np.save(data, np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        done = subprocess.run([sys.executable, "-c", script, "calibrate", str(ROOT / "sample_models" / "conv_bn_relu.onnx"),
+                               "--data", str(data), "--batch-size", "2", "-o", str(tmp_path / "m")],
+                              stderr=stderr, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "qtool: calibrate: 2/8 samples" in text and "qtool: calibrate: done, 8 samples" in text
+    assert "\r" not in text
