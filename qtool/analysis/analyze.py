@@ -10,6 +10,12 @@
    exclusion), measure the model with the fixes so far, stop at the target.
 
 Every evaluation is one pass of one switchable model (switchable.py) over cached batches.
+
+Small evaluation sets: a metric that counts samples (accuracy, top-1) moves in steps of one
+sample, so most groups cost exactly 0.00 alone. Its scores carry a finer figure (metric.Score:
+the mean probability of the correct class), which breaks the ties in every ranking here and
+gives the verdict when the count cannot; the report says so (`ranking`). The report holds no
+sentinel: an SQNR that is exact (the metric caps it at MAX_DB to stay a number) is null.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import onnx_ir as ir
 from qtool._version import __version__
 from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.groups import Group, blocks, fix_encoding, override_for, quantizer_groups
-from qtool.analysis.metric import Metric, pieces
+from qtool.analysis.metric import MAX_DB, Metric, fine_of, pieces
 from qtool.analysis.role_label import describe
 from qtool.analysis.switchable import build_switchable
 from qtool.analysis.tensors import activation_views, clip_bounds, param_view, statistic
@@ -80,13 +86,58 @@ def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str,
     pool = _suggestion_pool(sensitivity, by_name, coarse, options.pool)
     log.info("analyze: suggestions from %d candidates (%.0fs so far)", len(pool), time.perf_counter() - start)
     suggestions = _suggest(fix_evaluator, pool, fixes, summary, sensitivity, options, encodings)
-    return {
+    return _without_sentinels({
         "model": model_path, "encodings": source, "qtool_version": __version__,
         "metric": {"name": options.metric.name, "unit": options.metric.unit, "higher_is_better": True},
-        "samples": evaluator.samples, "fp32_sanity": sanity, "summary": summary, "sensitivity": sensitivity,
+        "samples": evaluator.samples, "fp32_sanity": sanity, "summary": summary,
+        "ranking": _ranking(options.metric, evaluator.samples, sensitivity), "sensitivity": sensitivity,
         "layer_sqnr": layer_sqnr, "statistics": statistics, "suggestions": suggestions,
         "seconds": round(time.perf_counter() - start, 2),
-    }
+    })
+
+
+def _rank(row: dict) -> tuple:
+    """Worst first: by what the group costs alone, ties broken by the finer figure, then by what
+    leaving it in float recovers."""
+    return (-row["loss"], -(row.get("fine_loss") or 0.0), -row["gain"], -(row.get("fine_gain") or 0.0), row["group"])
+
+
+def _resolution(metric: Metric, samples: int) -> float | None:
+    """One sample's worth of a metric that counts samples (points), None for the others."""
+    return 100.0 / samples if metric.fine and samples else None
+
+
+def _ranking(metric: Metric, samples: int, rows: list[dict]) -> dict:
+    """How the groups were ranked, in words for the report: by the metric, or by the finer
+    figure where the metric cannot tell the groups apart."""
+    step = _resolution(metric, samples)
+    losses = {round(row["loss"], 9) for row in rows}
+    if step is None or not any("fine_loss" in row for row in rows):
+        return {"by": metric.name, "fine": None, "note": None}
+    if len(losses) > 1 and max(abs(loss) for loss in losses) >= step:
+        return {"by": metric.name, "fine": metric.fine, "note": f"ranked by {metric.name}, ties by the {metric.fine}"}
+    note = (f"{metric.name} cannot tell the groups apart on {samples} samples (one sample is {step:.2f} points, "
+            f"and no group alone changes one): ranked by the {metric.fine} instead")
+    return {"by": metric.fine, "fine": metric.fine, "note": note}
+
+
+def _without_sentinels(report: dict) -> dict:
+    """An exact SQNR is capped at MAX_DB inside the metric; in the report it is null (the HTML
+    and the CLI say 'exact'), and a loss measured from it means nothing, so it is null too."""
+    if report["metric"]["unit"] != "dB":
+        return report
+    def clean(value):
+        return None if isinstance(value, float) and value >= MAX_DB else value
+    exact_float = clean(report["summary"]["float"]) is None
+    report["summary"] = {key: clean(value) for key, value in report["summary"].items()}
+    for row in report["sensitivity"]:
+        row.update(only_enabled=clean(row["only_enabled"]), only_disabled=clean(row["only_disabled"]),
+                   loss=None if exact_float else row["loss"])
+    for row in report["layer_sqnr"]:
+        row["sqnr_db"] = clean(row["sqnr_db"])
+    for suggestion in report["suggestions"]:
+        suggestion["expected"] = clean(suggestion["expected"])
+    return report
 
 
 def _ranked_sensitivity(model, evaluator, groups, summary, options, progress) -> list[dict]:
@@ -96,8 +147,8 @@ def _ranked_sensitivity(model, evaluator, groups, summary, options, progress) ->
     log.info("analyze: sensitivity of %d layer blocks (%d runs)", len(coarse), 2 * len(coarse))
     block_rows = _sensitivity(evaluator, [block for block, _ in coarse], summary, progress("analyze blocks"))
     by_block = {block.name: members for block, members in coarse}
-    chosen = {row["group"] for row in sorted(block_rows, key=lambda r: -r["loss"])[: options.refine]}
-    chosen |= {row["group"] for row in sorted(block_rows, key=lambda r: -r["gain"])[: options.refine]}
+    chosen = {row["group"] for row in sorted(block_rows, key=_rank)[: options.refine]}
+    chosen |= {row["group"] for row in sorted(block_rows, key=_by_gain)[: options.refine]}
     single = [row for row in block_rows if row["group"] in chosen and len(by_block[row["group"]]) == 1]
     nodes = [m for name in sorted(chosen) if len(by_block[name]) > 1 for m in by_block[name]]
     log.info("analyze: sensitivity of the %d nodes of the %d worst blocks (%d runs)", len(nodes), len(chosen),
@@ -107,8 +158,13 @@ def _ranked_sensitivity(model, evaluator, groups, summary, options, progress) ->
         row["group"] = by_block[row["group"]][0].name
     rows = [dict(row, level="node") for row in node_rows + single]
     rows += [dict(row, level="block") for row in block_rows if row["group"] not in chosen]
-    rows.sort(key=lambda row: (-row["loss"], -row["gain"], row["group"]))
+    rows.sort(key=_rank)
     return rows
+
+
+def _by_gain(row: dict) -> tuple:
+    """Most recovered first when the group alone is left in float, ties by the finer figure."""
+    return (-row["gain"], -(row.get("fine_gain") or 0.0), row["group"])
 
 
 def _sanity(evaluator: Evaluator) -> dict:
@@ -141,17 +197,28 @@ def _summary(evaluator: Evaluator, encodings: EncodingSet) -> dict:
     quantized = evaluator.score(Setting.of(default=QUANTIZED))
     weights_only = evaluator.score(Setting.of(params, default=FLOAT))
     activations_only = evaluator.score(Setting.of(activations, default=FLOAT))
-    drop_w, drop_a = float_score - weights_only, float_score - activations_only
-    if float_score - quantized <= 1e-9:
-        verdict = "none"
-    elif drop_w > 2 * drop_a:
-        verdict = "weights"
-    elif drop_a > 2 * drop_w:
-        verdict = "activations"
-    else:
-        verdict = "both"
-    return {"float": float_score, "quantized": quantized, "weights_only": weights_only,
-            "activations_only": activations_only, "verdict": verdict}
+    scores = {"float": float_score, "quantized": quantized, "weights_only": weights_only,
+              "activations_only": activations_only}
+    step = _resolution(evaluator.metric, evaluator.samples)
+    fine = {key: fine_of(value) for key, value in scores.items()}
+    summary = {**scores, "verdict": _verdict(scores)}
+    if step is not None and None not in fine.values():
+        summary["fine"] = {"name": evaluator.metric.fine, "unit": "%", **fine}
+        if abs(float_score - quantized) < step:  # the count cannot see the drop: the finer figure can
+            summary["verdict"], summary["verdict_from"] = _verdict(fine), evaluator.metric.fine
+    return summary
+
+
+def _verdict(scores: dict) -> str:
+    """Which side causes the drop: weights, activations, both, or none."""
+    drop_w, drop_a = scores["float"] - scores["weights_only"], scores["float"] - scores["activations_only"]
+    if scores["float"] - scores["quantized"] <= 1e-9:
+        return "none"
+    if drop_w > 2 * drop_a:
+        return "weights"
+    if drop_a > 2 * drop_w:
+        return "activations"
+    return "both"
 
 
 def _sensitivity(evaluator: Evaluator, groups: list[Group], summary: dict, progress: Progress) -> list[dict]:
@@ -166,9 +233,13 @@ def _sensitivity(evaluator: Evaluator, groups: list[Group], summary: dict, progr
     rows = []
     for index, group in enumerate(groups):
         only_enabled, only_disabled = scores[2 * index], scores[2 * index + 1]
-        rows.append({"group": group.name, "op_type": group.op_type, "role": group.role, "quantizers": group.quantizers,
-                     "only_enabled": only_enabled, "only_disabled": only_disabled,
-                     "loss": summary["float"] - only_enabled, "gain": only_disabled - summary["quantized"]})
+        row = {"group": group.name, "op_type": group.op_type, "role": group.role, "quantizers": group.quantizers,
+               "only_enabled": float(only_enabled), "only_disabled": float(only_disabled),
+               "loss": summary["float"] - only_enabled, "gain": only_disabled - summary["quantized"]}
+        if "fine" in summary and fine_of(only_enabled) is not None and fine_of(only_disabled) is not None:
+            row["fine_loss"] = summary["fine"]["float"] - fine_of(only_enabled)
+            row["fine_gain"] = fine_of(only_disabled) - summary["fine"]["quantized"]
+        rows.append(row)
     return rows
 
 
@@ -197,8 +268,9 @@ def _suggestion_pool(sensitivity: list[dict], groups: dict[str, Group], coarse: 
     float recovers, and the worst blocks (a layer's weights and output can only be fixed together
     when both are broken)."""
     nodes = [row for row in sensitivity if row["level"] == "node"]
-    names = [row["group"] for row in sorted(nodes, key=lambda r: -r["loss"])[:size]]
-    names += [row["group"] for row in sorted(nodes, key=lambda r: -r["gain"])[:size] if row["gain"] > 0]
+    names = [row["group"] for row in sorted(nodes, key=_rank)[:size]]
+    names += [row["group"] for row in sorted(nodes, key=_by_gain)[:size]
+              if row["gain"] > 0 or (row.get("fine_gain") or 0.0) > 0]
     pool = [groups[name] for name in dict.fromkeys(names)]
     pool += [block for block in coarse.values()
              if len(block.quantizers) > 1 and any(g.name in names for g in block.members)][: max(size - 1, 1)]
@@ -239,7 +311,7 @@ def _suggest(evaluator: Evaluator, pool: list[Group], fixes: dict, summary: dict
         # rank by what leaving the group in float recovers (the most any fix can), then take the
         # cheapest fix that gets 80% of that
         trials = [(evaluator.score(Setting.of({**chosen, **variant(g, True)})), g) for g in remaining]
-        excluded_score, best = max(trials, key=lambda pair: pair[0])
+        excluded_score, best = max(trials, key=lambda pair: (pair[0], fine_of(pair[0]) or 0.0))
         fixable = any(q in fixes for q in best.quantizers)
         fix_score = evaluator.score(Setting.of({**chosen, **variant(best, False)})) if fixable else excluded_score
         use_fix = fixable and fix_score - current >= 0.8 * (excluded_score - current)

@@ -11,6 +11,12 @@ loads a function of the user's: f(outputs, reference, labels) -> float, where ou
 reference map output names to arrays over all evaluation samples, in the order of `labels`. An
 output whose shape differs between samples (a sequence's length) comes as a list of per-batch
 arrays instead (each batch one shape; see qtool.data.sources's bucketing), never padded or cut.
+
+`accuracy` and `top1` count samples, so on a small evaluation set they move in steps of one
+sample (1.56 points on 64 samples) and most quantizer groups cost exactly 0.00. Their scores are
+`Score`s that also carry a finer figure from the same outputs: the mean probability (softmax of
+the first float output, unless it already holds probabilities) of the labelled class, or of the
+float model's top class for `top1`. analyze ranks by it where the count cannot tell groups apart.
 """
 
 from __future__ import annotations
@@ -35,6 +41,48 @@ class Metric:
     name: str
     unit: str
     score: Callable[[Outputs, Outputs, "np.ndarray | None"], float]
+    fine: str | None = None  # what the scores' `.fine` figure is, for metrics that count samples
+
+
+class Score(float):
+    """A metric value (a plain float to every caller) with `.fine`: a finer figure on the same
+    samples and scale (%), for ranking when the value moves in steps of whole samples."""
+
+    fine: float | None
+
+    def __new__(cls, value: float, fine: float | None = None) -> Score:
+        score = super().__new__(cls, value)
+        score.fine = fine
+        return score
+
+    def __reduce__(self):  # scores come back from analyze's worker processes pickled
+        return (Score, (float(self), self.fine))
+
+
+def fine_of(score: float) -> float | None:
+    """The finer figure behind a score, None when the metric has none."""
+    return getattr(score, "fine", None)
+
+
+def _probabilities(rows: np.ndarray) -> np.ndarray:
+    """Per row, class probabilities: the rows themselves when they already are (>= 0, sum 1),
+    else their softmax (logits)."""
+    rows = rows.astype(np.float64)
+    if rows.size and rows.min() >= 0 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return rows
+    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _mean_probability(rows: list[np.ndarray], classes: np.ndarray) -> float | None:
+    """Mean probability (%) that `rows` (score rows, per batch) give to `classes` (one per row);
+    None when the classes do not index the rows."""
+    if not rows or len(classes) != sum(len(r) for r in rows) or any(r.shape[1] != rows[0].shape[1] for r in rows):
+        return None
+    if len(classes) and (classes.min() < 0 or classes.max() >= rows[0].shape[1]):
+        return None
+    probabilities = np.concatenate([_probabilities(r) for r in rows])
+    return float(100.0 * np.mean(probabilities[np.arange(len(classes)), classes]))
 
 
 def _float_names(reference: Outputs) -> list[str]:
@@ -89,11 +137,12 @@ def _rows(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(1, -1)
 
 
-def _top1(outputs: Outputs, reference: Outputs, labels) -> float:
+def _top1(outputs: Outputs, reference: Outputs, labels) -> Score:
     name = _float_names(reference)[0]
     same = [_rows(out).argmax(1) == _rows(ref).argmax(1)
             for out, ref in zip(pieces(outputs[name]), pieces(reference[name]))]
-    return float(100.0 * np.mean(np.concatenate(same)))
+    top = np.concatenate([_rows(ref).argmax(1) for ref in pieces(reference[name])])
+    return Score(100.0 * np.mean(np.concatenate(same)), _mean_probability([_rows(o) for o in pieces(outputs[name])], top))
 
 
 def _cosine(outputs: Outputs, reference: Outputs, labels) -> float:
@@ -114,15 +163,17 @@ def _accuracy(outputs: Outputs, reference: Outputs, labels) -> float:
     predicted = np.concatenate([out.reshape(len(out), -1).argmax(1) for out in pieces(outputs[name])])
     if len(labels) < len(predicted):
         raise QtoolError(f"{len(labels)} labels for {len(predicted)} evaluation samples")
-    return float(100.0 * np.mean(predicted == labels[: len(predicted)]))
+    truth = np.asarray(labels[: len(predicted)]).astype(np.int64)
+    rows = [out.reshape(len(out), -1) for out in pieces(outputs[name])]
+    return Score(100.0 * np.mean(predicted == truth), _mean_probability(rows, truth))
 
 
 BUILTIN_METRICS = {
     "sqnr": Metric("sqnr", "dB", _sqnr),
     "channel_sqnr": Metric("channel_sqnr", "dB", _channel_sqnr_for({})),
-    "top1": Metric("top1", "%", _top1),
+    "top1": Metric("top1", "%", _top1, fine="mean probability of the float model's top class"),
     "cosine": Metric("cosine", "x100", _cosine),
-    "accuracy": Metric("accuracy", "%", _accuracy),
+    "accuracy": Metric("accuracy", "%", _accuracy, fine="mean probability of the correct class"),
 }
 
 
