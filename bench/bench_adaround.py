@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402  (run_child, make_session, sqnr_db, score, ocr_data)
+from docs_page import write_page  # noqa: E402
 
 ROOT = C.ROOT
 REC_MODEL = C.REC_MODEL
@@ -301,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "adaround_results_quick" if args.quick else "adaround_results"
     (OUT / f"{stem}.json").write_text(json.dumps(jsonable({"meta": meta, "models": results}), indent=2) + "\n")
     (OUT / f"{stem}.md").write_text(md)
+    if not args.quick:  # a full run: the numbers docs/ shows
+        print(f"wrote {write_page('adaround', 'AdaRound vs round-to-nearest at W4A8', 'bench_adaround.py', 'bench-adaround', md)}")
     return 0
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402  (run_child, make_session, sqnr_db, last_line)
+from docs_page import write_page  # noqa: E402
 
 ROOT = C.ROOT
 MODEL = ROOT / "build" / "models" / "efficientnet_lite0.onnx"
@@ -328,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             for r in b.rows]  # strict JSON has no Infinity
     (OUT / "cle_results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (OUT / "cle_results.md").write_text(header + "\n\n" + md + "\n")
+    if not (args.quick or args.calib or args.eval):  # a full run: the numbers docs/ shows
+        page = write_page("cle", "PTQ transforms on EfficientNet-Lite0: fold, CLE, bias correction", "bench_cle.py",
+                          "bench-cle", header + "\n\n" + md)
+        print(f"wrote {page}")
     return 0
 
 

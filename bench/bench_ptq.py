@@ -16,7 +16,8 @@ same calibration samples (rec calib split) and the same held-out samples (rec ev
 5. memory scaling: peak RSS of qtool calibrate --scheme minmax streaming 100 vs 1000 samples;
 6. the small text-direction classifier (orientation accuracy): float, qtool sqnr, ORT MinMax.
 
-Writes bench/out/results.json and bench/out/results.md and prints the table. Work files go
+Writes bench/out/results.json and bench/out/results.md and prints the table; a full run (not
+--quick) also rewrites docs/bench_ptq.md. Work files go
 to build/bench/. --quick: 64 calibration / 100 evaluation samples (rec and cls), no extra rows.
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as C  # noqa: E402
+from docs_page import write_page  # noqa: E402
 import report  # noqa: E402
 import runs  # noqa: E402
 
@@ -220,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'} "
           f"({results['meta']['elapsed_s'] / 60:.1f} min)")
+    if not args.quick:  # the numbers of a full run are the ones docs/ shows
+        command = "python bench/bench_ptq.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        page = write_page("ptq", "PTQ benchmark: qtool vs onnxruntime quantize_static on PP-OCR", "bench_ptq.py",
+                          "bench", f"* command: `{command.strip()}`\n\n{text}")
+        print(f"wrote {page}")
 
 
 if __name__ == "__main__":
