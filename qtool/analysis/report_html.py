@@ -15,7 +15,7 @@ import shlex
 from typing import Any
 from urllib.parse import quote
 
-from qtool.analysis.report_svg import DASH, esc, finite, to_float, fmt, hbars, nice_step, percent, vbars
+from qtool.analysis.report_svg import esc, finite, to_float, fmt, hbars, nice_step, percent, vbars
 from qtool.analysis.role_label import describe
 
 _SEP = " \u00b7 "
