@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         (out / "recipes.md").write_text(body + "\n")
         print(f"wrote {out / 'recipes.md'} (a quick or partial run: docs/ unchanged)")
     else:
-        print(f"wrote {write_page('recipes', 'Ready recipes on the bundled classifier', 'bench_recipes.py', 'bench-recipes', body)}")
+        title = "Ready recipes on the bundled classifier"
+        page = write_page("recipes", title, "bench_recipes.py", "bench-recipes", body)
+        print(f"wrote {page}")
     return 0 if all(result["code"] == 0 for result in results) else 1
 
 

@@ -27,7 +27,7 @@ COMMANDS = {"info", "fold", "equalize", "calibrate", "bias-correct", "adaround",
             "plot-ranges", "analyze", "mixed-precision", "run"}
 BUDGET_S = 600  # the whole walkthrough; it takes about 3 minutes on 2 cores
 SLOW = pytest.mark.skipif(os.environ.get("QTOOL_SLOW_TESTS") != "1",
-                          reason="runs the whole README walkthrough (minutes): make test-readme sets QTOOL_SLOW_TESTS=1")
+                          reason="the whole README walkthrough (minutes): make test-readme sets QTOOL_SLOW_TESTS=1")
 
 
 def walkthrough_blocks(readme: Path = ROOT / "README.md") -> list[str]:

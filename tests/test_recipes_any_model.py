@@ -132,9 +132,9 @@ def _integer_convs(qdq_model: Path, tmp_path: Path) -> tuple[int, int]:
 def test_quickstart_folds_so_onnxruntime_runs_every_conv_as_an_integer_kernel(workspace, capsys):
     rng = np.random.default_rng(0)
     np.savez(workspace / "lines.npz", x=rng.uniform(-1, 1, (8, 3, 48, 192)).astype(np.float32))
-    code, _, err = run_main(["run", "recipes/quickstart.yaml", "--set", f"model={CLS}", "--set", "data.calibration=lines.npz",
-                             "--set", "data.evaluation=lines.npz", "--set", "data.labels=null", "--set", "output=qs"],
-                            capsys)
+    sets = [f"model={CLS}", "data.calibration=lines.npz", "data.evaluation=lines.npz", "data.labels=null", "output=qs"]
+    arguments = [arg for item in sets for arg in ("--set", item)]
+    code, _, err = run_main(["run", "recipes/quickstart.yaml", *arguments], capsys)
     assert code == 0, err
     stamp = json.loads((workspace / "qs" / "run.json").read_text())
     assert [step["step"] for step in stamp["steps"]][0] == "fold"

@@ -132,7 +132,8 @@ def test_awkward_numbers_and_names_stay_inside_their_charts(browser, tmp_path):
               "channel_min": [-1.2e6 * (c + 1) for c in range(40)], "channel_max": [9.9e5 * c for c in range(40)]}]
     sens = [{"group": "g" * 80 + str(i), "op_type": "Conv", "quantizers": ["q"], "only_enabled": -1234.5 - i,
              "only_disabled": 2.0, "loss": 123456.789 / (i + 1), "gain": 1.0} for i in range(25)]
-    layer = [{"tensor": f"t{i}", "node": "N", "op_type": "Relu", "sqnr_db": -45.5 + 100 * math.sin(i)} for i in range(90)]
+    layer = [{"tensor": f"t{i}", "node": "N", "op_type": "Relu", "sqnr_db": -45.5 + 100 * math.sin(i)}
+             for i in range(90)]
     report = {"model": "m.onnx", "metric": {"name": "sqnr", "unit": "dB", "higher_is_better": True}, "samples": 8,
               "summary": {"float": None, "quantized": -1234.5, "weights_only": 99999.99, "activations_only": -5.0,
                           "verdict": "both"},

@@ -142,7 +142,8 @@ def _top1(outputs: Outputs, reference: Outputs, labels) -> Score:
     same = [_rows(out).argmax(1) == _rows(ref).argmax(1)
             for out, ref in zip(pieces(outputs[name]), pieces(reference[name]))]
     top = np.concatenate([_rows(ref).argmax(1) for ref in pieces(reference[name])])
-    return Score(100.0 * np.mean(np.concatenate(same)), _mean_probability([_rows(o) for o in pieces(outputs[name])], top))
+    fine = _mean_probability([_rows(out) for out in pieces(outputs[name])], top)
+    return Score(100.0 * np.mean(np.concatenate(same)), fine)
 
 
 def _cosine(outputs: Outputs, reference: Outputs, labels) -> float:

@@ -64,9 +64,9 @@ def check_expectations(expect: dict[str, float], outputs: dict[str, dict]) -> li
     for name, required in expect.items():
         actual = measured[name]
         if actual is None and name in ACCURACY_CHECKS and unlabelled and fallback:
-            checks.append(Check(name, required, None, True,
-                                skipped=f"no labels: {' and '.join(fallback)} {'gates' if len(fallback) == 1 else 'gate'} "
-                                        f"this run"))
+            verb = "gates" if len(fallback) == 1 else "gate"
+            why = f"no labels: {' and '.join(fallback)} {verb} this run"
+            checks.append(Check(name, required, None, True, skipped=why))
             continue
         if actual is None:
             passed = False
