@@ -8,11 +8,11 @@ writes one line every `interval` seconds (`qtool: calibrate: 120/300 samples, 12
 about 18 s left`) and a last line when it finishes, if it wrote any: work shorter than the
 interval prints nothing.
 
-Two bars never show the same label: a step that makes several passes over its data with one
-callable (calibration with a histogram scheme: ranges first, then histograms) starts again from
-zero, and the bar then names the pass (`calibrate (pass 2)`); a bar made with a label an earlier
-bar of the process already had is numbered (`calibrate w8a8 (2)`: mixed precision calibrates
-its first candidate again with the overrides it found).
+Two bars of one command never show the same label: a step that makes several passes over its
+data with one callable (calibration with a histogram scheme: ranges first, then histograms)
+starts again from zero, and the bar then names the pass (`calibrate (pass 2)`); commands that
+make several bars give each its own label (`calibrate w8a8`, then `calibrate w8a8 with the
+overrides` in mixed precision).
 
 Hand-written rather than tqdm or rich: measured on the development machine, `import tqdm`
 takes about 45 ms against about 2 ms for this module, and the command tree must import fast
@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 Progress = Callable[[int, "int | None"], None]
 LOG_INTERVAL = 10.0  # seconds between log lines off a terminal
-_LABELS_USED: dict[str, int] = {}  # label -> bars made with it in this process
 
 
 def no_progress(done: int, total: int | None) -> None:
@@ -40,9 +39,7 @@ class Bar:
 
     def __init__(self, label: str, unit: str = "samples", stream=None, *, interval: float = LOG_INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        _LABELS_USED[label] = _LABELS_USED.get(label, 0) + 1
-        self.base_label = label if _LABELS_USED[label] == 1 else f"{label} ({_LABELS_USED[label]})"
-        self.unit = unit
+        self.base_label, self.unit = label, unit
         self.stream = stream or sys.stderr
         self.interval, self.clock = interval, clock
         self.terminal = _isatty(self.stream)
