@@ -16,7 +16,7 @@ from qtool.analysis.metric import load_metric
 from qtool.analysis.switchable import build_switchable
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
-from qtool.io import load_pair
+from qtool.commands.inputs import load_pair
 from qtool.ir.qdq import build_qdq_model
 from qtool.quant import QuantSpec
 from qtool.quant.encoding import encode_tensor

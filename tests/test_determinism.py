@@ -19,9 +19,9 @@ import pytest
 from small_model import commands, tree, workspace, write_recipe
 
 OUT = "o"
-# a recipe's run.json files record how long each step took and whether it ran or was skipped:
-# a log of the run, not one of its results (its step outputs are compared)
-LOGS = {"run.json"}
+# a recipe's timings.json records how long each step took: a log of the run, not one of its
+# results; its run.json files (what ran, options, inputs, outputs, metrics) are compared like the rest
+LOGS = {"timings.json"}
 
 DRIVER = """\
 import json, sys

@@ -168,7 +168,7 @@ def _json_calls(node: ast.AST, function: str = ""):
 
 # not JSON files: an override pretty-printed inside the HTML report and in the console lines, and
 # the text a recipe step's key hashes
-NOT_WRITTEN = {("qtool/analysis/report_html.py", "_suggestions"), ("qtool/cli_analysis.py", "_lines"),
+NOT_WRITTEN = {("qtool/analysis/report_html.py", "_suggestions"), ("qtool/analysis/report_text.py", "summary_lines"),
                ("qtool/recipe/runner.py", "_key")}
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import run_main
-from qtool.cli_recipe import load_recipe
+from qtool.recipe.run import load_recipe
 from qtool.errors import QtoolError
 from qtool.recipe.document import MAX_RECIPE_BYTES, read_document
 from qtool.recipe.policy import CODE_OPTIONS, STEM_OPTIONS, WRITTEN_PATH_OPTIONS, RunPolicy
@@ -115,14 +115,14 @@ def test_a_missing_allowed_metric_file_is_one_line(work, capsys):
 def test_every_option_that_can_name_code_or_write_a_file_is_classified():
     """A new command option that loads code or writes a file must be added to the policy."""
     for name, kind in STEP_KINDS.items():
-        for param in kind.command.params:
-            text, words = (getattr(param, "help", "") or "").lower(), set(param.name.split("_"))
-            if param.name in kind.wired_options() or param.name == "as_json":
+        for field in kind.command.fields.values():
+            text, words = field.spec.help.lower(), set(field.name.split("_"))
+            if field.name in kind.wired_options():
                 continue
             if "module:function" in text or "file.py" in text or words & {"metric", "module", "plugin", "hook"}:
-                assert param.name in CODE_OPTIONS, (name, param.name)
+                assert field.name in CODE_OPTIONS, (name, field.name)
             if words & {"write", "output", "prefix", "dir", "file", "path", "save"}:
-                assert param.name in WRITTEN_PATH_OPTIONS | STEM_OPTIONS, (name, param.name)
+                assert field.name in WRITTEN_PATH_OPTIONS | STEM_OPTIONS, (name, field.name)
 
 
 # --- writes outside output: -------------------------------------------------------------------

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import integer_kernels_saturate
 from qtool.cli import cli
-from qtool.io import open_model_data
+from qtool.commands.inputs import open_model_data
 from qtool.ir.graph import load_model, save_model
 from qtool.metrics.comparison import sqnr_db
 from qtool.plan.build import PlanOptions, build_plan

@@ -13,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qtool.errors import QtoolError
 from qtool.ir.graph import load_model
-from qtool.plots import plot_ranges
+from qtool.commands.plots import plot_ranges
 from qtool.steps.fold import fold_batch_norms, scale_output_channels
-from qtool.weight_ranges import LayerRanges, format_table, layer_ranges, ranges_table
+from qtool.analysis.weight_ranges import LayerRanges, format_table, layer_ranges, ranges_table
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 RNG = np.random.default_rng(11)

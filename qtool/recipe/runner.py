@@ -1,4 +1,4 @@
-"""Run a checked Recipe: call each step's command body, pass the pair along, skip what is done.
+"""Run a checked Recipe: call each step's command, pass the pair along, skip what is done.
 
 Each step writes into `output/NN-step/` and leaves a `run.json` there whose `key` hashes
 everything the step's result depends on: the previous step's key (so a change reruns every
@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import click
-
 from qtool._version import __version__
+from qtool.commands.report import without_seconds
 from qtool.data.random_data import recipe_input_shapes
 from qtool.errors import QtoolError
 from qtool.files import strict_json
@@ -119,16 +118,7 @@ def plan_runs(recipe: Recipe, force: bool = False, write: bool = True) -> list[S
 def _arguments(step: PlannedStep, state: ChainState, recipe: Recipe, folder: Path, config: str | None) -> dict:
     """The command's full keyword arguments: its defaults, what the chain fills in, the recipe's options."""
     kind = step.kind
-    command = kind.command
-    context = click.Context(command)
-    kwargs: dict[str, Any] = {}
-    for param in command.params:
-        if param.name == "as_json":
-            continue
-        default = param.get_default(context)  # None, or a sentinel for "no default" in newer click
-        known = isinstance(default, (str, int, float, bool, tuple, list))
-        kwargs[param.name] = param.type_cast_value(context, default) if known else None
-    kwargs["model"] = str(state.model)
+    kwargs: dict[str, Any] = {**kind.command.defaults(), "model": str(state.model)}
     kwargs.update(output_option(kind, folder, recipe.model.stem))
     if kind.takes_encodings and state.encodings is not None:
         kwargs["encodings"] = str(state.encodings)
@@ -223,11 +213,11 @@ def execute(recipe: Recipe, runs: list[StepRun], say: Callable[[str], None]) -> 
         (run.folder / STAMP).unlink(missing_ok=True)  # a failed rerun must not look done
         start = time.perf_counter()
         try:
-            report = step.kind.command.callback.__wrapped__(**run.kwargs)
+            report = step.kind.command(**run.kwargs)
         except QtoolError as exc:
             raise QtoolError(f"step {step.index} ({step.name}, {step.where}): {exc.message}", exc.hint) from exc
         run.seconds = time.perf_counter() - start
-        run.status, run.summary = "ran", report.summary
+        run.status, run.summary = "ran", without_seconds(report.summary)
         for line in report.lines:
             say(f"    {line}")
         _write_stamp(run, recipe)
@@ -264,6 +254,5 @@ def _write_stamp(run: StepRun, recipe: Recipe) -> None:
     outputs = {role: {"path": str(path), "sha256": file_sha256(path)}
                for role, path in _outputs(run, recipe.model.stem).items() if path.is_file()}
     stamp = {"step": run.step.name, "index": run.step.index, "key": run.key, "options": run.kwargs,
-             "inputs": inputs, "outputs": outputs, "summary": run.summary, "seconds": round(run.seconds, 3),
-             "versions": versions()}
+             "inputs": inputs, "outputs": outputs, "summary": run.summary, "versions": versions()}
     atomic_write_bytes(run.folder / STAMP, strict_json.dumps(stamp, default=str).encode())

@@ -1,9 +1,9 @@
 """The steps a recipe can chain, and how each is wired to the model+encodings pair.
 
-A step *is* the CLI command of the same name: its options, types, defaults and choices come
-from the click command's parameters, and running it calls the command's own body (the function
-under `reporting`). This module only says what the recipe fills in for each step (model, data,
-encodings, output paths) and what the step hands on to the next.
+A step *is* the command of the same name (qtool.commands.registry): its options, types, defaults
+and choices are the command's options, and running it calls the command's function, as the CLI
+does. This module only says what the recipe fills in for each step (model, data, encodings,
+output paths) and what the step hands on to the next.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
+from qtool.commands.registry import COMMANDS, Command
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,13 @@ class StepKind:
     takes_overrides: bool = False  # reads an overrides file: the last analyze/mixed_precision step's
 
     @property
-    def command(self) -> click.Command:
-        from qtool.cli import cli  # the commands register on import; imported late to avoid a cycle
-
-        return cli.commands[self.command_name]
+    def command(self) -> Command:
+        return COMMANDS[self.command_name]
 
     def wired_options(self) -> set[str]:
-        """Options the recipe sets itself; a step that sets them is an error."""
-        wired = {"model"}
-        wired |= {"output_dir"} if self.output in ("folder", "report", "pair-folder") else {"output"}
-        return wired
+        """Options the recipe sets itself; a step that sets them is an error (output_dir: the
+        name folder outputs had before every command's output became `output`)."""
+        return {"model", "output", "output_dir"}
 
 
 STEP_KINDS: dict[str, StepKind] = {
@@ -95,4 +92,4 @@ def output_option(kind: StepKind, folder: Path, stem: str) -> dict[str, str]:
         return {"output": str(folder / f"{stem}.onnx")}
     if kind.output == "qdq":
         return {"output": str(folder / f"{stem}_qdq.onnx")}
-    return {"output_dir": str(folder)}
+    return {"output": str(folder)}

@@ -1,9 +1,9 @@
 """Turn a parsed recipe Document into a checked Recipe, reporting every problem at once.
 
-Checks, in one pass: the top-level shape (schema.py), each step's name and options against the
-CLI command's parameters (types, choices, ranges), files that must exist, the config, and the
-order of steps (nothing that needs encodings before a step that makes them, no data-hungry step
-without data, no `expect:` without a simulate step to measure it). A shape problem does not
+Checks, in one pass: the top-level shape (schema.py), each step's name and options against its
+command's options (qtool.commands.registry: types, choices, ranges), files that must exist, the
+config, and the order of steps (nothing that needs encodings before a step that makes them, no
+data-hungry step without data, no `expect:` without a simulate step to measure it). A shape problem does not
 stop the pass: the keys it concerns are left out and the rest is checked, so one run of
 `qtool run` lists every problem (the order checks are skipped when a step or the data block was
 left out, since they would report its absence).
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 from pydantic import ValidationError, create_model
 
 from qtool.data.random_data import parse_input_shapes, recipe_input_shapes
@@ -261,10 +260,9 @@ def _step(doc: Document, index: int, item: dict, output: Path, policy: RunPolicy
 
 def _step_options(doc: Document, location: tuple, kind: StepKind, options: dict,
                   confinement: tuple[Path, RunPolicy], problems: list[str]) -> dict:
-    command = kind.command
-    params = {param.name: param for param in command.params if param.name != "as_json"}
+    command = kind.command  # the registry's Command: its options, their types, choices and ranges
+    params = command.fields
     settable = [name for name in params if name not in kind.wired_options()]
-    context = click.Context(command)
     converted: dict[str, Any] = {}
     for key, value in options.items():
         where = doc.where(location + (key,))
@@ -278,9 +276,9 @@ def _step_options(doc: Document, location: tuple, kind: StepKind, options: dict,
                             f"{_did_you_mean(name, settable)}")
             continue
         try:
-            value = params[name].type_cast_value(context, value)
-        except click.BadParameter as exc:
-            problems.append(f"{where}: {kind.command_name}.{name}: {exc.message}")
+            value = command.convert(name, value)
+        except ValueError as exc:
+            problems.append(f"{where}: {kind.command_name}.{name}: {exc}")
             continue
         if not _finite(value):
             problems.append(f"{where}: {kind.command_name}.{name}: {value!r} is not a finite number; write one")

@@ -1,7 +1,8 @@
-"""File IO shared by the CLI and (later) the recipe runner: pairs, data, outputs.
+"""What the commands read: pairs, data and labels, and where a pair's outputs go.
 
 Steps never touch the disk; these helpers do, and turn every user mistake into a QtoolError
-that names the file.
+that names the file. Data and labels may also be arrays (the Python API): they get the same
+checks, and errors name them `data` / `labels`.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from qtool.data.checks import check_labels
+from qtool.data.memory import is_in_memory, memory_source
 from qtool.data.sources import DataSource, ImageSpec, open_data
 from qtool.encodings.encoding_set import EncodingSet, resolve_axes
 from qtool.encodings.read import load_encodings
 from qtool.errors import QtoolError
 from qtool.ir.graph import load_model, shape_of, value_by_name
 from qtool.plan.build import param_axis
+from qtool.plan.overrides import load_overrides
 from qtool.runtime.custom_ops import check_custom_ops
 from qtool.runtime.sessions import input_infos
 
@@ -34,6 +38,17 @@ def output_prefix(out: str | os.PathLike) -> Path:
         if text.endswith(suffix):
             return Path(text[: -len(suffix)])
     return Path(text)
+
+
+def pair_prefix(model: str | os.PathLike, output: str | os.PathLike | None) -> Path:
+    """Where a command that writes a pair puts it: `-o PREFIX` (PREFIX.onnx + PREFIX.encodings.json),
+    or without -o, beside the model under its own stem (model.onnx -> model.encodings.json)."""
+    return output_prefix(output if output is not None else model)
+
+
+def read_overrides(path: str | os.PathLike | None) -> tuple:
+    """The overrides of an `--overrides` file (none without one)."""
+    return load_overrides(path) if path else ()
 
 
 def default_encodings_path(model_path: str | os.PathLike) -> Path:
@@ -82,20 +97,25 @@ def check_encoding_shapes(encodings: EncodingSet, values: dict[str, ir.Value], s
                              "were these encodings computed for another model or an older version of it?")
 
 
-def open_model_data(model: ir.Model, spec: str, *, samples: int | None, preprocess: str | None,
+def open_model_data(model: ir.Model, spec: Any, *, samples: int | None, preprocess: str | None = None,
                     seed: int = 0, input_shapes: Iterable[str] = (), vocab_size: int | None = None) -> DataSource:
-    """`--data` for this model; `input_shapes` are `--input-shape` values (NAME=1x3x320x320)."""
-    from qtool.data.random_data import parse_input_shapes
+    """`--data` for this model (a path, 'random', or arrays: qtool.data.memory); `input_shapes`
+    are `--input-shape` values (NAME=1x3x320x320)."""
+    from qtool.data.random_data import apply_input_shapes, parse_input_shapes
 
-    return open_data(spec, input_infos(model), samples=samples, image_spec=ImageSpec.parse(preprocess), seed=seed,
-                     input_shapes=parse_input_shapes(input_shapes or ()), vocab_size=vocab_size)
+    shapes = parse_input_shapes(input_shapes or ())
+    if is_in_memory(spec):
+        return memory_source(spec, apply_input_shapes(input_infos(model), shapes), samples=samples)
+    return open_data(os.fspath(spec), input_infos(model), samples=samples, image_spec=ImageSpec.parse(preprocess),
+                     seed=seed, input_shapes=shapes, vocab_size=vocab_size)
 
 
-def load_labels(path: str | os.PathLike, model: ir.Model | None = None, data: DataSource | None = None
-                ) -> np.ndarray:
-    """Integer class labels, one per sample (.npy, or .txt with one integer a line). With the
-    model and the data they label: one label per sample of the data, a classifier output of the
-    model, and labels inside its classes (qtool.data.checks.check_labels)."""
+def load_labels(path: Any, model: ir.Model | None = None, data: DataSource | None = None) -> np.ndarray:
+    """Integer class labels, one per sample (.npy, or .txt with one integer a line, or an array
+    from Python). With the model and the data they label: one label per sample of the data, a
+    classifier output of the model, and labels inside its classes (qtool.data.checks.check_labels)."""
+    if is_in_memory(path):
+        return _checked_labels(np.asarray(path), "labels", model, data)
     path = Path(path)
     if not path.is_file():
         raise QtoolError(f"{path}: {'is a directory, not a labels file' if path.is_dir() else 'no such labels file'}")
@@ -112,12 +132,16 @@ def load_labels(path: str | os.PathLike, model: ir.Model | None = None, data: Da
         labels.close()  # np.load gave an NpzFile: the file is a zip archive whatever its name
         raise QtoolError(f"{path}: labels must be a 1-D array of integers, got an .npz archive",
                          "save the labels alone with numpy.save")
+    return _checked_labels(labels, str(path), model, data)
+
+
+def _checked_labels(labels: np.ndarray, where: str, model: ir.Model | None, data: DataSource | None) -> np.ndarray:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         kind = f"{labels.dtype} {labels.shape}"
-        raise QtoolError(f"{path}: labels must be a 1-D array of integers, got {kind}")
+        raise QtoolError(f"{where}: labels must be a 1-D array of integers, got {kind}")
     if model is not None:
         outputs = [(value.name, shape_of(value)) for value in model.graph.outputs]
-        check_labels(labels, str(path), data.total() if data is not None else None,
+        check_labels(labels, where, data.total() if data is not None else None,
                      data.label if data is not None else "the data", outputs)
     return labels
 

@@ -6,7 +6,7 @@ narrow ones to a few levels; CLE rescales channels to even that out. The one num
 is the layer's *spread ratio*: widest output-channel range / narrowest. Near 1 CLE cannot help
 that layer; in the tens or more (depthwise convs after BN folding) it usually does.
 
-Pure numpy on onnx_ir models, no plotting (that lives in `qtool.plots`, which needs matplotlib).
+Pure numpy on onnx_ir models, no plotting (that lives in `qtool.commands.plots`, which needs matplotlib).
 """
 
 from __future__ import annotations

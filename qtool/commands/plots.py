@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qtool.errors import QtoolError
 from qtool.files.atomic import atomic_output
-from qtool.weight_ranges import LayerRanges, match_after
+from qtool.analysis.weight_ranges import LayerRanges, match_after
 
 # Per-format metadata that would otherwise carry the matplotlib version or a timestamp, so
 # reruns write byte-identical files.

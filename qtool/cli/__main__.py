@@ -1,0 +1,5 @@
+"""`python -m qtool.cli`: the same as the `qtool` console script."""
+
+from qtool.cli.main import main
+
+main()

@@ -1,0 +1,54 @@
+"""`export`: the deployable files of a pair, NAME.onnx, NAME.encodings and NAME_qdq.onnx, in a folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from qtool.commands.fields import option
+from qtool.commands.options import ENCODINGS_HELP, encoding_version
+from qtool.commands.report import Report
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    encodings: str | None = option(None, ENCODINGS_HELP)
+    prefix: str = option("model", "File name prefix NAME.")
+    encoding_version: str = encoding_version()
+
+
+def export(model: str | os.PathLike, output: str | os.PathLike, options: ExportOptions) -> Report:
+    """Write NAME.onnx (float), NAME.encodings (AIMET JSON) and NAME_qdq.onnx (integer QDQ model).
+
+    Example: qtool export out/model.onnx -o deploy --prefix mynet
+    """
+    from qtool.commands.inputs import load_pair
+    from qtool.files.safe_paths import check_file_stem
+    from qtool.ir.external_data import copy_model_file
+
+    check_file_stem(options.prefix, "--prefix")
+    graph, enc_set, enc_source = load_pair(model, options.encodings)
+    return write_export(graph, enc_set, enc_source, output, options,
+                        lambda path: copy_model_file(model, path))
+
+
+def write_export(graph, encodings, source: str, output: str | os.PathLike, options: ExportOptions,
+                 write_float) -> Report:
+    """Export a pair held in memory: `write_float(path)` writes its float model (a copy of the
+    model file for the command, a save for the Python API)."""
+    from qtool.encodings.write import save_encodings
+    from qtool.files.atomic import StagedOutputs
+    from qtool.files.safe_paths import check_file_stem
+    from qtool.ir.graph import save_model
+    from qtool.steps.export import export as export_step
+
+    check_file_stem(options.prefix, "--prefix")
+    result = export_step(graph, encodings, source=source)
+    folder, prefix = Path(output), options.prefix
+    with StagedOutputs() as out:
+        write_float(out.path(folder / f"{prefix}.onnx"))
+        save_encodings(result.encodings, out.path(folder / f"{prefix}.encodings"), options.encoding_version)
+        save_model(result.qdq_model, out.path(folder / f"{prefix}_qdq.onnx"))
+    files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
+    return Report({"files": files}, ["wrote " + ", ".join(files)])
