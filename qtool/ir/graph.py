@@ -84,16 +84,23 @@ def _runs_in_onnxruntime(proto: onnx.ModelProto) -> bool:
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load a model as onnx_ir with shapes inferred and float Constant nodes lifted to initializers."""
     proto, external = _read_proto(path)
+    model = model_from_proto(proto, str(path))
+    if external:
+        model.meta[EXTERNAL_DATA] = True
+    return model
+
+
+def model_from_proto(proto: onnx.ModelProto, source: str) -> ir.Model:
+    """A model as qtool works on it (shapes inferred, Constants lifted, weights checked), from a
+    proto already in memory; `source` names it in messages."""
     try:
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception as exc:  # shape inference is a help, not a requirement
-        log.warning("%s: shape inference failed (%s); continuing without it", path, exc)
+        log.warning("%s: shape inference failed (%s); continuing without it", source, exc)
     model = ir.from_proto(proto)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    model.meta["qtool.source"] = str(path)  # for error messages further down
-    check_weights(model, path)  # NaN/Inf weights: refused, naming the tensor (qtool.ir.checks)
-    if external:
-        model.meta[EXTERNAL_DATA] = True
+    model.meta["qtool.source"] = source  # for error messages further down
+    check_weights(model, source)  # NaN/Inf weights: refused, naming the tensor (qtool.ir.checks)
     return model
 
 
