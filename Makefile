@@ -51,6 +51,7 @@ bench-recipes: install
 
 # qtool against aimet-onnx 2.42.0 itself (its own venv in build/aimet-venv, torch 2.13.0 CPU; not in CI):
 # rewrites tests/fixtures/aimet/ and the generated part of docs/aimet_compat.md.
+.PHONY: bench-aimet
 bench-aimet: install
 	$(PYTHON) bench/bench_aimet.py
 
