@@ -8,6 +8,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -31,6 +32,9 @@ class QtoolGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # `qtool info m.onnx | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
         except Exception as exc:  # one line for user errors (and MemoryError), else a bug report request
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -63,6 +67,25 @@ for _command in COMMANDS.values():
 cli.add_command(run_cmd)
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (click's standalone mode: usage errors exit 2 as well)."""
-    cli.main(args=argv, prog_name="qtool")
+    """Console entry point. Usage errors (a missing argument, a folder where a file belongs, an
+    unknown option) are one line and exit 2 like every other user error, not click's usage block."""
+    try:
+        code = cli.main(args=argv, prog_name="qtool", standalone_mode=False)
+    except _NO_ARGS as exc:  # bare `qtool` / `qtool calibrate`-style groups: the help, as click shows it
+        click.echo(exc.format_message())
+        sys.exit(exc.exit_code)
+    except click.exceptions.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"qtool: error: {exc.format_message()}{where}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.ClickException as exc:
+        click.echo(f"qtool: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("qtool: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
