@@ -189,7 +189,6 @@ EXAMPLES = {
     "defaults.supported_kernels": [{"activation": {"bitwidth": 8, "dtype": "int"}, "param": {"bitwidth": 8, "dtype": "int"}}],
     "op_type.<op>.supported_kernels": [{"activation": {"bitwidth": 16, "dtype": "int"}}],
     "supergroups": [{"op_list": ["Conv", "Relu"]}],
-    "supergroups[].op_list": [{"op_list": ["Conv", "Relu"]}],
     "supergroup_pass_list": ["MatmulAdd"],
     "defaults.hw_version": "V73",
     "op_type.<op>.encoding_constraints": {"min": 0.0, "max": 6.0},

@@ -182,7 +182,7 @@ def reverse(folded: Path, encodings: Path, eval_: Path, qdq: Path) -> str | None
     """qtool simulate from aimet's encodings, writing the QDQ model; qtool's error line or None."""
     result = sh(["qtool", "simulate", folded, "--encodings", encodings, "--data", eval_, "--samples", str(EVAL_SAMPLES),
                  "-o", qdq], check=False)
-    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1]
+    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1].replace(f"{ROOT}/", "")
 
 
 def write_fixtures(tables: Path, exports: Path, versions: dict) -> None:
