@@ -89,7 +89,7 @@ def test_a_folder_given_as_a_file_is_one_line(work, capsys, option, what):
 @pytest.mark.parametrize("option, content, fragment", [
     ("--config", b"[1, 2]", "top level: expected an object, got list"),
     ("--config", b'{"op_type": {"Relu": {"encoding_constraints": {"min": 0, "max": "inf"}}}}', "expected a number"),
-    ("--config", b'{"supergroups": [{"op_list": [{"a": 1}, "Relu"]}]}', "unknown ONNX op type {'a': 1}"),
+    ("--config", b'{"supergroups": [{"op_list": [{"a": 1}, "Relu"]}]}', "expected an op type (a non-empty string), got {'a': 1}"),
     ("--overrides", b"5", "overrides: expected a list of objects, got int"),
     ("--overrides", b'{"overrides": [{"tensors": "x", "encoding_constraints": {"min": 1, "max": 0}}]}',
      "with a < b"),

@@ -34,6 +34,7 @@ def info(model: str | os.PathLike, output: None = None, options: InfoOptions = I
     from qtool.ir.graph import load_model
     from qtool.plan.build import PlanOptions, build_plan
     from qtool.plan.config import load_config
+    from qtool.plan.not_applied import not_applied
     from qtool.runtime.sessions import input_infos
 
     graph = load_model(model)
@@ -41,8 +42,8 @@ def info(model: str | os.PathLike, output: None = None, options: InfoOptions = I
         after = layer_ranges(load_model(options.compare)) if options.compare else None
         rows = ranges_table(layer_ranges(graph), after)
         return Report({"layers": rows}, [format_table(rows)])
-    plan = build_plan(graph, load_config(options.config),
-                      PlanOptions(per_channel=options.per_channel, overrides=read_overrides(options.overrides)))
+    config = load_config(options.config)
+    plan = build_plan(graph, config, PlanOptions(per_channel=options.per_channel, overrides=read_overrides(options.overrides)))
     ops: dict[str, int] = {}
     for node in graph.graph:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
@@ -58,6 +59,7 @@ def info(model: str | os.PathLike, output: None = None, options: InfoOptions = I
         "fused_in_supergroups": plan.fused,
         "attention_mask_unquantized": plan.masked,
         "layer_norm_inputs_widened": plan.widened,
+        "not_applied": not_applied(config),
     }
     joins = _mixed_joins_of(graph, plan, options.data, options.samples) if options.data is not None else None
     if joins is not None:
@@ -67,6 +69,7 @@ def info(model: str | os.PathLike, output: None = None, options: InfoOptions = I
     lines += [f"  output {n}" for n in summary["outputs"]]
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in summary["op_types"].items()))
     lines += _plan_lines(plan, options.config)
+    lines += [f"  not applied: {line}" for line in summary["not_applied"]]
     if joins is not None:
         lines += [f"    {join.describe()}" for join in joins] or [f"    none on {options.data}"]
     return Report(summary, lines)

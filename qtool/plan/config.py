@@ -4,8 +4,13 @@ The runtime config file (white paper 3.4) has six sections, from general to spec
 ``defaults`` (ops / params / strict_symmetric / unsigned_symmetric / per_channel_quantization),
 ``params`` (per parameter type: weight, bias), ``op_type`` (per ONNX op type), ``supergroups``
 (op sequences fused on target: no quantizer between them), ``model_input``, ``model_output``.
-Booleans may be AIMET's strings "True"/"False" or JSON booleans. Unknown keys and unknown op
-types are errors, never silently ignored (the counter-example is onnxruntime's extra_options).
+Booleans may be AIMET's strings "True"/"False" or JSON booleans. Every key and value of
+aimet-onnx 2.x's schema (``quantsim_config_schema.py``) is accepted, so each config AIMET ships
+loads; a key the schema does not allow is an error, never silently ignored (the counter-example is
+onnxruntime's extra_options). As in AIMET, op type and parameter names are free strings: one the
+model does not have (``ChannelShuffle``, BatchNormalization's ``running_mean``) matches nothing.
+What qtool reads but does not act on yet (``supergroup_pass_list``, ``hw_version`` ...) is kept
+here and listed by not_applied.py (``qtool info --config``).
 
 qtool extensions, documented in docs/config.md: ``bitwidth`` and ``dtype`` ("int"/"float") inside
 ``defaults.ops``, ``defaults.params``, ``params.*`` and ``op_type.*`` (AIMET passes bit-widths
@@ -29,14 +34,15 @@ from qtool.plan.overrides import Override, parse_overrides
 
 BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
 
-_SECTIONS = {"defaults", "params", "op_type", "supergroups", "model_input", "model_output", "overrides",
-             "mixed_ranges", "patterns"}
+_SECTIONS = {"defaults", "params", "op_type", "supergroups", "supergroup_pass_list", "model_input", "model_output",
+             "overrides", "mixed_ranges", "patterns"}
 _DEFAULT_KEYS = {"ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
                  "hw_version", "supported_kernels"}
 _OP_KEYS = {"is_output_quantized", "is_input_quantized", "is_symmetric", "bitwidth", "dtype", "supported_kernels"}
 _PARAM_KEYS = {"is_quantized", "is_symmetric", "bitwidth", "dtype"}
 _OP_TYPE_KEYS = _OP_KEYS | {"per_channel_quantization", "params", "encoding_constraints"}
-_PARAM_TYPES = {"weight", "bias"}
+# aimet-onnx 2.42.0's graph passes (graph_passes/pass_registry.py); aimet refuses any other name
+SUPERGROUP_PASSES = ("LayerNormalization", "RMSNormalization", "MatmulAdd", "MaskedSoftmax")
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class OpTypeSettings:
     input_quantized: bool | None = None
     per_channel: bool | None = None
     params: dict[str, QuantizerSettings] = field(default_factory=dict)
-    encoding_constraints: tuple[float, float] | None = None
+    encoding_constraints: tuple[float | None, float | None] | None = None  # (min, max); None: from calibration
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,8 @@ class RuntimeConfig:
     overrides: tuple[Override, ...] = ()  # qtool extension: per-tensor/per-node decisions (overrides.py)
     mixed_ranges: MixedRangeRule = MixedRangeRule()  # qtool extension: steps/mixed_ranges.py
     patterns: PatternRules = PatternRules()  # qtool extension: plan_patterns.py
+    supergroup_passes: tuple[str, ...] = ()  # aimet's graph passes: read, not applied (not_applied.py)
+    hw_version: str | None = None  # aimet's exception rules per target: read, not applied
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -162,20 +170,24 @@ def _quantizer(section: dict, source: str, where: str, enabled_key: str) -> Quan
     )
 
 
-def _constraints(section: Any, source: str, where: str) -> tuple[float, float]:
-    """A fixed {min, max} range, both numbers, min < max."""
+def _constraints(section: Any, source: str, where: str) -> tuple[float | None, float | None]:
+    """A fixed {min, max} range, min < max; one end alone (AIMET's HTP configs: Relu {"min": 0})
+    fixes that end and leaves the other to calibration, as aimet's set_fixed_encoding_range does."""
     _check_keys(section, {"min", "max"}, source, where)
+    if not section:
+        raise _fail(source, where, "empty", "give min, max or both")
     for key in ("min", "max"):
         if key not in section:
-            raise _fail(source, where, f"missing {key!r}", "give both min and max")
+            continue
         if not isinstance(section[key], (int, float)) or isinstance(section[key], bool):
             raise _fail(source, f"{where}.{key}", f"expected a number, got {section[key]!r}")
         if not math.isfinite(section[key]):
             raise _fail(source, f"{where}.{key}", f"{section[key]!r} is not a finite number",
                         "a fixed range has finite ends; leave the tensor unconstrained instead")
-    if not section["min"] < section["max"]:
+    low, high = (float(section[key]) if key in section else None for key in ("min", "max"))
+    if low is not None and high is not None and not low < high:
         raise _fail(source, where, f"min {section['min']} is not below max {section['max']}")
-    return float(section["min"]), float(section["max"])
+    return low, high
 
 
 def _section(doc: dict, key: str, kind: type, source: str) -> Any:
@@ -187,10 +199,22 @@ def _section(doc: dict, key: str, kind: type, source: str) -> Any:
     return value
 
 
-def _known_op_types() -> set[str]:
-    import onnx.defs  # here, not at the top: building the CLI stays free of onnx
+def _name(value: Any, source: str, where: str, what: str) -> str:
+    """An op type or parameter name: any non-empty string, as in AIMET's schema."""
+    if not isinstance(value, str) or not value:
+        raise _fail(source, where, f"expected {what} (a non-empty string), got {value!r}")
+    return value
 
-    return {schema.name for schema in onnx.defs.get_all_schemas_with_history()}
+
+def _pass_list(value: Any, source: str) -> tuple[str, ...]:
+    """``supergroup_pass_list``: names of aimet's graph passes; aimet itself refuses others."""
+    if not isinstance(value, list):
+        raise _fail(source, "supergroup_pass_list", f"expected a list, got {type(value).__name__}")
+    for index, name in enumerate(value):
+        if name not in SUPERGROUP_PASSES:
+            raise _fail(source, f"supergroup_pass_list[{index}]", f"unknown graph pass {name!r}",
+                        f"valid: {', '.join(SUPERGROUP_PASSES)}")
+    return tuple(value)
 
 
 def _mixed_ranges(section: Any, source: str) -> MixedRangeRule:
@@ -232,6 +256,12 @@ def _patterns(section: Any, source: str) -> PatternRules:
     return PatternRules(**fields)
 
 
+def _hw_version(value: Any, source: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(source, "defaults.hw_version", f"expected a string such as \"V73\", got {value!r}")
+    return value
+
+
 def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
     """Validate an AIMET runtime config dict and resolve it into a RuntimeConfig."""
     _check_keys(doc, _SECTIONS, source, "top level")
@@ -248,21 +278,17 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
 
     param_types = {}
     for name, section in _section(doc, "params", dict, source).items():
-        if name not in _PARAM_TYPES:
-            raise _fail(source, "params", f"unknown parameter type {name!r}", "valid: weight, bias")
+        _name(name, source, "params", "a parameter type")
         _check_keys(section, _PARAM_KEYS, source, f"params.{name}")
         param_types[name] = _quantizer(section, source, f"params.{name}", "is_quantized")
 
-    known = _known_op_types()
     op_types = {}
     for op, section in _section(doc, "op_type", dict, source).items():
-        if op not in known:
-            raise _fail(source, "op_type", f"unknown ONNX op type {op!r}", "op types are ONNX names, e.g. Conv, Relu")
+        _name(op, source, "op_type", "an op type")
         _check_keys(section, _OP_TYPE_KEYS, source, f"op_type.{op}")
         op_params = {}
         for pname, psection in _section(section, "params", dict, f"{source}: op_type.{op}").items():
-            if pname not in _PARAM_TYPES:
-                raise _fail(source, f"op_type.{op}.params", f"unknown parameter type {pname!r}", "valid: weight, bias")
+            _name(pname, source, f"op_type.{op}.params", "a parameter type")
             _check_keys(psection, _PARAM_KEYS, source, f"op_type.{op}.params.{pname}")
             op_params[pname] = _quantizer(psection, source, f"op_type.{op}.params.{pname}", "is_quantized")
         constraints = section.get("encoding_constraints")
@@ -286,8 +312,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         if not isinstance(op_list, list) or len(op_list) < 2:
             raise _fail(source, f"supergroups[{index}].op_list", "expected a list of at least two op types")
         for op in op_list:
-            if not isinstance(op, str) or op not in known:
-                raise _fail(source, f"supergroups[{index}]", f"unknown ONNX op type {op!r}")
+            _name(op, source, f"supergroups[{index}].op_list", "an op type")
         supergroups.append(tuple(op_list))
 
     model_input = _section(doc, "model_input", dict, source)
@@ -310,6 +335,8 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         overrides=parse_overrides(doc.get("overrides"), source),
         mixed_ranges=_mixed_ranges(doc.get("mixed_ranges", {}), source),
         patterns=_patterns(doc.get("patterns", {}), source),
+        supergroup_passes=_pass_list(doc.get("supergroup_pass_list", []), source),
+        hw_version=_hw_version(defaults.get("hw_version"), source),
         raw=doc,
     )
 

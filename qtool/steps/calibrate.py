@@ -91,7 +91,7 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
     for name, tensor in plan.activations.items():
         if name in frozen_all:
             result.encodings.activations[name] = frozen_all[name]
-        elif tensor.fixed_range is not None:
+        elif tensor.fixed_range is not None and None not in tensor.fixed_range:
             result.encodings.activations[name] = compute_encoding(*tensor.fixed_range, tensor.spec)
         elif tensor.spec.dtype == "float":
             result.encodings.activations[name] = compute_encoding(0.0, 0.0, tensor.spec)
@@ -116,6 +116,13 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
             _check_seen(observed)
             for name, observer in observed.items():
                 result.encodings.activations[name] = observer.compute(plan.activations[name].spec)
+    for name in observed:  # one fixed end (encoding_constraints {"min": 0}): the other from calibration, as aimet
+        bound = plan.activations[name].fixed_range
+        enc = result.encodings.activations.get(name)
+        if bound is not None and enc is not None and not enc.is_float:
+            low, high = (float(enc.min.min()) if bound[0] is None else bound[0],
+                         float(enc.max.max()) if bound[1] is None else bound[1])
+            result.encodings.activations[name] = compute_encoding(low, max(low, high), plan.activations[name].spec)
     result.scheme = result.scheme or ("sqnr" if auto else options.scheme)
     result.mixed_joins = _split_mixed_joins(model, plan, result.encodings, observed, set(frozen_all), result.scheme,
                                             options)
