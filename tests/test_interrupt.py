@@ -31,8 +31,11 @@ def _temporaries(folder: Path) -> list[Path]:
 def _kill_while_writing(folder: Path, args: list[str], sig: int) -> tuple[int, str]:
     """Start qtool, wait for its first write to pause half-way, send `sig`; (exit code, stderr)."""
     env = {**os.environ, SLOW_WRITE_ENV: "60"}
+    # a shell without job control starts background jobs with SIGINT ignored, and Python then
+    # never installs its KeyboardInterrupt handler: give the child the default disposition back
     proc = subprocess.Popen([sys.executable, "-m", "qtool", "-q", *args], cwd=folder, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in proc.stderr:  # ends at EOF if qtool fails before writing
