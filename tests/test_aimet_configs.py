@@ -9,14 +9,12 @@ cannot be downloaded; the others use small configs written here.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from aimet_wheel import FIXTURES, shipped_configs
 from conftest import run_main
 from qtool.errors import QtoolError
 from qtool.ir.graph import load_model
@@ -26,34 +24,10 @@ from qtool.plan.not_applied import not_applied
 from qtool.steps.calibrate import CalibrateOptions, calibrate
 
 ROOT = Path(__file__).resolve().parent.parent
-WHEEL_SPEC = "aimet-onnx==2.42.0"
-WHEEL_CACHE = ROOT / "build" / "cache" / "aimet-wheel"
-CONFIG_DIR = "aimet_onnx/common/quantsim_config/"
-FIXTURES = ROOT / "tests" / "fixtures" / "aimet"  # one folder per model, one table per shipped config
 CBR = ROOT / "sample_models" / "conv_bn_relu.onnx"
 BASE = {"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_quantized": "True"}},
         "params": {}, "op_type": {}, "supergroups": [], "model_input": {"is_input_quantized": "True"},
         "model_output": {}}
-
-
-def aimet_wheel() -> Path:
-    """The aimet-onnx wheel, downloaded once into build/cache; skips the test when pip cannot get it."""
-    wheels = sorted(WHEEL_CACHE.glob("aimet_onnx-2.42.0-*.whl"))
-    if not wheels:
-        WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                               "-q", WHEEL_SPEC, "-d", str(WHEEL_CACHE)], capture_output=True, text=True)
-        wheels = sorted(WHEEL_CACHE.glob("aimet_onnx-2.42.0-*.whl"))
-        if not wheels:
-            pytest.skip(f"cannot download {WHEEL_SPEC} from PyPI (the shipped configs live in that wheel): "
-                        f"{(done.stderr.strip().splitlines() or ['no wheel'])[-1]}")
-    return wheels[0]
-
-
-def shipped_configs() -> dict[str, dict]:
-    with zipfile.ZipFile(aimet_wheel()) as wheel:
-        return {Path(name).name: json.loads(wheel.read(name)) for name in wheel.namelist()
-                if name.startswith(CONFIG_DIR) and name.endswith(".json") and name.count("/") == 3}
 
 
 def config(tmp_path: Path, **sections) -> Path:
@@ -82,8 +56,13 @@ def test_every_config_aimet_ships_loads(tmp_path):
 
 
 def test_info_lists_each_key_it_does_not_apply(tmp_path, capsys):
-    path = config(tmp_path, supergroup_pass_list=["MatmulAdd", "LayerNormalization"],
-                  defaults={**BASE["defaults"], "hw_version": "V73"}, op_type={"relu": {"is_output_quantized": "True"}})
+    keys = dict(supergroup_pass_list=["MatmulAdd", "LayerNormalization"],
+                defaults={**BASE["defaults"], "hw_version": "V73"}, op_type={"relu": {"is_output_quantized": "True"}})
+    code, out, err = run_main(["info", CBR, "--config", config(tmp_path, **keys)], capsys)
+    assert code == 0, err  # placement "aimet" (the default): passes and hw_version applied as aimet does
+    assert [line.strip() for line in out.splitlines() if "not applied:" in line] == [
+        "not applied: op_type.relu (not an ONNX op type: matches no node, did you mean Relu?)"]
+    path = config(tmp_path, placement="qtool", **keys)
     code, out, err = run_main(["info", CBR, "--config", path], capsys)
     assert code == 0, err
     lines = [line.strip() for line in out.splitlines() if "not applied:" in line]
@@ -116,13 +95,17 @@ def test_one_end_of_encoding_constraints_fixes_that_end_only(tmp_path):
     assert free_low < -0.5 and free_high < 10  # the fixed ends are far outside the observed range
 
 
-def test_batchnorm_statistics_are_never_quantized(tmp_path):
+def test_batchnorm_statistics_are_quantized_only_as_aimet_does(tmp_path):
     stats = {"is_quantized": "True", "is_symmetric": "True"}
-    path = config(tmp_path, op_type={"BatchNormalization": {"params": {"running_mean": stats, "running_var": stats}}},
-                  params={"weight_r": {"is_quantized": "False"}})
-    loaded = load_config(path)
+    keys = dict(op_type={"BatchNormalization": {"params": {"running_mean": stats, "running_var": stats}}},
+                params={"weight_r": {"is_quantized": "False"}})
+    statistics = {f"bn.{kind}_{i}" for kind in ("mean", "var") for i in range(1, 7)}
+    aimet = build_plan(load_model(CBR), load_config(config(tmp_path, **keys)))
+    assert statistics <= set(aimet.params) and not not_applied(load_config(config(tmp_path, **keys)))
+    assert {aimet.params[name].role for name in statistics} == {"running_mean", "running_var"}
+    loaded = load_config(config(tmp_path, placement="qtool", **keys))
     plan = build_plan(load_model(CBR), loaded)
-    assert plan.params and not [name for name in plan.params if ".mean_" in name or ".var_" in name]
+    assert plan.params and not statistics & set(plan.params)
     assert not_applied(loaded) == [
         f"op_type.BatchNormalization.params.{name} is_quantized (aimet quantizes that parameter; qtool quantizes "
         "only weight and bias inputs)" for name in ("running_mean", "running_var")]

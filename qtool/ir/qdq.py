@@ -45,9 +45,10 @@ def build_qdq_model(model: ir.Model, encodings: EncodingSet, *, integer_bias: bo
         _quantize_param(qdq, value, enc)
     for name, enc in sorted(encodings.activations.items()):
         value = values[name]
-        if value.const_value is not None:
-            raise QtoolError(f"{source}: activation encoding '{name}' names an initializer", "list it under param_encodings")
-        _quantize_activation(qdq, value, enc)
+        if value.const_value is not None:  # a constant aimet quantizes as an activation: stored quantized
+            _quantize_param(qdq, value, enc)
+        else:
+            _quantize_activation(qdq, value, enc)
     if integer_bias:
         _quantize_biases(qdq)
     if MS_DOMAIN in {node.domain for node in qdq.graph}:

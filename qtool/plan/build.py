@@ -18,14 +18,14 @@ A tensor has one quantizer whatever the number of its consumers: encodings are k
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import onnx_ir as ir
 
 from qtool.errors import QtoolError
 from qtool.ir.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
-from qtool.plan.config import MixedRangeRule, OpTypeSettings, QuantizerSettings, RuntimeConfig
-from qtool.plan.overrides import Override, apply_overrides
+from qtool.plan.aimet_plan import build_aimet_plan
+from qtool.plan.config import OpTypeSettings, QuantizerSettings, RuntimeConfig
+from qtool.plan.overrides import apply_overrides
+from qtool.plan.plan_types import PlanOptions, QuantPlan, TensorPlan
 from qtool.ir.patterns import (attention_mask_tensors, bounded_relus, clipped_offsets,
                                  decomposed_layer_norm_internals, layer_norm_inputs, layer_norm_outputs,
                                  pointwise_internals)
@@ -50,42 +50,6 @@ PARAM_ROLES: dict[str, dict[int, str]] = {
 }
 # Ops that already are quantization: a model that holds them was quantized by another tool.
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """Command-line choices that override the config (None: keep what the config says)."""
-
-    act_bw: int | None = None
-    param_bw: int | None = None
-    per_channel: bool | None = None
-    param_symmetric: bool | None = None
-    overrides: tuple[Override, ...] = ()  # from --overrides, applied after the config's own
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    """One planned quantizer."""
-
-    name: str
-    kind: str  # "activation" or "param"
-    role: str  # input / output / weight / bias
-    spec: QuantSpec
-    node: str  # the first node that produces or consumes it, for messages
-    fixed_range: tuple[float, float] | None = None  # encoding_constraints: no calibration needed
-
-
-@dataclass
-class QuantPlan:
-    activations: dict[str, TensorPlan] = field(default_factory=dict)
-    params: dict[str, TensorPlan] = field(default_factory=dict)
-    fused: list[str] = field(default_factory=list)  # outputs left unquantized inside supergroups
-    mixed_ranges: MixedRangeRule = MixedRangeRule()  # applied by calibrate, once ranges are known
-    masked: list[str] = field(default_factory=list)  # attention-mask path and masked scores: unquantized
-    widened: list[str] = field(default_factory=list)  # LayerNorm inputs (residual sums) and outputs, at more bits
-
-    def all(self) -> dict[str, TensorPlan]:
-        return {**self.activations, **self.params}
 
 
 def _per_channel_axis(node: ir.Node, index: int, ndim: int) -> int | None:
@@ -142,7 +106,29 @@ def _fused_outputs(model: ir.Model, config: RuntimeConfig) -> set[str]:
 
 
 def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = PlanOptions()) -> QuantPlan:
-    """Decide every quantizer of the model. Pure: reads the graph, changes nothing."""
+    """Decide every quantizer of the model. Pure: reads the graph, changes nothing. The config's
+    ``placement`` chooses aimet-onnx's rules (plan/aimet_plan.py) or qtool's (below); the
+    overrides apply to either."""
+    for node in model.graph:
+        if node.op_type in QDQ_OPS:
+            raise QtoolError(
+                f"{model.meta.get('qtool.source', 'model')}: already contains {node.op_type} nodes "
+                f"({node.name or node.outputs[0].name})",
+                "give qtool the float model, not a quantized one",
+            )
+    plan = build_aimet_plan(model, config, options) if config.placement == "aimet" else _qtool_plan(model, config, options)
+    overrides = config.overrides + options.overrides
+    if overrides:
+        values = value_by_name(model)
+        apply_overrides(plan, overrides, quantizer_nodes(model, plan),
+                        lambda name: param_axis(values[name], default=None))
+        members = set(plan.all())
+        plan.ties = [kept for kept in ([n for n in group if n in members] for group in plan.ties) if len(kept) > 1]
+    return plan
+
+
+def _qtool_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions) -> QuantPlan:
+    """Placement "qtool": op-type rules plus qtool's pattern rules (module docstring)."""
     plan = QuantPlan(mixed_ranges=config.mixed_ranges)
     rules = config.patterns
     fused = (_fused_outputs(model, config) | decomposed_layer_norm_internals(model)
@@ -179,12 +165,6 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
             add_activation(value, "input", config.ops, "model input")
 
     for node in model.graph:
-        if node.op_type in QDQ_OPS:
-            raise QtoolError(
-                f"{model.meta.get('qtool.source', 'model')}: already contains {node.op_type} nodes "
-                f"({node.name or node.outputs[0].name})",
-                "give qtool the float model, not a quantized one",
-            )
         op = op_settings(node.op_type)
         op_out = op.output.over(config.ops)
         if op.input_quantized:
@@ -200,11 +180,6 @@ def build_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions = Pl
             add_activation(value, "output", settings, node.name, op.encoding_constraints)
         if not (masked and all(v.name in masked for v in node.outputs)):  # a mask's -1e4 is no weight
             _plan_params(node, op, config, param_override, options, plan)
-    overrides = config.overrides + options.overrides
-    if overrides:
-        values = value_by_name(model)
-        apply_overrides(plan, overrides, quantizer_nodes(model, plan),
-                        lambda name: param_axis(values[name], default=None))
     return plan
 
 

@@ -35,7 +35,10 @@ from qtool.plan.overrides import Override, parse_overrides
 BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
 
 _SECTIONS = {"defaults", "params", "op_type", "supergroups", "supergroup_pass_list", "model_input", "model_output",
-             "overrides", "mixed_ranges", "patterns"}
+             "overrides", "mixed_ranges", "patterns", "placement"}
+# "aimet": quantizers where aimet-onnx's QuantizationSimModel puts them (plan/aimet_plan.py), qtool's own
+# rules off unless the config turns them on; "qtool": qtool's placement (plan/build.py) and rules
+PLACEMENTS = ("aimet", "qtool")
 _DEFAULT_KEYS = {"ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
                  "hw_version", "supported_kernels"}
 _OP_KEYS = {"is_output_quantized", "is_input_quantized", "is_symmetric", "bitwidth", "dtype", "supported_kernels"}
@@ -127,8 +130,9 @@ class RuntimeConfig:
     overrides: tuple[Override, ...] = ()  # qtool extension: per-tensor/per-node decisions (overrides.py)
     mixed_ranges: MixedRangeRule = MixedRangeRule()  # qtool extension: steps/mixed_ranges.py
     patterns: PatternRules = PatternRules()  # qtool extension: plan_patterns.py
-    supergroup_passes: tuple[str, ...] = ()  # aimet's graph passes: read, not applied (not_applied.py)
-    hw_version: str | None = None  # aimet's exception rules per target: read, not applied
+    supergroup_passes: tuple[str, ...] = ()  # aimet's graph passes (applied under placement "aimet")
+    hw_version: str | None = None  # aimet's exception rules per target (applied under placement "aimet")
+    placement: str = "aimet"  # qtool extension: "aimet" (as aimet-onnx) or "qtool" (qtool's own rules)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -217,12 +221,13 @@ def _pass_list(value: Any, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _mixed_ranges(section: Any, source: str) -> MixedRangeRule:
-    """The ``mixed_ranges`` section: {"enabled", "max_lost_bits", "at_output", "inside"}."""
+def _mixed_ranges(section: Any, source: str, enabled: bool) -> MixedRangeRule:
+    """The ``mixed_ranges`` section: {"enabled", "max_lost_bits", "at_output", "inside"};
+    `enabled` is the default (off under placement "aimet": aimet gives a Concat one grid)."""
     if not isinstance(section, dict):
         raise _fail(source, "mixed_ranges", "expected an object")
     _check_keys(section, {"enabled", "max_lost_bits", "at_output", "inside"}, source, "mixed_ranges")
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {"enabled": enabled}
     if "enabled" in section:
         fields["enabled"] = _bool(section["enabled"], source, "mixed_ranges.enabled")
     if "max_lost_bits" in section:
@@ -240,20 +245,32 @@ def _mixed_ranges(section: Any, source: str) -> MixedRangeRule:
     return MixedRangeRule(**fields)
 
 
-def _patterns(section: Any, source: str) -> PatternRules:
-    """The ``patterns`` section: two switches and two bit-widths (PatternRules)."""
+PATTERNS_OFF = PatternRules(pointwise_functions=False, attention_mask=False, layer_norm_input_bw=None,
+                            layer_norm_output_bw=None)
+
+
+def _patterns(section: Any, source: str, base: PatternRules) -> PatternRules:
+    """The ``patterns`` section: two switches and two bit-widths (PatternRules); what it does not
+    say comes from `base` (qtool's rules under placement "qtool", all off under "aimet")."""
     if not isinstance(section, dict):
         raise _fail(source, "patterns", "expected an object")
     widths = ("layer_norm_input_bw", "layer_norm_output_bw")
     _check_keys(section, {"pointwise_functions", "attention_mask", *widths}, source, "patterns")
-    fields: dict[str, Any] = {key: _bool(section[key], source, f"patterns.{key}")
-                              for key in ("pointwise_functions", "attention_mask") if key in section}
+    fields: dict[str, Any] = {key: _bool(section[key], source, f"patterns.{key}") if key in section
+                              else getattr(base, key) for key in ("pointwise_functions", "attention_mask")}
     for key in widths:
-        bw = section.get(key, getattr(PatternRules, key))
+        bw = section.get(key, getattr(base, key))
         if bw is not None and (isinstance(bw, bool) or not isinstance(bw, int) or not 2 <= bw <= 16):
             raise _fail(source, f"patterns.{key}", f"expected a bit-width 2..16 or null, got {bw!r}")
         fields[key] = bw
     return PatternRules(**fields)
+
+
+def _placement(value: Any, source: str) -> str:
+    if value not in PLACEMENTS:
+        raise _fail(source, "placement", f"expected one of {', '.join(map(repr, PLACEMENTS))}, got {value!r}",
+                    "\"aimet\": where aimet-onnx places quantizers; \"qtool\": qtool's own rules (docs/config.md)")
+    return value
 
 
 def _hw_version(value: Any, source: str) -> str | None:
@@ -273,8 +290,10 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
     _check_keys(params_section, _PARAM_KEYS, source, "defaults.params")
     ops = _quantizer(ops_section, source, "defaults.ops", "is_output_quantized").over(
         QuantizerSettings(enabled=True, symmetric=False, bitwidth=8, dtype="int"))
+    placement = _placement(doc.get("placement", "aimet"), source)
+    # weights are symmetric unless the config says otherwise; aimet's quantizers start asymmetric
     params = _quantizer(params_section, source, "defaults.params", "is_quantized").over(
-        QuantizerSettings(enabled=True, symmetric=True, bitwidth=8, dtype="int"))
+        QuantizerSettings(enabled=True, symmetric=placement == "qtool", bitwidth=8, dtype="int"))
 
     param_types = {}
     for name, section in _section(doc, "params", dict, source).items():
@@ -325,7 +344,7 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         params=params,
         param_types=param_types,
         strict_symmetric=_bool(defaults.get("strict_symmetric", False), source, "defaults.strict_symmetric"),
-        unsigned_symmetric=_bool(defaults.get("unsigned_symmetric", True), source, "defaults.unsigned_symmetric"),
+        unsigned_symmetric=_bool(defaults.get("unsigned_symmetric", False), source, "defaults.unsigned_symmetric"),
         per_channel=_bool(defaults.get("per_channel_quantization", False), source, "defaults.per_channel_quantization"),
         op_types=op_types,
         supergroups=tuple(supergroups),
@@ -333,10 +352,11 @@ def parse_config(doc: Any, source: str = "<config>") -> RuntimeConfig:
         model_output_quantized=_bool(model_output["is_output_quantized"], source, "model_output.is_output_quantized")
         if "is_output_quantized" in model_output else None,
         overrides=parse_overrides(doc.get("overrides"), source),
-        mixed_ranges=_mixed_ranges(doc.get("mixed_ranges", {}), source),
-        patterns=_patterns(doc.get("patterns", {}), source),
+        mixed_ranges=_mixed_ranges(doc.get("mixed_ranges", {}), source, placement == "qtool"),
+        patterns=_patterns(doc.get("patterns", {}), source, PatternRules() if placement == "qtool" else PATTERNS_OFF),
         supergroup_passes=_pass_list(doc.get("supergroup_pass_list", []), source),
         hw_version=_hw_version(defaults.get("hw_version"), source),
+        placement=placement,
         raw=doc,
     )
 

@@ -1,9 +1,11 @@
-"""What a runtime config says that qtool reads but does not act on (yet), one line per key.
+"""What a runtime config says that qtool reads but does not act on, one line per key.
 
 AIMET's shipped configs (aimet-onnx 2.x) carry keys that change what ``QuantizationSimModel``
-does but have no counterpart in qtool's planner: graph passes, per-target exception rules,
-kernel lists for mixed precision. qtool accepts them, so the configs load, and says here, per key,
-what aimet would do differently; ``qtool info --config`` prints these lines, so nothing is
+does: graph passes, per-target exception rules, kernel lists for mixed precision. Under
+placement "aimet" (plan/aimet_plan.py) qtool applies them as aimet does, except the kernel lists
+(aimet reads them only in its mixed-precision tools) and the MaskedSoftmax fusion; under
+placement "qtool" it applies none of the passes and exception rules. Either way it says here, per
+key, what aimet would do differently; ``qtool info --config`` prints these lines, so nothing is
 silently dropped. The analysis behind each line: docs/aimet_compat.md.
 """
 
@@ -23,14 +25,18 @@ PASS_EFFECTS = {
     "MaskedSoftmax": "aimet fuses Softmax(Where(mask, x, ReduceMin(x) + B)) into one op; qtool plans each op "
                      "(its patterns.attention_mask rule covers additive masks only)",
 }
-# the parameter types qtool plans (plan/build.py PARAM_ROLES); aimet also has running_mean/var, weight_r ...
+NOT_EMULATED = ("MaskedSoftmax",)  # passes placement "aimet" does not reproduce (no shipped config lists them)
+# the parameter types placement "qtool" plans (plan/build.py PARAM_ROLES); aimet also has running_mean/var, weight_r ...
 PLANNED_PARAMS = ("weight", "bias")
 
 
 def not_applied(config: RuntimeConfig) -> list[str]:
-    """One line per key of `config` that qtool keeps but does not act on: the key and what aimet does."""
-    lines = [f"supergroup_pass_list {name} ({PASS_EFFECTS[name]})" for name in config.supergroup_passes]
-    if config.hw_version is not None:
+    """One line per key of `config` that qtool keeps but does not act on: the key and what aimet does.
+    Under placement "aimet" the passes, hw_version and every parameter type are applied as aimet does."""
+    aimet = config.placement == "aimet"
+    lines = [f"supergroup_pass_list {name} ({PASS_EFFECTS[name]})" for name in config.supergroup_passes
+             if not aimet or name in NOT_EMULATED]
+    if config.hw_version is not None and not aimet:
         lines.append(f"defaults.hw_version {config.hw_version} (aimet's exception rules: any version quantizes a "
                      "16-bit MatMul's second input symmetric and its first at 16 bits; V66/V68/V69 also force "
                      "8-bit LayerNorm/BatchNorm weights and an 8-bit symmetric second input of a dynamic MatMul; "
@@ -49,8 +55,8 @@ def not_applied(config: RuntimeConfig) -> list[str]:
             lines.append(f"{where} (not an ONNX op type: matches no node{_near(op, known)})")
         if "supported_kernels" in config.raw["op_type"][op]:
             lines.append(f"{where}.supported_kernels (aimet reads it only in its mixed-precision tools)")
-        lines += _unplanned_params(f"{where}.params", settings.params)
-    lines += _unplanned_params("params", config.param_types)
+        lines += [] if aimet else _unplanned_params(f"{where}.params", settings.params)
+    lines += [] if aimet else _unplanned_params("params", config.param_types)
     for index, group in enumerate(config.supergroups):
         lines += [f"supergroups[{index}] {op} (not an ONNX op type: the group matches no node{_near(op, known)})"
                   for op in group if op not in known]

@@ -21,6 +21,7 @@ from qtool.errors import QtoolError
 from qtool.ir.graph import constant_array, value_by_name
 from qtool.ir.ranges import derivations, resolve
 from qtool.plan.build import QuantPlan
+from qtool.plan.ties import tie_encodings
 from qtool.progress import Progress, no_progress
 from qtool.quant import compute_encoding
 from qtool.quant.encoding import Encoding
@@ -126,6 +127,7 @@ def calibrate(model: ir.Model, plan: QuantPlan, batches: Iterable[dict[str, np.n
     result.scheme = result.scheme or ("sqnr" if auto else options.scheme)
     result.mixed_joins = _split_mixed_joins(model, plan, result.encodings, observed, set(frozen_all), result.scheme,
                                             options)
+    tie_encodings(plan, result.encodings)  # placement "aimet": tied tensors share one encoding (plan/ties.py)
     # keep the plan's order for readable files; the writer sorts for determinism anyway
     result.encodings.activations = {n: result.encodings.activations[n] for n in plan.activations
                                     if n in result.encodings.activations}
