@@ -50,14 +50,19 @@ def shipped_configs() -> dict[str, dict]:
 
 
 def fixture_model(name: str, folder: Path) -> Path:
-    """The ONNX file a fixture table was recorded on: the committed sample model, or for
-    ppocr_cls_folded the bundled classifier folded here as the bench folds it (`qtool fold`)."""
+    """The ONNX file a fixture table was recorded on: the committed sample model; for
+    ppocr_cls_folded the bundled classifier folded here as the bench folds it (`qtool fold`); the
+    norms blocks built by tests/aimet_models.py."""
+    from aimet_models import BUILT, write
+
+    path = folder / f"{name}.onnx"
+    if name in BUILT:
+        return path if path.exists() else write(name, path)
     if name != "ppocr_cls_folded":
         return ROOT / "sample_models" / f"{name}.onnx"
     from qtool.commands.fold import fold_model
     from qtool.ir.graph import load_model, save_model
 
-    path = folder / "ppocr_cls_folded.onnx"
     if not path.exists():
         save_model(fold_model(load_model(ROOT / "sample_models" / "ppocr_cls.onnx")).model, path)
     return path
