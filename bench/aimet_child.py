@@ -11,13 +11,13 @@ qtool's dependencies). Three jobs, chosen by --job:
   op_type.X, supergroup[A+B], pass.MatmulAdd, exception_rules, ...). The steps are traced by
   wrapping aimet's own methods and diffing quantizer states around each call, so the table says
   why, not only what. Also dumps the config schema and the registered graph passes.
-* ``export``: compute_encodings on a few calibration samples and ``sim.export`` in every
-  encodings version asked for (1.0.0, 2.0.0): the fixtures for qtool's round-trip tests.
-* ``load``: ``load_encodings_to_sim(sim, qtool_encodings, strict=True)`` on what ``qtool
-  calibrate`` + ``qtool export`` wrote, and the exact error; then the same load made to pass
-  (names aimet has no tensor for dropped, strict=False) to list every setting that differs, and
-  SQNR of aimet's sim with qtool's encodings against qtool's own QDQ model, and of qtool's QDQ model
-  from aimet's encodings against aimet's sim.
+* ``export``: per model x config, compute_encodings on a few calibration samples, ``sim.export`` in
+  every encodings version asked for (1.0.0, 2.0.0), and the sim's outputs on the evaluation and
+  probe samples: the fixtures for qtool's round-trip tests and the reverse SQNR.
+* ``load``: per case, ``load_encodings_to_sim(sim, qtool_encodings, strict=True)`` on what ``qtool
+  calibrate`` + ``qtool export`` wrote, and the exact error if refused (then the same load made to
+  pass, names aimet has no tensor for dropped and strict=False, to list every setting that
+  differs); SQNR of aimet's sim with qtool's encodings against qtool's own QDQ models.
 
 Everything it writes is JSON with sorted keys; the parent turns it into fixtures and the doc.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -347,24 +348,30 @@ def _load_samples(path: str, count: int) -> list[dict]:
     return [{k: data[k][i:i + 1] for k in data.files} for i in range(min(n, count))]
 
 
-def _run(sim, samples: list[dict]) -> list[np.ndarray]:
-    return [sim.session.run(None, s)[0] for s in samples]
+def _outputs(sim, samples: list[dict]) -> list[list[np.ndarray]]:
+    """Every output of the sim, per sample."""
+    return [list(sim.session.run(None, s)) for s in samples]
 
 
 def job_export(args) -> None:
+    """Per case (model x config): compute_encodings on the calibration samples, ``sim.export`` in
+    each version, and the sim's outputs on the evaluation and probe samples (the reverse SQNR)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    calib = _load_samples(args.calib, args.samples)
     results = {}
-    for config in args.configs:
-        sim = build_sim(Path(args.model), CONFIG_DIR / config)
+    for case in json.loads(Path(args.cases).read_text()):
+        sim = build_sim(Path(case["model"]), CONFIG_DIR / case["config"])
         with _quiet():
-            sim.compute_encodings(calib)
+            sim.compute_encodings(_load_samples(case["calib"], args.samples))
+        prefix = f"{case['name']}__{Path(case['config']).stem}"
         for version in args.versions:
-            prefix = f"{args.name}__{Path(config).stem}__{version}"
             with _quiet():
-                sim.export(str(out), prefix, export_model=False, encoding_version=version)
-            results[prefix] = (out / f"{prefix}.encodings").stat().st_size
+                sim.export(str(out), f"{prefix}__{version}", export_model=False, encoding_version=version)
+        for split in ("eval", "probe"):
+            outputs = _outputs(sim, _load_samples(case[split], 1 << 30))
+            np.savez(out / f"{prefix}__{split}_outputs.npz",
+                     **{f"{i}_{j}": a for i, sample in enumerate(outputs) for j, a in enumerate(sample)})
+        results[prefix] = sorted(p.name for p in out.glob(f"{prefix}__*"))
     (out / "export.json").write_text(json.dumps(results, sort_keys=True, indent=1))
 
 
@@ -373,16 +380,6 @@ def _sqnr(ref: list[np.ndarray], test: list[np.ndarray]) -> float:
     t = np.concatenate([a.ravel() for a in test]).astype(np.float64)
     noise = np.sum((r - t) ** 2)
     return float("inf") if noise == 0 else float(10 * np.log10(np.sum(r ** 2) / noise))
-
-
-def _ort_outputs(model_path: str, samples: list[dict]) -> list[np.ndarray]:
-    """A QDQ model run with every graph optimization off: Q/DQ stay float ops (eq. 2.7 exactly)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    return [session.run(None, s)[0] for s in samples]
 
 
 def _mismatch_summary(infos) -> dict:
@@ -397,62 +394,67 @@ def _mismatch_summary(infos) -> dict:
     return {k: sorted(v) for k, v in sorted(by_field.items())}
 
 
-def job_load(args) -> None:
-    """Strict load of qtool's encodings into aimet's sim, the relaxed load's mismatches, and SQNRs."""
-    result: dict = {"config": args.config, "encodings": os.path.basename(args.encodings)}
-    encodings = json.loads(Path(args.encodings).read_text())
-    samples = _load_samples(args.eval, args.samples)
-    sim = build_sim(Path(args.model), CONFIG_DIR / args.config)
+def _load_one(case: dict, samples: list[dict]) -> dict:
+    """Strict load of qtool's encodings into aimet's sim; the relaxed load's mismatches when it is
+    refused; SQNR of the sim with them against qtool's own QDQ models."""
+    result: dict = {"config": case["config"], "encodings": os.path.basename(case["encodings"])}
+    encodings = json.loads(Path(case["encodings"]).read_text())
+    sim = build_sim(Path(case["model"]), CONFIG_DIR / case["config"])
     try:
         with _quiet():
-            aq.load_encodings_to_sim(sim, encodings, strict=True)
+            aq.load_encodings_to_sim(sim, copy.deepcopy(encodings), strict=True)
         result["strict"] = {"ok": True}
     except Exception as exc:
         result["strict"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    # The relaxed load: names aimet has no tensor for are dropped (else it refuses whatever strict says).
-    sim = build_sim(Path(args.model), CONFIG_DIR / args.config)
-    tensors = sim.connected_graph.get_all_products()
-    dropped = []
-    for section in ("activation_encodings", "param_encodings", "encodings"):
-        entries = encodings.get(section)
-        if isinstance(entries, list):
-            keep = [e for e in entries if e["name"] in sim.qc_quantize_op_dict or e["name"] in tensors]
-            dropped += [e["name"] for e in entries if e not in keep]
-            encodings[section] = keep
-    with _quiet():
-        infos = aq.load_encodings_to_sim(sim, encodings, strict=False)
-    result["relaxed"] = {"dropped_names": sorted(dropped), "mismatches": len(infos),
-                         "by_setting": _mismatch_summary(infos)}
-    if args.qtool_qdq:
-        aimet_with_ours = _run(sim, samples)
-        result["sqnr_db_aimet_sim_with_qtool_encodings_vs_qtool_qdq"] = _sqnr(_ort_outputs(args.qtool_qdq, samples), aimet_with_ours)
-    if args.aimet_encodings and args.qtool_qdq_from_aimet:
-        sim = build_sim(Path(args.aimet_model or args.model), CONFIG_DIR / args.config)
+        # The relaxed load: names aimet has no tensor for are dropped (else it refuses whatever strict says).
+        sim = build_sim(Path(case["model"]), CONFIG_DIR / case["config"])
+        tensors = sim.connected_graph.get_all_products()
+        dropped = []
+        for section in ("activation_encodings", "param_encodings", "encodings"):
+            entries = encodings.get(section)
+            if isinstance(entries, list):
+                keep = [e for e in entries if e["name"] in sim.qc_quantize_op_dict or e["name"] in tensors]
+                dropped += [e["name"] for e in entries if e not in keep]
+                encodings[section] = keep
         with _quiet():
-            aq.load_encodings_to_sim(sim, args.aimet_encodings, strict=True)
-        result["sqnr_db_qtool_qdq_from_aimet_encodings_vs_aimet_sim"] = _sqnr(
-            _run(sim, samples), _ort_outputs(args.qtool_qdq_from_aimet, samples))
-    Path(args.out).write_text(json.dumps(result, sort_keys=True, indent=1))
+            infos = aq.load_encodings_to_sim(sim, encodings, strict=False)
+        result["relaxed"] = {"dropped_names": sorted(dropped), "mismatches": len(infos),
+                             "by_setting": _mismatch_summary(infos)}
+    ours = [list(sim.session.run(None, s)) for s in samples]
+    flat = [a for sample in ours for a in sample]
+    for key in ("qdq", "export_qdq"):
+        if case.get(key):
+            theirs = [a for sample in _ort_all_outputs(case[key], samples) for a in sample]
+            result[f"sqnr_db_vs_{key}"] = _sqnr(theirs, flat)
+    return result
+
+
+def _ort_all_outputs(model_path: str, samples: list[dict]) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    return [list(session.run(None, s)) for s in samples]
+
+
+def job_load(args) -> None:
+    """Every case of --cases in one process (aimet and torch take long to import)."""
+    results = []
+    for case in json.loads(Path(args.cases).read_text()):
+        results.append({**case, **_load_one(case, _load_samples(case["eval"], args.samples))})
+    Path(args.out).write_text(json.dumps(results, sort_keys=True, indent=1))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--job", choices=("tables", "export", "load"), required=True)
     ap.add_argument("--models", help="tables: JSON list of {name, path, made_by}")
+    ap.add_argument("--cases", help="export: JSON list of {model, name, config, calib, eval, probe}; "
+                                    "load: JSON list of {model, config, encodings, eval, qdq, export_qdq}")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--model", help="export/load: the ONNX model")
-    ap.add_argument("--name", help="export: file name stem")
-    ap.add_argument("--calib", help="export: .npz of calibration samples")
-    ap.add_argument("--eval", help="load: .npz of evaluation samples")
     ap.add_argument("--samples", type=int, default=16)
-    ap.add_argument("--configs", nargs="*", default=["default_config.json"])
-    ap.add_argument("--config", default="default_config.json")
     ap.add_argument("--versions", nargs="*", default=["1.0.0", "2.0.0"])
-    ap.add_argument("--encodings", help="load: qtool's exported .encodings")
-    ap.add_argument("--qtool-qdq", help="load: qtool's QDQ model for the same encodings")
-    ap.add_argument("--aimet-encodings", help="load: aimet's exported encodings (1.0.0)")
-    ap.add_argument("--aimet-model", help="load: the model aimet's encodings were computed on")
-    ap.add_argument("--qtool-qdq-from-aimet", help="load: qtool's QDQ model built from aimet's encodings")
     args = ap.parse_args()
     np.random.seed(0)
     with tempfile.TemporaryDirectory() as tmp:

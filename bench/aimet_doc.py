@@ -41,16 +41,18 @@ def _aimet_table(meta: dict, models: list[str], tables: dict) -> list[str]:
 
 def _diff_table(comparisons: dict) -> list[str]:
     lines = ["| model | config | qtool accepts | refused keys | aimet enabled | qtool | only aimet | only qtool "
-             "| bit-width | symmetric | per-channel | param vs activation |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| bit-width | symmetric | per-channel | param vs activation | fixed range | ties |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for (model, config), c in sorted(comparisons.items()):
         accepted = "yes" if c["accepted"] else "no"
         if not c["compared"]:
-            lines.append(f"| {model} | {config} | {accepted} | {len(c['refused'])} | {c['aimet_enabled']} | - | - | - | - | - | - | - |")
+            lines.append(f"| {model} | {config} | {accepted} | {len(c['refused'])} | {c['aimet_enabled']} "
+                         "| - | - | - | - | - | - | - | - | - |")
             continue
         lines.append(f"| {model} | {config} | {accepted} | {len(c['refused'])} | {c['aimet_enabled']} | {c['qtool']} | "
                      f"{len(c['only_aimet'])} | {len(c['only_qtool'])} | {len(c['bitwidth'])} | {len(c['symmetric'])} | "
-                     f"{len(c['per_channel'])} | {len(c['kind'])} |")
+                     f"{len(c['per_channel'])} | {len(c['kind'])} | {len(c['fixed_range'])} | "
+                     f"{'differ' if c['ties'] else 'same'} |")
     return lines
 
 
@@ -73,45 +75,58 @@ def _class_section(comparisons: dict, models: list[str]) -> list[str]:
             for title, key in (("only in aimet", "only_aimet"), ("only in qtool", "only_qtool"),
                                ("bit-width (aimet vs qtool)", "bitwidth"), ("symmetric (aimet vs qtool)", "symmetric"),
                                ("per-channel axis (aimet vs qtool)", "per_channel"),
-                               ("param vs activation (aimet vs qtool)", "kind")):
+                               ("param vs activation (aimet vs qtool)", "kind"),
+                               ("fixed range (aimet vs qtool)", "fixed_range"), ("tied groups (aimet vs qtool)", "ties")):
                 if c[key]:
                     lines.append(f"* {title}: {_names(c[key])}")
             lines.append("")
     return lines
 
 
+def _db(value) -> str:
+    return "-" if value is None else ("inf" if value == float("inf") else f"{value:.1f}")
+
+
+def _strict(load: dict) -> str:
+    return "yes" if load["strict"]["ok"] else "**no**"
+
+
+def _round_trip_table(loads: dict) -> list[str]:
+    lines = ["| model | config | strict load 1.0.0 | strict load 2.0.0 | aimet sim with qtool's encodings vs qtool "
+             "simulate (dB, 1.0.0 / 2.0.0) | vs qtool export, int32 biases (dB) | qtool from aimet's encodings vs "
+             "aimet sim (dB, 1.0.0 / 2.0.0) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (model, config), r in sorted(loads.items()):
+        v1, v2 = r["load"]["1.0.0"], r["load"]["2.0.0"]
+        forward = f"{_db(v1.get('sqnr_db_vs_qdq'))} / {_db(v2.get('sqnr_db_vs_qdq'))}"
+        exported = f"{_db(v1.get('sqnr_db_vs_export_qdq'))} / {_db(v2.get('sqnr_db_vs_export_qdq'))}"
+        back = " / ".join(_db(r["reverse"][v].get("sqnr_db")) if "error" not in r["reverse"][v] else "refused"
+                          for v in ("1.0.0", "2.0.0"))
+        lines.append(f"| {model} | {config} | {_strict(v1)} | {_strict(v2)} | {forward} | {exported} | {back} |")
+    return lines
+
+
 def _load_section(loads: dict) -> list[str]:
-    lines = []
-    for version in ("1.0.0", "2.0.0"):
-        r = loads[version]
-        lines += [f"**qtool's {version} encodings** (`qtool calibrate --config default` + `qtool export "
-                  f"--encoding-version {version}`) into `QuantizationSimModel(config_file=default_config.json)`:",
-                  "", "`load_encodings_to_sim(sim, encodings, strict=True)`: "
-                  + ("loaded." if r["strict"]["ok"] else "refused:"), ""]
-        if not r["strict"]["ok"]:
-            text = r["strict"]["error"]
-            lines += ["```", text if len(text) < 3000 else text[:3000] + f"\n... ({len(text)} characters in all)", "```", ""]
-        relaxed = r["relaxed"]
-        lines.append(f"With the names aimet has no tensor for dropped ({_names(relaxed['dropped_names']) or 'none'}) and "
-                     f"`strict=False`: **{relaxed['mismatches']} quantizers mismatch**:")
-        lines.append("")
-        for setting, names in relaxed["by_setting"].items():
-            lines.append(f"* {setting}: {len(names)} ({_names(names, 8)})")
-        lines.append("")
-        for key, label in (("sqnr_db_aimet_sim_with_qtool_encodings_vs_qtool_qdq",
-                            "aimet's sim with qtool's encodings (relaxed load) vs qtool's QDQ model"),
-                           ("sqnr_db_qtool_qdq_from_aimet_encodings_vs_aimet_sim",
-                            "qtool's QDQ model from aimet's exported encodings vs aimet's sim")):
-            if key in r:
-                lines.append(f"* SQNR, {label}: **{r[key]:.1f} dB** (32 held-out classifier lines)")
-        lines.append("")
-    if loads.get("reverse_error"):
-        lines += ["`qtool simulate MODEL --encodings <aimet's default_config 1.0.0 export>` refused: `"
-                  + _cell(loads["reverse_error"]) + "`", ""]
-    if loads.get("reverse_workaround"):
-        lines += [f"With {loads['reverse_workaround']}: "
-                  + ("qtool accepts it (SQNR above)." if not loads.get("reverse_workaround_error")
-                     else "still refused: `" + _cell(loads["reverse_workaround_error"]) + "`"), ""]
+    lines = ["For each model and config: `qtool calibrate MODEL --config <aimet's config file>` (16 calibration "
+             "samples), `qtool export --encoding-version V`, then aimet: `QuantizationSimModel(MODEL, "
+             "config_file=<the same file>)` and `load_encodings_to_sim(sim, <qtool's file>, strict=True)`; SQNR of "
+             "that sim's outputs against qtool's QDQ model of the same pair, on 32 held-out samples (the classifier's "
+             "real lines, Gaussian inputs for the others). Reverse: aimet's own `sim.export` (its sim calibrated "
+             "on the same 16 samples) given to `qtool simulate MODEL --encodings`, and qtool's QDQ model against "
+             "aimet's sim. \"inf\": every output value equal.", "", *_round_trip_table(loads), ""]
+    for (model, config), r in sorted(loads.items()):
+        for version in ("1.0.0", "2.0.0"):
+            load = r["load"][version]
+            if not load["strict"]["ok"]:
+                text = load["strict"]["error"]
+                lines += [f"**{model}, {config}, qtool's {version} file**: refused:", "", "```",
+                          text if len(text) < 3000 else text[:3000] + f"\n... ({len(text)} characters in all)", "```", ""]
+                relaxed = load.get("relaxed", {})
+                for setting, names in relaxed.get("by_setting", {}).items():
+                    lines.append(f"* {setting}: {len(names)} ({_names(names, 8)})")
+                lines.append("")
+            if "error" in r["reverse"][version]:
+                lines += [f"**{model}, {config}**: `qtool simulate --encodings <aimet's {version} export>` refused: `"
+                          + _cell(r["reverse"][version]["error"]) + "`", ""]
     return lines
 
 
@@ -144,17 +159,28 @@ def render_markdown(versions: dict, meta: dict, tables: dict, comparisons: dict,
     """(the generated markdown, a plain-text summary for stdout)."""
     configs = meta["configs"]
     accepted = {m: sum(1 for c in configs if comparisons.get((m, c), {}).get("accepted")) for m in models}
-    strict = {v: loads[v]["strict"] for v in ("1.0.0", "2.0.0")}
     summary = [f"aimet-onnx {versions['aimet-onnx']} / torch {versions['torch']} vs qtool {versions['qtool']}",
                f"configs qtool accepts (of {len(configs)}): " + ", ".join(f"{m} {n}" for m, n in accepted.items())]
+    totals = {m: sum(comparisons[(m, c)].get("differences", 0) for c in configs if (m, c) in comparisons) for m in models}
+    summary.append(f"placement differences summed over all {len(configs)} configs: "
+                   + ", ".join(f"{m} {n}" for m, n in totals.items()))
     for config in TARGETS:
         for m in models:
             c = comparisons.get((m, config))
             if c and c["compared"]:
                 summary.append(f"{config} {m}: only aimet {len(c['only_aimet'])}, only qtool {len(c['only_qtool'])}, "
-                               f"bw {len(c['bitwidth'])}, sym {len(c['symmetric'])}, per-channel {len(c['per_channel'])}")
-    for v, s in strict.items():
-        summary.append(f"strict load of qtool {v} encodings: " + ("ok" if s["ok"] else s["error"].splitlines()[0][:300]))
+                               f"bw {len(c['bitwidth'])}, sym {len(c['symmetric'])}, per-channel {len(c['per_channel'])}, "
+                               f"fixed range {len(c['fixed_range'])}, ties {'differ' if c['ties'] else 'same'}")
+    for (model, config), r in sorted(loads.items()):
+        load = r["load"]
+        strict = ", ".join(f"{v} " + ("ok" if load[v]["strict"]["ok"] else load[v]["strict"]["error"].splitlines()[0][:200])
+                           for v in ("1.0.0", "2.0.0"))
+        back = ", ".join(f"{_db(r['reverse'][v].get('sqnr_db'))} dB ({v})" if "error" not in r["reverse"][v]
+                         else f"refused ({v})" for v in ("1.0.0", "2.0.0"))
+        summary.append(f"round trip {config} {model}: strict load {strict}; aimet sim with qtool's encodings vs qtool "
+                       f"QDQ {_db(load['1.0.0'].get('sqnr_db_vs_qdq'))} dB (1.0.0), "
+                       f"{_db(load['2.0.0'].get('sqnr_db_vs_qdq'))} dB (2.0.0); qtool QDQ from aimet's encodings vs "
+                       f"aimet sim {back}")
     md = [BEGIN, "", "## Measured (generated)", "",
           f"aimet-onnx {versions['aimet-onnx']} (torch {versions['torch']}, onnxruntime {versions['onnxruntime']}, "
           f"onnx {versions['onnx']}, in build/aimet-venv) against qtool {versions['qtool']}. Models: "
@@ -169,7 +195,7 @@ def render_markdown(versions: dict, meta: dict, tables: dict, comparisons: dict,
           "removed (section 6). Counts are quantizers (tensor names); settings are compared on the quantizers both "
           "enable.", "", *_diff_table(comparisons), "",
           "### 3. The differences, by class", "", *_class_section(comparisons, models),
-          "### 4. Round trip: aimet loading qtool's encodings", "", *_load_section(loads),
+          "### 4. Round trips: aimet loading qtool's encodings, qtool simulating aimet's", "", *_load_section(loads),
           "### 5. aimet-onnx's config schema: what qtool's loader does with each key", "",
           "Each key put alone into a minimal config (`defaults.ops.is_output_quantized`, `defaults.params`, "
           "empty sections) and given to `qtool info`; `<op>` is Relu, `<param>` is weight.", "",

@@ -74,9 +74,12 @@ have no quantizer), `supergroups_matched`, `hw_version`, `quantizer_flags`
 | --- | --- |
 {model_lines}
 
-`encodings/`: `sim.compute_encodings` on the first 16 calibration lines of the classifier
-(`sample_models/ocr_data.py --task cls --split calib`), then `sim.export(..., encoding_version=V)`
-for V in 1.0.0 and 2.0.0, configs {', '.join(export_configs)}; named `MODEL__CONFIG__V.encodings`.
+`encodings/`: for each model and the configs {', '.join(export_configs)}, `sim.compute_encodings` on
+16 calibration samples (the classifier's first 16 calibration lines, `sample_models/ocr_data.py
+--task cls --split calib`; seeded Gaussian inputs for the other models, bench/aimet_roundtrip.py),
+then `sim.export(..., encoding_version=V)` for V in 1.0.0 and 2.0.0: `MODEL__CONFIG__V.encodings`;
+and that sim's outputs on the probe inputs of tests/aimet_models.py (`random_inputs(..., PROBES,
+PROBE_SEED)`): `MODEL__CONFIG__probe_outputs.json`, each output flattened in `values` with its `shape`.
 """
 
 
@@ -151,9 +154,12 @@ def compare(aimet: dict, plan: dict, producers: dict) -> dict:
     only_aimet = sorted(set(enabled) - set(ours))
     only_qtool = sorted(set(ours) - set(enabled))
     both = sorted(set(ours) & set(enabled))
-    diff = {"bitwidth": [], "symmetric": [], "per_channel": [], "kind": []}
+    diff = {"bitwidth": [], "symmetric": [], "per_channel": [], "kind": [], "fixed_range": []}
     for n in both:
         a, q = enabled[n], ours[n]
+        ours_fixed = list(q["fixed_range"]) if q.get("fixed_range") is not None else None
+        if a["kind"] != "input" and a["fixed_range"] != ours_fixed:  # a constant's range is its value in qtool
+            diff["fixed_range"].append([n, a["fixed_range"], ours_fixed])
         if a["bitwidth"] != q["bw"]:
             diff["bitwidth"].append([n, a["bitwidth"], q["bw"]])
         if a["symmetric"] != q["symmetric"]:
@@ -172,11 +178,18 @@ def compare(aimet: dict, plan: dict, producers: dict) -> dict:
         reason = _aimet_reason(rows.get(n), aimet, n)
         return f"{reason} [{producers.get(n, 'initializer/input')}]"
 
+    aimet_ties = sorted({tuple(sorted([n, *(t for t in r["tied_with"] if rows[t]["enabled"])]))
+                         for n, r in enabled.items() if r["tied_with"]})
+    aimet_ties = [list(g) for g in aimet_ties if len(g) > 1]
+    qtool_ties = plan["plan"].get("tied", [])
     result.update({
         "qtool": len(ours), "only_aimet": only_aimet, "only_qtool": only_qtool, **diff,
+        "ties": [] if aimet_ties == qtool_ties else [["tied groups", aimet_ties, qtool_ties]],
         "only_aimet_classes": dict(Counter(why_aimet(n) for n in only_aimet).most_common()),
         "only_qtool_classes": dict(Counter(why_qtool(n) for n in only_qtool).most_common()),
         "settings_differ": sum(len(v) for k, v in diff.items() if k != "kind"),
+        "differences": len(only_aimet) + len(only_qtool) + sum(len(v) for v in diff.values())
+        + (0 if aimet_ties == qtool_ties else 1),
     })
     return result
 

@@ -6,14 +6,18 @@
 1. Builds its own venv, build/aimet-venv: ``pip install torch==2.13.0`` first (so pip takes the
    local CPU wheel, not a CUDA build of several GB), then ``aimet-onnx==2.42.0`` with torch pinned.
    qtool and its tests never import aimet; only bench/aimet_child.py runs in that venv.
-2. For each sample model (the PP-OCR classifier folded by ``qtool fold``, and the synthetic
-   conv/BN/ReLU, MobileNet block, attention block and two-input models) x each runtime config
-   inside the aimet-onnx wheel, records aimet's quantizer table (tests/fixtures/aimet/MODEL/CONFIG.json),
-   and aimet's own exported encodings of the folded classifier (tests/fixtures/aimet/encodings/).
+2. For each sample model (the PP-OCR classifier folded by ``qtool fold``, the synthetic
+   conv/BN/ReLU, MobileNet block, attention block and two-input models, and the written-out
+   LayerNorm/RMSNorm blocks of tests/aimet_models.py) x each runtime config inside the aimet-onnx
+   wheel, records aimet's quantizer table (tests/fixtures/aimet/MODEL/CONFIG.json); for each model x
+   EXPORT_CONFIGS, aimet's own exported encodings (1.0.0, 2.0.0) and its outputs on probe inputs
+   (tests/fixtures/aimet/encodings/).
 3. Compares: ``qtool info MODEL --config CONFIG --json`` (accepted or its one-line error; every key
    qtool refuses, found by removing the refused key and asking again; the plan qtool makes from what
-   is left) against aimet's table; ``load_encodings_to_sim(strict=True)`` on what ``qtool calibrate``
-   + ``qtool export`` write; SQNR both ways. Rewrites the generated part of docs/aimet_compat.md.
+   is left) against aimet's table; round trips (bench/aimet_roundtrip.py): ``load_encodings_to_sim(
+   strict=True)`` on what ``qtool calibrate --config FILE`` + ``qtool export`` write, SQNR of aimet's
+   sim with them against qtool's QDQ models, and of qtool's QDQ model from aimet's encodings against
+   aimet's sim. Rewrites the generated part of docs/aimet_compat.md.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ import onnx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "sample_models"))
 
 import aimet_doc  # noqa: E402  (bench/aimet_doc.py)
 import aimet_report  # noqa: E402  (bench/aimet_report.py)
-import ocr_data  # noqa: E402  (sample_models/ocr_data.py, numpy-only)
+import aimet_roundtrip  # noqa: E402  (bench/aimet_roundtrip.py; puts tests/ on the path)
+import aimet_models  # noqa: E402  (tests/aimet_models.py)
 
 AIMET_SPEC, TORCH_SPEC = "aimet-onnx==2.42.0", "torch==2.13.0"
 VENV = ROOT / "build" / "aimet-venv"
@@ -54,9 +58,12 @@ MODELS = {
     "mobilenet_block": ("sample_models/mobilenet_block.onnx", "sample_models/mobilenet_block.onnx as committed (BN not folded)"),
     "attention_block": ("sample_models/attention_block.onnx", "sample_models/attention_block.onnx as committed"),
     "two_inputs": ("sample_models/two_inputs.onnx", "sample_models/two_inputs.onnx as committed"),
+    "norms_block": ("build/aimet/models/norms_block.onnx", "tests/aimet_models.py norms_block(17): LayerNorm/RMSNorm "
+                    "written out, ReduceMean axes as attributes (aimet fuses them)"),
+    "norms_block_opset18": ("build/aimet/models/norms_block_opset18.onnx", "tests/aimet_models.py norms_block(18): the "
+                            "same with axes as inputs (aimet's passes, not its fusions)"),
 }
 EXPORT_CONFIGS = ("default_config.json", "htp_quantsim_config_v73.json")  # the two the issue checks
-CALIB_SAMPLES, EVAL_SAMPLES = 16, 32
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -100,18 +107,9 @@ def child(*args: str) -> None:
 def prepare_models() -> list[dict]:
     (WORK / "models").mkdir(parents=True, exist_ok=True)
     sh(["qtool", "fold", "sample_models/ppocr_cls.onnx", "-o", MODELS[CLS][0]])
+    for name in set(aimet_models.BUILT) & set(MODELS):
+        aimet_models.write(name, ROOT / MODELS[name][0])
     return [{"name": name, "path": str(ROOT / path), "made_by": made_by} for name, (path, made_by) in MODELS.items()]
-
-
-def prepare_data() -> tuple[Path, Path]:
-    """The classifier's real calibration and evaluation lines (sample_models/data), as .npz keyed x."""
-    paths = []
-    for split, count in (("calib", 64), ("eval", EVAL_SAMPLES)):
-        x, _labels = ocr_data.load_split("cls", split, limit=count)
-        path = WORK / f"cls_{split}.npz"
-        np.savez(path, x=x.astype(np.float32))
-        paths.append(path)
-    return paths[0], paths[1]
 
 
 # ------------------------------------------------------------------------- qtool side
@@ -149,42 +147,6 @@ def qtool_plan(model: Path, config: Path, tmp: Path, cache: dict) -> dict:
     return record
 
 
-def qtool_encodings(folded: Path, calib: Path, eval_: Path) -> dict:
-    """qtool calibrate + export of the folded classifier (config default), in 1.0.0 and 2.0.0; and
-    qtool's QDQ model made from aimet's own exported encodings (for the reverse SQNR)."""
-    out = WORK / "qtool"
-    sh(["qtool", "calibrate", folded, "--data", calib, "--config", "default", "-o", out / "cls"])
-    files = {}
-    for version in ("1.0.0", "2.0.0"):
-        prefix = f"cls_{version.replace('.', '')}"
-        sh(["qtool", "export", out / "cls.onnx", "-o", out / "export", "--prefix", prefix, "--encoding-version", version])
-        files[version] = out / "export" / f"{prefix}.encodings"
-    files["qdq"] = out / "export" / "cls_100_qdq.onnx"
-    files["model"] = out / "export" / "cls_100.onnx"
-    aimet_enc = WORK / "aimet_export" / f"{CLS}__default_config__1.0.0.encodings"
-    rev = reverse(folded, aimet_enc, eval_, out / "qdq_from_aimet.onnx")
-    files["reverse_error"] = rev
-    if rev is not None and "names an initializer" in rev:
-        # qtool wants initializers under param_encodings; aimet lists non-layer constants as activations.
-        moved = out / "aimet_constants_as_params.encodings"
-        inits = {i.name for i in onnx.load(str(folded)).graph.initializer}
-        doc = json.loads(aimet_enc.read_text())
-        doc["param_encodings"] += [e for e in doc["activation_encodings"] if e["name"] in inits]
-        doc["activation_encodings"] = [e for e in doc["activation_encodings"] if e["name"] not in inits]
-        moved.write_text(json.dumps(doc))
-        files["reverse_workaround"] = "aimet's initializer entries moved from activation_encodings to param_encodings"
-        files["reverse_workaround_error"] = rev = reverse(folded, moved, eval_, out / "qdq_from_aimet.onnx")
-    files["qdq_from_aimet"] = out / "qdq_from_aimet.onnx" if rev is None else None
-    return files
-
-
-def reverse(folded: Path, encodings: Path, eval_: Path, qdq: Path) -> str | None:
-    """qtool simulate from aimet's encodings, writing the QDQ model; qtool's error line or None."""
-    result = sh(["qtool", "simulate", folded, "--encodings", encodings, "--data", eval_, "--samples", str(EVAL_SAMPLES),
-                 "-o", qdq], check=False)
-    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1].replace(f"{ROOT}/", "")
-
-
 def write_fixtures(tables: Path, exports: Path, versions: dict) -> None:
     if FIXTURES.exists():
         for old in FIXTURES.glob("*/*.json"):
@@ -203,7 +165,33 @@ def write_fixtures(tables: Path, exports: Path, versions: dict) -> None:
             (FIXTURES / "encodings" / enc.name).write_text(text)
         else:
             print(f"{enc.name}: {len(text.encode())} bytes, not committed (over 200 KB)", file=sys.stderr)
+    for probe in sorted(exports.glob("*__probe_outputs.npz")):
+        stem = probe.name.removesuffix("__probe_outputs.npz")
+        (FIXTURES / "encodings" / f"{stem}__probe_outputs.json").write_text(aimet_roundtrip.probe_fixture(exports, stem))
     (FIXTURES / "README.md").write_text(aimet_report.fixtures_readme(versions, MODELS, EXPORT_CONFIGS))
+
+
+def round_trips(models: list[dict], config_dir: Path) -> dict:
+    """aimet's exports, qtool's exports loaded strictly into aimet's sim, and SQNR both ways."""
+    data = aimet_roundtrip.prepare_data(models, WORK, CLS)
+    exports = WORK / "aimet_export"
+    shutil.rmtree(exports, ignore_errors=True)
+    cases = [{"model": m["path"], "name": m["name"], "config": c, **data[m["name"]]} for m in models for c in EXPORT_CONFIGS]
+    (WORK / "export_cases.json").write_text(json.dumps(cases))
+    child("--job", "export", "--cases", str(WORK / "export_cases.json"), "--samples",
+          str(aimet_roundtrip.CALIB_SAMPLES), "--out", str(exports))
+    forward = {(m["name"], c): aimet_roundtrip.qtool_forward(sh, m, config_dir / c, data[m["name"]], WORK)
+               for m in models for c in EXPORT_CONFIGS}
+    (WORK / "load_cases.json").write_text(json.dumps(aimet_roundtrip.load_cases(models, EXPORT_CONFIGS, forward, data)))
+    child("--job", "load", "--cases", str(WORK / "load_cases.json"), "--samples", str(aimet_roundtrip.EVAL_SAMPLES),
+          "--out", str(WORK / "loads.json"))
+    results: dict = {}
+    for load in json.loads((WORK / "loads.json").read_text()):
+        results.setdefault((load["name"], load["config"]), {"load": {}})["load"][load["version"]] = load
+    for m in models:
+        for c in EXPORT_CONFIGS:
+            results[(m["name"], c)]["reverse"] = aimet_roundtrip.reverse(sh, m, c, data[m["name"]], exports, WORK)
+    return results
 
 
 def main() -> None:
@@ -215,29 +203,13 @@ def main() -> None:
     versions["qtool"] = sh(["qtool", "--version"]).stdout.strip().split()[-1]
     WORK.mkdir(parents=True, exist_ok=True)
     models = prepare_models()
-    calib, eval_ = prepare_data()
     (WORK / "models.json").write_text(json.dumps(models))
     out = WORK / "child"
     shutil.rmtree(out, ignore_errors=True)
     child("--job", "tables", "--models", str(WORK / "models.json"), "--out", str(out))
-    folded = ROOT / MODELS[CLS][0]
-    child("--job", "export", "--model", str(folded), "--name", CLS, "--calib", str(calib), "--samples",
-          str(CALIB_SAMPLES), "--out", str(WORK / "aimet_export"), "--configs", *EXPORT_CONFIGS)
     meta = json.loads((out / "meta.json").read_text())
     config_dir = Path(meta["config_dir"])
-    qfiles = qtool_encodings(folded, calib, eval_)
-    loads = {}
-    for version in ("1.0.0", "2.0.0"):
-        extra = ["--qtool-qdq", str(qfiles["qdq"])] if version == "1.0.0" else []
-        if version == "1.0.0" and qfiles["qdq_from_aimet"]:
-            extra += ["--aimet-model", str(folded), "--aimet-encodings", str(WORK / "aimet_export" / f"{CLS}__default_config__1.0.0.encodings"),
-                      "--qtool-qdq-from-aimet", str(qfiles["qdq_from_aimet"])]
-        target = WORK / f"load_{version}.json"
-        child("--job", "load", "--model", str(qfiles["model"]), "--encodings", str(qfiles[version]), "--eval", str(eval_),
-              "--samples", str(EVAL_SAMPLES), "--config", "default_config.json", "--out", str(target), *extra)
-        loads[version] = json.loads(target.read_text())
-    for key in ("reverse_error", "reverse_workaround", "reverse_workaround_error"):
-        loads[key] = qfiles.get(key)
+    loads = round_trips(models, config_dir)
     comparisons, tables, cache = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
@@ -257,7 +229,7 @@ def main() -> None:
     if not args.no_doc:
         aimet_doc.write_doc(DOC, markdown)
     (WORK / "results.json").write_text(json.dumps(
-        {"versions": versions, "loads": loads, "probes": probes,
+        {"versions": versions, "loads": {f"{m}/{c}": v for (m, c), v in loads.items()}, "probes": probes,
          "comparisons": {f"{m}/{c}": v for (m, c), v in comparisons.items()}}, sort_keys=True, indent=1, default=str))
 
 

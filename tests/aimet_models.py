@@ -76,3 +76,20 @@ def write(name: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(BUILT[name](), str(path))
     return path
+
+
+PROBES, PROBE_SEED = 4, 0  # the inputs aimet's sim outputs are recorded on (tests/fixtures/aimet/encodings)
+FIXED_SHAPES = {"ppocr_cls_folded": {"x": (1, 3, 48, 192)}}  # its height and width are not in the graph
+
+
+def random_inputs(model_path: Path, name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """`count` samples (batch 1) of standard normal float32 inputs of the model's input shapes."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    shapes = FIXED_SHAPES.get(name) or {
+        i.name: tuple(d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim)
+        for i in graph.input if i.name not in initializers}
+    rng = np.random.default_rng(seed)
+    return [{k: rng.standard_normal(shape).astype(np.float32) for k, shape in shapes.items()} for _ in range(count)]

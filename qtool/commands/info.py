@@ -55,7 +55,10 @@ def info(model: str | os.PathLike, output: None = None, options: InfoOptions = I
         "op_types": dict(sorted(ops.items())),
         "parameters": params,
         "quantizers": {name: {"kind": t.kind, "role": t.role, "bw": t.spec.bw, "symmetric": t.spec.symmetric,
-                              "per_channel_axis": t.spec.axis} for name, t in plan.all().items()},
+                              "per_channel_axis": t.spec.axis, **({"fixed_range": list(t.fixed_range)}
+                                                                  if t.fixed_range is not None else {})}
+                       for name, t in plan.all().items()},
+        "tied": plan.ties,
         "fused_in_supergroups": plan.fused,
         "attention_mask_unquantized": plan.masked,
         "layer_norm_inputs_widened": plan.widened,
@@ -85,6 +88,9 @@ def _plan_lines(plan, config: str) -> list[str]:
         lines.append(f"  LayerNorm inputs (residual sums, their linear branches) and outputs: {len(plan.widened)} "
                      f"tensors at up to {config_rules_bw(plan)} bits (config 'patterns.layer_norm_input_bw', "
                      f"'layer_norm_output_bw')")
+    if plan.ties:
+        lines.append(f"  tied (one encoding each, as aimet ties Concat/Relu/AveragePool): "
+                     + "; ".join(", ".join(group) for group in plan.ties))
     for name, t in plan.all().items():
         granularity = f"per-channel axis {t.spec.axis}" if t.spec.axis is not None else "per-tensor"
         lines.append(f"    {t.kind:10} {t.role:6} {t.spec.bw:2d}-bit {'sym ' if t.spec.symmetric else 'asym'} "

@@ -42,7 +42,8 @@ def build_qdq_model(model: ir.Model, encodings: EncodingSet, *, integer_bias: bo
         value = values[name]
         if value.const_value is None:
             raise QtoolError(f"{source}: param encoding '{name}' names a computed tensor, not an initializer")
-        _quantize_param(qdq, value, enc)
+        if not (enc.dtype == "int" and enc.bw >= 32):  # aimet's int32 bias encodings: lossless, not simulated
+            _quantize_param(qdq, value, enc)
     for name, enc in sorted(encodings.activations.items()):
         value = values[name]
         if value.const_value is not None:  # a constant aimet quantizes as an activation: stored quantized

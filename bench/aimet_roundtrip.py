@@ -1,0 +1,133 @@
+"""The qtool half of the compat bench's round trips (bench/bench_aimet.py; issue 15 part 3).
+
+For each model x config of EXPORT_CONFIGS, with the config *file* aimet ships (placement "aimet"):
+
+* forward: ``qtool calibrate --config FILE`` + ``qtool export --encoding-version V`` for V in 1.0.0
+  and 2.0.0; aimet_child.py then loads each file with ``load_encodings_to_sim(strict=True)`` and
+  compares its sim with qtool's QDQ models (``qtool simulate``'s, float biases as aimet's sim has
+  them, and export's deployable one with int32 biases);
+* reverse: ``qtool simulate MODEL --encodings <aimet's export>`` for both versions, run on the
+  evaluation samples and compared here with the outputs aimet's own sim gave on them.
+
+Data: the classifier's real calibration/evaluation lines; seeded Gaussian inputs for the others;
+the probe inputs of tests/aimet_models.py, on which the fixtures record aimet's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "sample_models"))
+
+import aimet_models  # noqa: E402  (tests/aimet_models.py: probe inputs, norms blocks)
+import ocr_data  # noqa: E402  (sample_models/ocr_data.py, numpy-only)
+
+VERSIONS = ("1.0.0", "2.0.0")
+CALIB_SAMPLES, EVAL_SAMPLES = 16, 32
+
+
+def _save(path: Path, samples: list[dict[str, np.ndarray]]) -> Path:
+    """Samples (batch 1 each) as one .npz keyed by input name."""
+    np.savez(path, **{k: np.concatenate([s[k] for s in samples]) for k in samples[0]})
+    return path
+
+
+def prepare_data(models: list[dict], work: Path, classifier: str) -> dict[str, dict[str, str]]:
+    """{model: {calib, eval, probe: .npz path}}."""
+    folder = work / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for model in models:
+        name, path = model["name"], Path(model["path"])
+        paths = {}
+        for split, count, seed in (("calib", CALIB_SAMPLES, 1), ("eval", EVAL_SAMPLES, 2)):
+            if name == classifier:
+                x, _labels = ocr_data.load_split("cls", split, limit=count)
+                samples = [{"x": x[i:i + 1].astype(np.float32)} for i in range(len(x))]
+            else:
+                samples = aimet_models.random_inputs(path, name, count, seed)
+            paths[split] = str(_save(folder / f"{name}_{split}.npz", samples))
+        probes = aimet_models.random_inputs(path, name, aimet_models.PROBES, aimet_models.PROBE_SEED)
+        paths["probe"] = str(_save(folder / f"{name}_probe.npz", probes))
+        data[model["name"]] = paths
+    return data
+
+
+def _outputs(model_path: Path, npz: str) -> list[np.ndarray]:
+    """Every output of every sample, QDQ nodes kept as float ops (no graph optimisation)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    data = np.load(npz)
+    count = min(len(data[k]) for k in data.files)
+    return [a for i in range(count) for a in session.run(None, {k: data[k][i:i + 1] for k in data.files})]
+
+
+def sqnr(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
+    ref = np.concatenate([a.ravel() for a in reference]).astype(np.float64)
+    out = np.concatenate([a.ravel() for a in test]).astype(np.float64)
+    noise = float(np.sum((ref - out) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref ** 2) / noise))
+
+
+def qtool_forward(sh, model: dict, config: Path, data: dict, work: Path) -> dict:
+    """qtool calibrate + export (both versions) + simulate with aimet's config file."""
+    stem = f"{model['name']}__{config.stem}"
+    folder = work / "qtool" / stem
+    pair = folder / "pair"
+    sh(["qtool", "calibrate", model["path"], "--data", data["calib"], "--samples", str(CALIB_SAMPLES),
+        "--config", config, "-o", pair])
+    sh(["qtool", "simulate", f"{pair}.onnx", "--data", data["eval"], "-o", folder / "sim_qdq.onnx"])
+    files = {"qdq": str(folder / "sim_qdq.onnx")}
+    for version in VERSIONS:
+        prefix = f"{stem}__{version}"
+        sh(["qtool", "export", f"{pair}.onnx", "-o", folder, "--prefix", prefix, "--encoding-version", version])
+        files[version] = str(folder / f"{prefix}.encodings")
+        files[f"export_qdq_{version}"] = str(folder / f"{prefix}_qdq.onnx")
+    return files
+
+
+def load_cases(models: list[dict], configs: tuple[str, ...], forward: dict, data: dict) -> list[dict]:
+    """aimet_child.py's load job: one case per model x config x version."""
+    return [{"name": m["name"], "model": m["path"], "config": c, "version": v, "encodings": forward[(m["name"], c)][v],
+             "eval": data[m["name"]]["eval"], "qdq": forward[(m["name"], c)]["qdq"],
+             "export_qdq": forward[(m["name"], c)][f"export_qdq_{v}"]}
+            for m in models for c in configs for v in VERSIONS]
+
+
+def reverse(sh, model: dict, config: str, data: dict, exports: Path, work: Path) -> dict:
+    """qtool's QDQ model from aimet's exported encodings (each version) against aimet's own sim."""
+    stem = f"{model['name']}__{Path(config).stem}"
+    aimet_eval = np.load(exports / f"{stem}__eval_outputs.npz")
+    reference = [aimet_eval[k] for k in sorted(aimet_eval.files, key=lambda k: tuple(map(int, k.split("_"))))]
+    result = {}
+    for version in VERSIONS:
+        qdq = work / "qtool" / stem / f"from_aimet_{version}.onnx"
+        done = sh(["qtool", "simulate", model["path"], "--encodings", exports / f"{stem}__{version}.encodings",
+                   "--data", data["eval"], "-o", qdq], check=False)
+        if done.returncode != 0:
+            result[version] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1].replace(f"{ROOT}/", "")}
+            continue
+        result[version] = {"sqnr_db": sqnr(reference, _outputs(qdq, data["eval"]))}
+    return result
+
+
+def probe_fixture(exports: Path, stem: str) -> str:
+    """aimet's sim outputs on the probe inputs, as committed (tests/test_aimet_roundtrip.py reads them)."""
+    outputs = np.load(exports / f"{stem}__probe_outputs.npz")
+    keys = sorted(outputs.files, key=lambda k: tuple(map(int, k.split("_"))))
+    doc = {"probe_seed": aimet_models.PROBE_SEED, "probes": aimet_models.PROBES,
+           "outputs": [{"key": k, "shape": list(outputs[k].shape),
+                        "values": [float(v) for v in outputs[k].astype(np.float32).ravel()]} for k in keys]}
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items() if k != "outputs") + \
+        ',\n "outputs": [\n  ' + ",\n  ".join(json.dumps(o) for o in doc["outputs"]) + "\n ]\n}\n"
