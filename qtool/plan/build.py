@@ -1,6 +1,8 @@
 """Graph + runtime config -> QuantPlan: which tensors get a quantizer, with which settings.
 
-The rules follow AIMET's QuantSim for ONNX:
+The config's ``placement`` chooses the rules: "aimet" (plan/aimet_plan.py: exactly what aimet-onnx's
+QuantizationSimModel creates) or "qtool", below, the rules of qtool's built-in configs, close to
+AIMET's but tuned where measurements said so (docs/config.md, "Placement"):
 
 * every float op output gets an activation quantizer when its op type's ``is_output_quantized``
   says so, except inside a supergroup (e.g. Conv+Relu: the Conv output is never materialised
@@ -22,6 +24,7 @@ import onnx_ir as ir
 
 from qtool.errors import QtoolError
 from qtool.ir.graph import constant_array, graph_inputs, is_float, node_label, value_by_name
+from qtool.ir.hard_swish import hard_swish_fused
 from qtool.plan.aimet_plan import build_aimet_plan
 from qtool.plan.config import OpTypeSettings, QuantizerSettings, RuntimeConfig
 from qtool.plan.overrides import apply_overrides
@@ -134,7 +137,7 @@ def _qtool_plan(model: ir.Model, config: RuntimeConfig, options: PlanOptions) ->
     fused = (_fused_outputs(model, config) | decomposed_layer_norm_internals(model)
              | clipped_offsets(model) | bounded_relus(model))
     if rules.pointwise_functions:
-        fused |= pointwise_internals(model)
+        fused |= pointwise_internals(model) | hard_swish_fused(model)
     masked = attention_mask_tensors(model) if rules.attention_mask else set()
     widened = {name: rules.layer_norm_output_bw for name in layer_norm_outputs(model)} if rules.layer_norm_output_bw else {}
     if rules.layer_norm_input_bw:  # a residual sum can be a LayerNorm's output too: the inputs' rule then wins
