@@ -24,6 +24,12 @@ class _EqualizeOptions:
                                        "calibration data).")
     param_bw: int = option(8, "With --data: the weight bit-width the noise model assumes.", bounds=(2, 16))
     act_bw: int = option(8, "With --data: the activation bit-width the noise model assumes.", bounds=(2, 16))
+    per_channel: bool = option(False, "For per-channel weights (needs --data): instead of balancing weight ranges, "
+                                      "which per-channel grids do not need, rescale the channels of every tensor "
+                                      "that only depthwise convolutions read to one range, which costs their "
+                                      "per-channel weights nothing (docs/design.md).")
+    max_widen_bits: float = option(4.0, "With --per-channel: widen a channel by at most 2^N (a channel seen far "
+                                        "narrower than the widest is trusted only so far).", bounds=(0.0, 16.0))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +45,8 @@ class EqualizeOptions(ShapeOptions, OptionalData, _EqualizeOptions):
         """The ReLU6 mode in effect (--keep-relu6 is --relu6 keep; with an explicit other mode, a conflict)."""
         if self.keep_relu6 and self.relu6 == "replace":
             raise QtoolError(f"--keep-relu6 conflicts with --relu6 {self.relu6}")
+        if self.per_channel and (self.data is None or self.aimet_scales):
+            raise QtoolError("--per-channel measures channel ranges: give --data (and no --aimet-scales)")
         return "keep" if self.keep_relu6 else self.relu6
 
 
@@ -73,12 +81,21 @@ def equalize_model(graph, options: EqualizeOptions, progress: ProgressFactory = 
         source = open_model_data(graph, options.data, samples=options.samples, preprocess=options.preprocess,
                                  **options.shapes())
         batches, total = (lambda: source.batches(options.batch_size)), source.count()  # noqa: E731
+    if options.per_channel:
+        from qtool.steps.depthwise_inputs import equalize_for_per_channel
+        return equalize_for_per_channel(graph, batches, floor=2.0 ** -options.max_widen_bits, total=total,
+                                        progress=progress("channel statistics", unit="samples"))
     return equalize_step(graph, relu6=mode, absorb_bias=not options.no_absorb, data=batches,
                          noise_options=NoiseAwareOptions(param_bw=options.param_bw, act_bw=options.act_bw),
                          total=total, progress=progress("channel statistics", unit="samples"))
 
 
 def equalize_report(result, options: EqualizeOptions) -> Report:
+    if options.per_channel:
+        summary = {"folded_batch_norms": result.folded, "relu6_replaced": result.relu6_replaced,
+                   "depthwise_inputs_equalized": result.depthwise, "widest_gain_bits": round(result.widened_bits, 2)}
+        return Report(summary, [f"folded {result.folded} BN, equalized the channels of {len(result.depthwise)} "
+                                f"depthwise-conv inputs (widest gain {result.widened_bits:.1f} bits)"])
     summary = {"folded_batch_norms": result.folded, "relu6_replaced": result.relu6_replaced,
                "pairs_scaled": len(result.pairs), "noise_aware_pairs": result.noise_aware,
                "iterations": result.iterations, "biases_absorbed": result.absorbed,

@@ -75,6 +75,8 @@ class EqualizeResult:
     iterations: int = 0
     absorbed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    depthwise: list[str] = field(default_factory=list)  # --per-channel: tensors rescaled (steps.depthwise_inputs)
+    widened_bits: float = 0.0  # --per-channel: the largest log2(1 / s) applied
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def _weight(node: ir.Node) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def _zero_pad(node: ir.Node) -> bool:
+def zero_pad(node: ir.Node) -> bool:
     """A Pad that adds zeros: it commutes with per-channel positive scaling."""
     if node.op_type != "Pad":
         return False
@@ -158,7 +160,7 @@ def find_pairs(model: ir.Model, relu6: str = "replace") -> tuple[list[Pair], lis
                 skipped.append((_label(first), "followed by a Clip (ReLU6 kept): not scale-equivariant"))
                 continue
             activation, nxt = nxt, _sole_consumer(nxt.outputs[0])
-        if nxt is not None and _zero_pad(nxt):
+        if nxt is not None and zero_pad(nxt):
             pad, nxt = nxt, _sole_consumer(nxt.outputs[0])
         w2 = _weight(nxt) if nxt is not None else None
         if w2 is None or nxt.inputs[0] is not (pad or activation or first).outputs[0]:
@@ -171,15 +173,16 @@ def find_pairs(model: ir.Model, relu6: str = "replace") -> tuple[list[Pair], lis
     return pairs, skipped
 
 
-def _bound_relu6(model: ir.Model, clip: ir.Node, bounds: np.ndarray, channel_rank: int) -> None:
+def bound_relu6(model: ir.Model, clip: ir.Node, bounds: np.ndarray, channel_rank: int) -> None:
     """Clip(0, 6) -> Relu then Min with per-channel bounds 6/s: the same function after scaling."""
     relu = ir.node("Relu", [clip.inputs[0]], name=f"{clip.name or clip.outputs[0].name}_relu")
     shape = (bounds.size, *([1] * (channel_rank - 2))) if channel_rank > 2 else (bounds.size,)
     bound = add_initializer(model, f"{clip.outputs[0].name}_bound", bounds.reshape(shape).astype(np.float32))
     minimum = ir.node("Min", [relu.outputs[0], bound], name=clip.name or None)
     out = clip.outputs[0]
-    relu.outputs[0].dtype = out.dtype
-    minimum.outputs[0].dtype, minimum.outputs[0].shape = out.dtype, out.shape
+    dtype = out.dtype or clip.inputs[0].dtype or ir.DataType.FLOAT  # None without shape inference
+    relu.outputs[0].dtype = dtype
+    minimum.outputs[0].dtype, minimum.outputs[0].shape = dtype, out.shape
     model.graph.insert_after(clip, [relu, minimum])
     hand_over(out, minimum.outputs[0])
     model.graph.remove(clip, safe=True)
@@ -368,7 +371,7 @@ def equalize(model: ir.Model, *, relu6: str = "replace", absorb_bias: bool = Tru
     for pair in pairs:
         if pair.activation is not None and id(pair.activation) in bounds:
             rank = len(pair.first.inputs[1].const_value.shape) if pair.first.op_type == "Conv" else 2
-            _bound_relu6(model, pair.activation, bounds[id(pair.activation)], rank)
+            bound_relu6(model, pair.activation, bounds[id(pair.activation)], rank)
             result.relu6_replaced += 1
     if stats:
         model.metadata_props[BN_STATS_KEY] = strict_json.dumps(stats, indent=None)
