@@ -49,7 +49,7 @@ def test_a_recipe_run_on_another_model_writes_its_own_names_and_gates_on_sqnr(wo
                                "--set", "data.calibration=calib.npz"], capsys)
     assert code == 0, err
     folder = workspace / "build" / "recipes" / "other" / "w8a8-per-channel"
-    assert sorted(p.name for p in (folder / "05-export").glob("*.onnx")) == ["other.onnx", "other_qdq.onnx"]
+    assert sorted(p.name for p in (folder / "06-export").glob("*.onnx")) == ["other.onnx", "other_qdq.onnx"]
     summary = json.loads((folder / "run.json").read_text())
     gate = {check["name"]: check for check in summary["expect"]}
     assert gate["max_accuracy_drop"]["skipped"] and gate["max_accuracy_drop"]["passed"]
