@@ -61,3 +61,13 @@ def test_analyze_names_the_attention_mask_when_it_is_quantized(tmp_path, capsys)
     assert "attention mask" in ranking[0] or "attention probabilities" in ranking[0], out
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert any(row.get("role") == "attention mask" for row in report["sensitivity"][:3])
+
+
+def test_written_out_hard_swish_is_named_at_its_result():
+    """The bundled PP-OCR classifier writes hard-swish as Add/Clip/Mul/Div: its result nodes are named."""
+    from qtool.ir.hard_swish import hard_swishes
+
+    model = load_model(ROOT / "sample_models" / "ppocr_cls.onnx")
+    roles = node_roles(model)
+    expected = len(hard_swishes(model))
+    assert expected > 10 and Counter(roles.values())["hard-swish"] == expected

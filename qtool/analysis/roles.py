@@ -25,6 +25,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qtool.ir.graph import node_label
+from qtool.ir.hard_swish import hard_swishes
 from qtool.ir.patterns import (MOVERS, attention_mask_tensors, decomposed_layer_norm_internals,
                                  layer_norm_inputs, pointwise_internals)
 
@@ -96,6 +97,8 @@ def _functions(model: ir.Model, norm_inner: set[str]) -> dict[str, tuple[str, st
             sig = _comes_from(node.inputs[1], {"Sigmoid"}, 0)
             if sig is not None and sig.inputs and sig.inputs[0] is data:
                 results[node.outputs[0].name] = ("SiLU", data.name)  # x * sigmoid(x), one node each
+    for match in hard_swishes(model):  # written out (x * Clip(x + 3, 0, 6) / 6, ...): qtool.ir.hard_swish
+        results[match.result.name] = ("hard-swish", match.source.name)
     return results
 
 
