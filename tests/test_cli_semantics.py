@@ -60,7 +60,7 @@ def test_output_means_one_thing_per_kind_and_help_says_which(capsys):
     kinds = {name: command.output.kind if command.output else None for name, command in COMMANDS.items()}
     assert kinds == {"calibrate": "prefix", "bias-correct": "prefix", "adaround": "prefix", "fold": "file",
                      "equalize": "file", "simulate": "file", "plot-ranges": "file", "export": "folder",
-                     "analyze": "folder", "mixed-precision": "folder", "info": None}
+                     "analyze": "folder", "mixed-precision": "folder", "info": None, "bench": None}
     shown = {"prefix": "-o, --output PREFIX", "file": "-o, --output FILE", "folder": "-o, --output-dir FOLDER"}
     for name, kind in kinds.items():
         code, out, _ = run_main([name, "--help"], capsys)

@@ -41,6 +41,7 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
     from qtool.files.atomic import StagedOutputs
     from qtool.files.safe_paths import check_file_stem
     from qtool.ir.graph import save_model
+    from qtool.runtime.kernels import kernel_summary
     from qtool.steps.export import export as export_step
 
     check_file_stem(options.prefix, "--prefix")
@@ -51,4 +52,5 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
         save_encodings(result.encodings, out.path(folder / f"{prefix}.encodings"), options.encoding_version)
         save_model(result.qdq_model, out.path(folder / f"{prefix}_qdq.onnx"))
     files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
-    return Report({"files": files}, ["wrote " + ", ".join(files)])
+    kernels = kernel_summary(result.qdq_model, files[2])  # what onnxruntime runs of it: qtool bench has the details
+    return Report({"files": files, "onnxruntime": kernels}, ["wrote " + ", ".join(files), kernels])

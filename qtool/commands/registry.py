@@ -24,6 +24,7 @@ from typing import Any
 
 from qtool.commands.adaround import AdaroundOptions, adaround
 from qtool.commands.analyze import AnalyzeOptions, analyze
+from qtool.commands.bench import BenchOptions, bench
 from qtool.commands.bias_correct import BiasCorrectOptions, bias_correct
 from qtool.commands.calibrate import CalibrateOptions, calibrate
 from qtool.commands.equalize import EqualizeOptions, equalize
@@ -119,5 +120,6 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
         "folder", "Writes overrides.json, mixed_precision.json, pareto.png (with matplotlib) and the final pair "
                   "model.onnx + model.encodings.json.")),
     Command("info", info, InfoOptions, None),
+    Command("bench", bench, BenchOptions, None),
     Command("plot-ranges", plot_ranges, PlotRangesOptions, Output("file", "Image file: .png, .svg or .pdf.")),
 )}
