@@ -12,12 +12,14 @@ qtool's dependencies). Three jobs, chosen by --job:
   wrapping aimet's own methods and diffing quantizer states around each call, so the table says
   why, not only what. Also dumps the config schema and the registered graph passes.
 * ``export``: per model x config, compute_encodings on a few calibration samples, ``sim.export`` in
-  every encodings version asked for (1.0.0, 2.0.0), and the sim's outputs on the evaluation and
-  probe samples: the fixtures for qtool's round-trip tests and the reverse SQNR.
+  every encodings version asked for (1.0.0, 2.0.0), and the outputs of the sim (evaluation and probe
+  samples) and of its ``to_onnx_qdq`` export (evaluation): the fixtures for qtool's round-trip
+  tests and the reverse SQNR.
 * ``load``: per case, ``load_encodings_to_sim(sim, qtool_encodings, strict=True)`` on what ``qtool
   calibrate`` + ``qtool export`` wrote, and the exact error if refused (then the same load made to
   pass, names aimet has no tensor for dropped and strict=False, to list every setting that
-  differs); SQNR of aimet's sim with qtool's encodings against qtool's own QDQ models.
+  differs); SQNR of aimet's sim with qtool's encodings, and of aimet's own QDQ export of that sim
+  (``to_onnx_qdq``), against qtool's own QDQ models.
 
 Everything it writes is JSON with sorted keys; the parent turns it into fixtures and the doc.
 """
@@ -353,6 +355,23 @@ def _outputs(sim, samples: list[dict]) -> list[list[np.ndarray]]:
     return [list(sim.session.run(None, s)) for s in samples]
 
 
+def _qdq_outputs(sim, samples: list[dict]) -> list[list[np.ndarray]]:
+    """The outputs of aimet's own QDQ export of `sim` (``to_onnx_qdq``: QuantizeLinear/DequantizeLinear,
+    onnxruntime's arithmetic) on `samples`. aimet makes a dummy input from the model's input shapes
+    for its parameter encodings; a model with unknown dimensions (the classifier) gets a real sample."""
+    original = aq.make_dummy_input
+    aq.make_dummy_input = lambda *_args, **_kwargs: dict(samples[0])
+    try:
+        with _quiet():
+            model = sim.to_onnx_qdq()
+    finally:
+        aq.make_dummy_input = original
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "aimet_qdq.onnx")
+        onnx.save(model, path)
+        return _ort_all_outputs(path, samples)
+
+
 def job_export(args) -> None:
     """Per case (model x config): compute_encodings on the calibration samples, ``sim.export`` in
     each version, and the sim's outputs on the evaluation and probe samples (the reverse SQNR)."""
@@ -367,9 +386,10 @@ def job_export(args) -> None:
         for version in args.versions:
             with _quiet():
                 sim.export(str(out), f"{prefix}__{version}", export_model=False, encoding_version=version)
-        for split in ("eval", "probe"):
-            outputs = _outputs(sim, _load_samples(case[split], 1 << 30))
-            np.savez(out / f"{prefix}__{split}_outputs.npz",
+        evaluation, probes = (_load_samples(case[split], 1 << 30) for split in ("eval", "probe"))
+        for label, outputs in (("eval", _outputs(sim, evaluation)), ("probe", _outputs(sim, probes)),
+                               ("eval_qdq", _qdq_outputs(sim, evaluation)), ("probe_qdq", _qdq_outputs(sim, probes))):
+            np.savez(out / f"{prefix}__{label}_outputs.npz",
                      **{f"{i}_{j}": a for i, sample in enumerate(outputs) for j, a in enumerate(sample)})
         results[prefix] = sorted(p.name for p in out.glob(f"{prefix}__*"))
     (out / "export.json").write_text(json.dumps(results, sort_keys=True, indent=1))
@@ -420,12 +440,14 @@ def _load_one(case: dict, samples: list[dict]) -> dict:
             infos = aq.load_encodings_to_sim(sim, encodings, strict=False)
         result["relaxed"] = {"dropped_names": sorted(dropped), "mismatches": len(infos),
                              "by_setting": _mismatch_summary(infos)}
-    ours = [list(sim.session.run(None, s)) for s in samples]
-    flat = [a for sample in ours for a in sample]
+    flat = [a for sample in _outputs(sim, samples) for a in sample]
+    aimet_qdq = [a for sample in _qdq_outputs(sim, samples) for a in sample]
+    result["sqnr_db_aimet_qdq_vs_sim"] = _sqnr(aimet_qdq, flat)
     for key in ("qdq", "export_qdq"):
         if case.get(key):
             theirs = [a for sample in _ort_all_outputs(case[key], samples) for a in sample]
             result[f"sqnr_db_vs_{key}"] = _sqnr(theirs, flat)
+            result[f"sqnr_db_aimet_qdq_vs_{key}"] = _sqnr(theirs, aimet_qdq)
     return result
 
 

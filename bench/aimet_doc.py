@@ -91,17 +91,26 @@ def _strict(load: dict) -> str:
     return "yes" if load["strict"]["ok"] else "**no**"
 
 
+def _pair(load: dict, key: str) -> str:
+    return " / ".join(_db(load[v].get(key)) for v in ("1.0.0", "2.0.0"))
+
+
+def _back(reverse: dict, key: str) -> str:
+    return " / ".join(_db(reverse[v].get(key)) if "error" not in reverse[v] else "refused" for v in ("1.0.0", "2.0.0"))
+
+
 def _round_trip_table(loads: dict) -> list[str]:
-    lines = ["| model | config | strict load 1.0.0 | strict load 2.0.0 | aimet sim with qtool's encodings vs qtool "
-             "simulate (dB, 1.0.0 / 2.0.0) | vs qtool export, int32 biases (dB) | qtool from aimet's encodings vs "
-             "aimet sim (dB, 1.0.0 / 2.0.0) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | config | strict load | aimet sim, qtool's file vs qtool QDQ | aimet's QDQ export of that "
+             "sim vs qtool QDQ | aimet sim vs its own QDQ export | qtool QDQ from aimet's file vs aimet sim | "
+             "vs aimet's QDQ export | aimet sim vs qtool export QDQ (int32 biases) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (model, config), r in sorted(loads.items()):
-        v1, v2 = r["load"]["1.0.0"], r["load"]["2.0.0"]
-        forward = f"{_db(v1.get('sqnr_db_vs_qdq'))} / {_db(v2.get('sqnr_db_vs_qdq'))}"
-        exported = f"{_db(v1.get('sqnr_db_vs_export_qdq'))} / {_db(v2.get('sqnr_db_vs_export_qdq'))}"
-        back = " / ".join(_db(r["reverse"][v].get("sqnr_db")) if "error" not in r["reverse"][v] else "refused"
-                          for v in ("1.0.0", "2.0.0"))
-        lines.append(f"| {model} | {config} | {_strict(v1)} | {_strict(v2)} | {forward} | {exported} | {back} |")
+        load, back = r["load"], r["reverse"]
+        strict = " / ".join(_strict(load[v]) for v in ("1.0.0", "2.0.0"))
+        lines.append(f"| {model} | {config} | {strict} | {_pair(load, 'sqnr_db_vs_qdq')} | "
+                     f"{_pair(load, 'sqnr_db_aimet_qdq_vs_qdq')} | {_pair(load, 'sqnr_db_aimet_qdq_vs_sim')} | "
+                     f"{_back(back, 'sqnr_db')} | {_back(back, 'sqnr_db_vs_aimet_qdq')} | "
+                     f"{_pair(load, 'sqnr_db_vs_export_qdq')} |")
     return lines
 
 
@@ -112,7 +121,9 @@ def _load_section(loads: dict) -> list[str]:
              "that sim's outputs against qtool's QDQ model of the same pair, on 32 held-out samples (the classifier's "
              "real lines, Gaussian inputs for the others). Reverse: aimet's own `sim.export` (its sim calibrated "
              "on the same 16 samples) given to `qtool simulate MODEL --encodings`, and qtool's QDQ model against "
-             "aimet's sim. \"inf\": every output value equal.", "", *_round_trip_table(loads), ""]
+             "aimet's sim; and both against aimet's own QDQ export of its sim (`sim.to_onnx_qdq()`, run by "
+             "onnxruntime as qtool's QDQ models are). Each cell: qtool's or aimet's 1.0.0 file / 2.0.0 file, in dB; "
+             "\"inf\": every output value equal.", "", *_round_trip_table(loads), ""]
     for (model, config), r in sorted(loads.items()):
         for version in ("1.0.0", "2.0.0"):
             load = r["load"][version]
@@ -175,12 +186,11 @@ def render_markdown(versions: dict, meta: dict, tables: dict, comparisons: dict,
         load = r["load"]
         strict = ", ".join(f"{v} " + ("ok" if load[v]["strict"]["ok"] else load[v]["strict"]["error"].splitlines()[0][:200])
                            for v in ("1.0.0", "2.0.0"))
-        back = ", ".join(f"{_db(r['reverse'][v].get('sqnr_db'))} dB ({v})" if "error" not in r["reverse"][v]
-                         else f"refused ({v})" for v in ("1.0.0", "2.0.0"))
+        back = _back(r["reverse"], "sqnr_db") + " dB"
         summary.append(f"round trip {config} {model}: strict load {strict}; aimet sim with qtool's encodings vs qtool "
-                       f"QDQ {_db(load['1.0.0'].get('sqnr_db_vs_qdq'))} dB (1.0.0), "
-                       f"{_db(load['2.0.0'].get('sqnr_db_vs_qdq'))} dB (2.0.0); qtool QDQ from aimet's encodings vs "
-                       f"aimet sim {back}")
+                       f"QDQ {_pair(load, 'sqnr_db_vs_qdq')} dB (1.0.0 / 2.0.0; aimet's own QDQ export vs qtool QDQ "
+                       f"{_pair(load, 'sqnr_db_aimet_qdq_vs_qdq')}); qtool QDQ from aimet's encodings vs aimet sim "
+                       f"{back} (vs aimet's QDQ export {_back(r['reverse'], 'sqnr_db_vs_aimet_qdq')})")
     md = [BEGIN, "", "## Measured (generated)", "",
           f"aimet-onnx {versions['aimet-onnx']} (torch {versions['torch']}, onnxruntime {versions['onnxruntime']}, "
           f"onnx {versions['onnx']}, in build/aimet-venv) against qtool {versions['qtool']}. Models: "

@@ -7,7 +7,14 @@ For each model x config of EXPORT_CONFIGS, with the config *file* aimet ships (p
   compares its sim with qtool's QDQ models (``qtool simulate``'s, float biases as aimet's sim has
   them, and export's deployable one with int32 biases);
 * reverse: ``qtool simulate MODEL --encodings <aimet's export>`` for both versions, run on the
-  evaluation samples and compared here with the outputs aimet's own sim gave on them.
+  evaluation samples and compared here with the outputs aimet's own sim gave on them, and those of
+  aimet's own QDQ export of that sim (``to_onnx_qdq``).
+
+aimet's sim and onnxruntime's QuantizeLinear round a value exactly half-way between two grid
+points differently: aimet's QcQuantizeOp rounds it up (62.5 -> 63, -2.5 -> -2), onnxruntime to
+the even neighbour (62.5 -> 62), so a float32 x / scale that lands on .5 goes one step apart. qtool's
+QDQ model follows onnxruntime (it is what deploys), so the sim figures carry that difference,
+amplified by the layers after it; the to_onnx_qdq figures compare like with like.
 
 Data: the classifier's real calibration/evaluation lines; seeded Gaussian inputs for the others;
 the probe inputs of tests/aimet_models.py, on which the fixtures record aimet's outputs.
@@ -108,8 +115,7 @@ def load_cases(models: list[dict], configs: tuple[str, ...], forward: dict, data
 def reverse(sh, model: dict, config: str, data: dict, exports: Path, work: Path) -> dict:
     """qtool's QDQ model from aimet's exported encodings (each version) against aimet's own sim."""
     stem = f"{model['name']}__{Path(config).stem}"
-    aimet_eval = np.load(exports / f"{stem}__eval_outputs.npz")
-    reference = [aimet_eval[k] for k in sorted(aimet_eval.files, key=lambda k: tuple(map(int, k.split("_"))))]
+    reference, aimet_qdq = (_recorded(exports / f"{stem}__{label}_outputs.npz") for label in ("eval", "eval_qdq"))
     result = {}
     for version in VERSIONS:
         qdq = work / "qtool" / stem / f"from_aimet_{version}.onnx"
@@ -118,16 +124,26 @@ def reverse(sh, model: dict, config: str, data: dict, exports: Path, work: Path)
         if done.returncode != 0:
             result[version] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1].replace(f"{ROOT}/", "")}
             continue
-        result[version] = {"sqnr_db": sqnr(reference, _outputs(qdq, data["eval"]))}
+        ours = _outputs(qdq, data["eval"])
+        result[version] = {"sqnr_db": sqnr(reference, ours), "sqnr_db_vs_aimet_qdq": sqnr(aimet_qdq, ours)}
     return result
 
 
+def _recorded(path: Path) -> list[np.ndarray]:
+    """Outputs saved by aimet_child.py, keyed sample_output, in order."""
+    saved = np.load(path)
+    return [saved[k] for k in sorted(saved.files, key=lambda k: tuple(map(int, k.split("_"))))]
+
+
 def probe_fixture(exports: Path, stem: str) -> str:
-    """aimet's sim outputs on the probe inputs, as committed (tests/test_aimet_roundtrip.py reads them)."""
-    outputs = np.load(exports / f"{stem}__probe_outputs.npz")
-    keys = sorted(outputs.files, key=lambda k: tuple(map(int, k.split("_"))))
-    doc = {"probe_seed": aimet_models.PROBE_SEED, "probes": aimet_models.PROBES,
-           "outputs": [{"key": k, "shape": list(outputs[k].shape),
-                        "values": [float(v) for v in outputs[k].astype(np.float32).ravel()]} for k in keys]}
-    return "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items() if k != "outputs") + \
-        ',\n "outputs": [\n  ' + ",\n  ".join(json.dumps(o) for o in doc["outputs"]) + "\n ]\n}\n"
+    """aimet's outputs on the probe inputs, of its sim and of its own QDQ export (to_onnx_qdq), as
+    committed (tests/test_aimet_roundtrip.py reads them)."""
+    def entries(label: str) -> list[dict]:
+        return [{"shape": list(a.shape), "values": [float(v) for v in a.astype(np.float32).ravel()]}
+                for a in _recorded(exports / f"{stem}__{label}_outputs.npz")]
+
+    head = {"probe_seed": aimet_models.PROBE_SEED, "probes": aimet_models.PROBES}
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
+    for key, label in (("sim_outputs", "probe"), ("qdq_outputs", "probe_qdq")):
+        lines.append(f" {json.dumps(key)}: [\n  " + ",\n  ".join(json.dumps(e) for e in entries(label)) + "\n ]")
+    return "{\n" + ",\n".join(lines) + "\n}\n"

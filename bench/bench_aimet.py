@@ -126,13 +126,15 @@ def qtool_plan(model: Path, config: Path, tmp: Path, cache: dict) -> dict:
     """qtool's answer for the config as shipped; if refused, every refused key (each removed in turn
     until qtool accepts the rest, at most 40) and the plan qtool makes from what is left. What a
     config loses does not depend on the model, so `cache` keeps it per config for the next models."""
+    stripped = tmp / config.name
     if config.name in cache:
         first_error, refused, doc = copy.deepcopy(cache[config.name])
+        stripped.write_text(json.dumps(doc))
+        info, error = qtool_info(model, stripped if refused else config)
     else:
-        first_error, refused, doc = qtool_info(model, config)[1], [], json.loads(config.read_text())
-    stripped = tmp / config.name
-    stripped.write_text(json.dumps(doc))
-    info, error = qtool_info(model, stripped if refused else config)
+        info, first_error = qtool_info(model, config)
+        refused, doc, error = [], json.loads(config.read_text()), first_error
+        stripped.write_text(json.dumps(doc))
     record = {"accepted": first_error is None, "error": first_error, "refused": refused, "plan": info}
     while error is not None and len(record["refused"]) < 40:
         where = aimet_report.strip_refused(doc, error)
@@ -149,7 +151,7 @@ def qtool_plan(model: Path, config: Path, tmp: Path, cache: dict) -> dict:
 
 def write_fixtures(tables: Path, exports: Path, versions: dict) -> None:
     if FIXTURES.exists():
-        for old in FIXTURES.glob("*/*.json"):
+        for old in FIXTURES.glob("*/*.json"):  # the tables, and encodings/*__probe_outputs.json
             old.unlink()
         for old in (FIXTURES / "encodings").glob("*.encodings"):
             old.unlink()

@@ -2,9 +2,10 @@
 stay usable without aimet: well-formed, one file per model x shipped config, recorded on the
 committed sample models, and the exported encodings small and parseable.
 
-The placement tests that compare qtool's plan with these tables are issue 15's; this file only
-guards the data they will read (a stale fixture after a sample model changes fails here, with
-the command that regenerates it)."""
+tests/test_aimet_placement.py compares qtool's plan with these tables and
+tests/test_aimet_roundtrip.py reads the exported encodings; this file only guards the data they
+read (a stale fixture after a sample model changes fails here, with the command that regenerates
+it)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "aimet"
-TABLES = sorted(FIXTURES.glob("*/*.json"))
+TABLES = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name != "encodings")
 REGENERATE = "regenerate with `make bench-aimet` (tests/fixtures/aimet/README.md)"
 
 
@@ -53,6 +54,8 @@ def test_tables_were_recorded_on_the_committed_model(model: str) -> None:
 def test_exported_encodings_are_small_and_parse() -> None:
     files = sorted((FIXTURES / "encodings").glob("*.encodings"))
     assert {f.name.rsplit("__", 1)[1] for f in files} == {"1.0.0.encodings", "2.0.0.encodings"}
+    probes = {f.name.removesuffix("__probe_outputs.json") for f in (FIXTURES / "encodings").glob("*__probe_outputs.json")}
+    assert probes == {f.name.rsplit("__", 1)[0] for f in files}, REGENERATE
     for f in files:
         assert f.stat().st_size < 200_000
         doc = json.loads(f.read_text())

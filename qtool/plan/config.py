@@ -9,13 +9,16 @@ aimet-onnx 2.x's schema (``quantsim_config_schema.py``) is accepted, so each con
 loads; a key the schema does not allow is an error, never silently ignored (the counter-example is
 onnxruntime's extra_options). As in AIMET, op type and parameter names are free strings: one the
 model does not have (``ChannelShuffle``, BatchNormalization's ``running_mean``) matches nothing.
-What qtool reads but does not act on yet (``supergroup_pass_list``, ``hw_version`` ...) is kept
-here and listed by not_applied.py (``qtool info --config``).
+``supergroup_pass_list`` and ``hw_version`` are applied as aimet applies them under placement
+"aimet"; what qtool reads but does not act on is listed by not_applied.py (``qtool info --config``).
 
 qtool extensions, documented in docs/config.md: ``bitwidth`` and ``dtype`` ("int"/"float") inside
 ``defaults.ops``, ``defaults.params``, ``params.*`` and ``op_type.*`` (AIMET passes bit-widths
 as QuantSim arguments instead), so a target (W8A16, W4A8) is one file; and ``overrides``, a
-list of per-tensor/per-node decisions (overrides.py).
+list of per-tensor/per-node decisions (overrides.py); and ``placement``: "aimet" (the default, for
+any config that does not say: quantizers where aimet-onnx puts them, plan/aimet_plan.py; keys left
+out take aimet's defaults, qtool's own ``patterns`` and ``mixed_ranges`` rules are off) or "qtool"
+(qtool's rules, plan/build.py; every built-in config says so).
 """
 
 from __future__ import annotations
