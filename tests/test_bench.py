@@ -105,7 +105,7 @@ def test_convs_quantized_by_qtool_run_as_integer_kernels(work):
     assert nodes["conv1"].kernel == nodes["conv2"].kernel == "QLinearConv"
     relu = next(node for node in report.nodes if node.op_type == "Relu")  # unnamed: named for the report only
     assert relu.kind == "folded" and relu.name.startswith("(unnamed Relu")
-    assert report.of_kind("float") == []
+    assert report.of_kind("float") == [] and report.constant_dequantize == 0  # every weight DQ fused
     assert "2 of 2 Conv on integer kernels" in report.summary_line() and "float" not in report.summary_line()
     assert [node.name for node in model.graph] == names  # the model is not changed
 
@@ -126,6 +126,7 @@ def test_a_conv_fused_with_a_hard_swish_stays_float(tmp_path):
                for name in ("add3", "clip", "mul", "div6"))
     assert "1 of 2 Conv on integer kernels; 1 stay float (output fused with the hard-swish after it)" in \
         report.summary_line()
+    assert report.constant_dequantize >= 2  # the float Conv's weight and bias are dequantized on every run
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the int8 rule is x86's")

@@ -71,6 +71,9 @@ def kernel_lines(kernels) -> list[str]:
         shown = ", ".join(names[:NAMES_SHOWN]) + (f", ... (+{len(names) - NAMES_SHOWN})" if len(names) > NAMES_SHOWN
                                                    else "")
         lines.append(f"    {len(names)} {op}: {reason}: {shown}")
+    if kernels.constant_dequantize:
+        lines.append(f"  {kernels.constant_dequantize} DequantizeLinear of constants run on every inference (weights and "
+                     "constants of ops that stay float: onnxruntime does not fold them, nor prepack those weights)")
     notes = [node for node in kernels.of_kind("integer") if node.reason]
     lines += [f"  note: {node.op_type} '{node.name}': {node.reason}" for node in notes[:NAMES_SHOWN]]
     return lines

@@ -61,6 +61,7 @@ class NodeKernel:
 class KernelReport:
     nodes: tuple[NodeKernel, ...]
     machine: str
+    constant_dequantize: int = 0  # DequantizeLinear of a constant left in the optimized graph: run every inference
 
     def of_kind(self, kind: str) -> list[NodeKernel]:
         return [node for node in self.nodes if node.kind == kind]
@@ -101,7 +102,7 @@ class KernelReport:
         return line + (f"; {others} other node{'s' if others > 1 else ''} float" if others else "")
 
     def as_dict(self) -> dict:
-        return {"machine": self.machine, "counts": self.counts(),
+        return {"machine": self.machine, "counts": self.counts(), "constant_dequantize": self.constant_dequantize,
                 "nodes": [asdict(node) for node in self.nodes]}
 
 
@@ -111,7 +112,7 @@ def kernel_report(model: ir.Model, source: str = "model") -> KernelReport:
         optimized = _optimized(model, Path(tmp), source)
         nodes = tuple(_classify(node, optimized) for node in model.graph
                       if node.op_type not in QDQ_OPS)
-    return KernelReport(nodes, platform.machine() or "cpu")
+    return KernelReport(nodes, platform.machine() or "cpu", optimized.constant_dequantize)
 
 
 def has_quantizers(model: ir.Model) -> bool:
@@ -143,6 +144,7 @@ class _Optimized:
 
     by_name: dict[str, ir.Node]
     producer: dict[str, ir.Node]
+    constant_dequantize: int
 
     def find(self, node: ir.Node) -> ir.Node | None:
         """The node that runs `node`: same name, or its name plus a "/Fusion" or "_token_N" suffix."""
@@ -171,7 +173,11 @@ def _optimized(model: ir.Model, folder: Path, source: str) -> _Optimized:
         raise QtoolError(f"{source}: onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from exc
     graph = ir.load(str(optimized)).graph
     producer = {out.name: node for node in graph for out in node.outputs if out is not None}
-    return _Optimized({node.name: node for node in graph if node.name}, producer)
+    # onnxruntime does not constant-fold DequantizeLinear in a QDQ model (it would undo the fusions),
+    # so a DQ of a weight whose consumer stayed float runs every time, and that consumer cannot prepack it
+    constants = sum(node.op_type == "DequantizeLinear" and node.inputs[0].const_value is not None
+                    and bool(node.outputs[0].consumers()) for node in graph)
+    return _Optimized({node.name: node for node in graph if node.name}, producer, constants)
 
 
 def _by_tensor(node: ir.Node, optimized: _Optimized) -> ir.Node | None:
