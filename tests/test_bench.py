@@ -37,7 +37,8 @@ def _save(path: Path, nodes: list, inits: list, output: str, channels: int = 8) 
 
 def _weights(*shapes: tuple[str, tuple[int, ...]]) -> list:
     rng = np.random.default_rng(0)
-    return [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name) for name, shape in shapes]
+    return [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+            for name, shape in shapes]
 
 
 WEIGHTS = (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (8, 8, 3, 3)), ("b2", (8,)))
@@ -190,3 +191,16 @@ def test_bad_bench_input_is_one_line_exit_2(work, tmp_path, capsys, case):
     assert code == 2 and out == "" and "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("qtool: error: ") and named in lines[0], err
     assert (_tree(work), _tree(tmp_path)) == before
+
+
+def test_a_float_weight_onnxruntime_quantizes_itself_is_noted(work):
+    """16-bit weights are stored fake-quantized in float; onnxruntime (>= 1.2x: WeightBiasQuantization)
+    fuses such a Conv with a per-tensor int8 weight of its own, which the report must say."""
+    data = {"x": np.random.default_rng(2).standard_normal((4, 3, 16, 16)).astype(np.float32)}
+    pair = qtool.calibrate(str(work / "crc.onnx"), data, scheme="minmax", param_bw=16)
+    qtool.export(pair, str(work / "w16"), prefix="m")
+    report = kernel_report(load_model(work / "w16" / "m_qdq.onnx"))
+    for node in (_by_name(report)[name] for name in ("conv1", "conv2")):
+        assert node.kind == "float" or "quantized its float weight to per-tensor int8" in node.reason, node
+    if report.of_kind("integer"):
+        assert "with a float weight onnxruntime quantized per tensor itself" in report.summary_line()

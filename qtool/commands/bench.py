@@ -72,8 +72,9 @@ def kernel_lines(kernels) -> list[str]:
                                                    else "")
         lines.append(f"    {len(names)} {op}: {reason}: {shown}")
     if kernels.constant_dequantize:
-        lines.append(f"  {kernels.constant_dequantize} DequantizeLinear of constants run on every inference (weights and "
-                     "constants of ops that stay float: onnxruntime does not fold them, nor prepack those weights)")
+        lines.append(f"  {kernels.constant_dequantize} DequantizeLinear of constants run on every inference "
+                     "(weights and constants of ops that stay float: onnxruntime does not fold them, nor prepack "
+                     "those weights)")
     notes = [node for node in kernels.of_kind("integer") if node.reason]
     lines += [f"  note: {node.op_type} '{node.name}': {node.reason}" for node in notes[:NAMES_SHOWN]]
     return lines
@@ -123,9 +124,8 @@ def _timings(qdq, model: str | os.PathLike, reference: Path, options: BenchOptio
              f"load {load_before} -> {load_after} on {os.cpu_count()} cores",
              f"  {'threads':>7} {'batch':>5} {'float':>18} {'qdq':>18} {'speed-up':>9}"]
     for row in rows:
-        lines.append(f"  {row['threads']:>7} {row['batch']:>5} "
-                     f"{_ms(row['float_ms'], row['float_median_ms']):>18} {_ms(row['qdq_ms'], row['qdq_median_ms']):>18} "
-                     f"{row['speedup']:>8.2f}x")
+        float_ms, qdq_ms = _ms(row["float_ms"], row["float_median_ms"]), _ms(row["qdq_ms"], row["qdq_median_ms"])
+        lines.append(f"  {row['threads']:>7} {row['batch']:>5} {float_ms:>18} {qdq_ms:>18} {row['speedup']:>8.2f}x")
     return _Timed(summary, lines)
 
 

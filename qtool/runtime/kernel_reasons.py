@@ -4,9 +4,9 @@ The rules are those of onnxruntime's CPU provider (onnxruntime/core/optimizer/qd
 qdq_selector_action_transformer.cc, qdq_selectors.cc, qdq_s8_to_u8.cc):
 
 * an op is fused only if there is a rule for it: Conv, MatMul, Gemm, Add, Mul, Concat, Where,
-  Split, AveragePool, GlobalAveragePool, LeakyRelu, Sigmoid, Softmax become QLinear* kernels;
-  Reshape, Transpose, MaxPool, Resize, Gather, Slice, ... lose their Q/DQ pair and run on the
-  8-bit tensor when the input and output grids are the same;
+  AveragePool, GlobalAveragePool, LeakyRelu, Sigmoid, Softmax become QLinear* kernels;
+  Reshape, Transpose, MaxPool, Resize, Gather, Slice, Split, ... lose their Q/DQ pair and run on
+  the 8-bit tensor when the input and output grids are the same;
 * every float input must come out of a DequantizeLinear (weights 8-bit, a Conv/Gemm bias int32),
   and the output must go into a QuantizeLinear (MatMul and Gemm also fuse without one: their
   integer kernel then writes float);
@@ -25,13 +25,14 @@ import numpy as np
 import onnx_ir as ir
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-QLINEAR_RULES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "Where", "Split", "AveragePool",
-                 "GlobalAveragePool", "LeakyRelu", "Sigmoid", "Softmax")
-DROP_RULES = ("MaxPool", "Resize", "ReduceMax", "ReduceMin", "ArgMax", "Expand", "Flatten", "Gather",
+QLINEAR_RULES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "Where", "AveragePool", "GlobalAveragePool",
+                 "LeakyRelu", "Sigmoid", "Softmax")
+DROP_RULES = ("MaxPool", "Resize", "ReduceMax", "ReduceMin", "ArgMax", "Split", "Expand", "Flatten", "Gather",
               "GatherElements", "Reshape", "Slice", "Squeeze", "Tile", "Transpose", "Unsqueeze")
-OPTIONAL_OUTPUT_Q = ("MatMul", "Gemm")
+OPTIONAL_OUTPUT_Q = ("MatMul", "Gemm", "ArgMax")
 HARD_SWISH_OPS = ("Add", "Clip", "Mul", "Div", "HardSigmoid", "HardSwish", "Relu", "Min", "Max")
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+UNRECOGNISED = "a form onnxruntime's QDQ fusion does not recognise"
 X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
@@ -109,7 +110,8 @@ def _is_16_bit(node: ir.Node | None) -> bool:
     if node is None:
         return False
     zero = node.inputs[2] if len(node.inputs) > 2 else None
-    return node.domain == "com.microsoft" or (zero is not None and zero.dtype in (ir.DataType.INT16, ir.DataType.UINT16))
+    wide = (ir.DataType.INT16, ir.DataType.UINT16)
+    return node.domain == "com.microsoft" or (zero is not None and zero.dtype in wide)
 
 
 def _is_int8(node: ir.Node | None) -> bool:
@@ -152,7 +154,7 @@ def float_reason(node: ir.Node) -> str:
         return f"no QuantizeLinear on its output ({_read_by(out)})" if out is not None else "no output"
     if op in DROP_RULES and dequantizers and quantizers and _grid(dequantizers[0]) != _grid(quantizers[0]):
         return f"input and output grids differ (onnxruntime drops the Q/DQ around {op} only when they are equal)"
-    return "a form onnxruntime's QDQ fusion does not recognise"
+    return UNRECOGNISED
 
 
 def short_reason(reason: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ import onnxruntime as ort
 
 from qtool.errors import QtoolError
 from qtool.ir.graph import save_model
-from qtool.runtime.kernel_reasons import (QDQ_OPS, float_reason, integer_note, removed_reason, shape_only,
+from qtool.runtime.kernel_reasons import (QDQ_OPS, UNRECOGNISED, float_reason, integer_note, removed_reason, shape_only,
                                           short_reason)
 
 INTEGER_KERNELS = ("QGemm", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "DynamicQuantizeMatMul",
@@ -39,6 +40,7 @@ INTEGER_TYPES = (ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.UINT16, ir.Dat
                  ir.DataType.UINT4, ir.DataType.INT4)
 LINEAR_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 KINDS = ("integer", "float", "folded", "shape")
+_SUFFIX = re.compile(r"/|_token_\d")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,10 @@ class KernelReport:
                             for reason, n in sorted(reasons.items(), key=lambda item: -item[1]))
             line += f"; {len(stay)} stay float ({why})"
         others = len(self.of_kind("float")) - len(stay)
-        return line + (f"; {others} other node{'s' if others > 1 else ''} float" if others else "")
+        line += f"; {others} other node{'s' if others > 1 else ''} float" if others else ""
+        requantized = sum(bool(node.reason) for node in self.of_kind("integer"))
+        return line + (f"; {requantized} with a float weight onnxruntime quantized per tensor itself"
+                       if requantized else "")
 
     def as_dict(self) -> dict:
         return {"machine": self.machine, "counts": self.counts(), "constant_dequantize": self.constant_dequantize,
@@ -110,8 +115,8 @@ def kernel_report(model: ir.Model, source: str = "model") -> KernelReport:
     """What onnxruntime's CPU provider runs for each node of the QDQ `model` (not changed)."""
     with tempfile.TemporaryDirectory(prefix="qtool-kernels-") as tmp, _named(model):
         optimized = _optimized(model, Path(tmp), source)
-        nodes = tuple(_classify(node, optimized) for node in model.graph
-                      if node.op_type not in QDQ_OPS)
+        names = {node.name for node in model.graph}
+        nodes = tuple(_classify(node, optimized, names) for node in model.graph if node.op_type not in QDQ_OPS)
     return KernelReport(nodes, platform.machine() or "cpu", optimized.constant_dequantize)
 
 
@@ -140,21 +145,28 @@ def _named(model: ir.Model) -> Iterator[None]:
 
 @dataclass
 class _Optimized:
-    """The graph onnxruntime runs: nodes by name, and the producer of each tensor."""
+    """The graph onnxruntime runs: nodes by name and by name stem, and the producer of each tensor."""
 
     by_name: dict[str, ir.Node]
+    by_stem: dict[str, ir.Node]  # a fused node's name before a "/MatMulAddFusion" or "_token_N" onnxruntime added
     producer: dict[str, ir.Node]
     constant_dequantize: int
 
-    def find(self, node: ir.Node) -> ir.Node | None:
-        """The node that runs `node`: same name, or its name plus a "/Fusion" or "_token_N" suffix."""
+    def find(self, node: ir.Node, names: set[str]) -> ir.Node | None:
+        """The node that runs `node`: same name, or its name plus a suffix onnxruntime added (unless
+        that longer name is another node's of the QDQ model, `names`)."""
         if node.name in self.by_name:
             return self.by_name[node.name]
-        for prefix in (node.name + "/", node.name + "_token_"):
-            match = next((found for name, found in self.by_name.items() if name.startswith(prefix)), None)
-            if match is not None:
-                return match
-        return None
+        found = self.by_stem.get(node.name)
+        return found if found is not None and found.name not in names else None
+
+
+def _stems(graph: ir.Graph) -> dict[str, ir.Node]:
+    stems: dict[str, ir.Node] = {}
+    for node in graph:
+        for match in _SUFFIX.finditer(node.name or ""):
+            stems.setdefault(node.name[:match.start()], node)
+    return stems
 
 
 def _optimized(model: ir.Model, folder: Path, source: str) -> _Optimized:
@@ -177,7 +189,7 @@ def _optimized(model: ir.Model, folder: Path, source: str) -> _Optimized:
     # so a DQ of a weight whose consumer stayed float runs every time, and that consumer cannot prepack it
     constants = sum(node.op_type == "DequantizeLinear" and node.inputs[0].const_value is not None
                     and bool(node.outputs[0].consumers()) for node in graph)
-    return _Optimized({node.name: node for node in graph if node.name}, producer, constants)
+    return _Optimized({node.name: node for node in graph if node.name}, _stems(graph), producer, constants)
 
 
 def _by_tensor(node: ir.Node, optimized: _Optimized) -> ir.Node | None:
@@ -194,10 +206,10 @@ def _by_tensor(node: ir.Node, optimized: _Optimized) -> ir.Node | None:
     return None
 
 
-def _classify(node: ir.Node, optimized: _Optimized) -> NodeKernel:
+def _classify(node: ir.Node, optimized: _Optimized, names: set[str]) -> NodeKernel:
     if shape_only(node):
         return NodeKernel(node.name, node.op_type, "shape", node.op_type)
-    runs = optimized.find(node)
+    runs = optimized.find(node, names)
     if runs is None:
         into = _by_tensor(node, optimized)
         if into is None or into.op_type == "QuantizeLinear" or into.name == node.name:
@@ -210,7 +222,11 @@ def _classify(node: ir.Node, optimized: _Optimized) -> NodeKernel:
     data = next((value for value in runs.inputs if value is not None and value.const_value is None), None)
     if data is not None and data.dtype in INTEGER_TYPES:
         return NodeKernel(node.name, node.op_type, "integer", f"{runs.op_type} ({data.dtype.name.lower()})")
-    return NodeKernel(node.name, node.op_type, "float", runs.op_type, float_reason(node))
+    reason = float_reason(node)
+    if reason == UNRECOGNISED and runs.op_type != node.op_type:
+        reason = (f"rewritten by onnxruntime into a float {runs.op_type} ('{runs.name}') before its QDQ fusions "
+                  "(e.g. MatMul + Add into Reshape -> Gemm -> Reshape), which then did not match")
+    return NodeKernel(node.name, node.op_type, "float", runs.op_type, reason)
 
 
 def _is_integer_kernel(op_type: str) -> bool:
