@@ -34,6 +34,20 @@ def _bin(values: np.ndarray, lo: np.ndarray, width: np.ndarray, bins: int, weigh
     return counts.reshape(channels, bins).astype(np.float64)
 
 
+def _rebin(counts: np.ndarray, lo: float, width: float, mn: float, mx: float, bins: int
+           ) -> tuple[np.ndarray, float, float]:
+    """(counts, lo, width) of `bins` bins over _initial_range(mn, mx), from a finer histogram
+    (lo, width) that covers [mn, mx]: its cumulative counts, linear inside each bin (edges clipped
+    to the data range, where its mass lies), read at the new edges."""
+    new_lo, new_hi = (float(v[0]) for v in _initial_range(np.array([mn]), np.array([mx])))
+    new_width = (new_hi - new_lo) / bins
+    edges = np.clip(lo + width * np.arange(counts.size + 1), mn, mx)
+    cum = np.concatenate([[0.0], np.cumsum(counts)])
+    at = np.interp(new_lo + new_width * np.arange(bins + 1), edges, cum)
+    at[-1] = cum[-1]  # every count lands in a bin, whatever float rounding did at the top edge
+    return np.maximum(np.diff(at), 0.0), new_lo, new_width
+
+
 class _Hist(NamedTuple):
     """Histograms of C channels over E-1 bins: edges clipped to the exact data range."""
 
@@ -43,6 +57,8 @@ class _Hist(NamedTuple):
     mn: np.ndarray  # (C,) exact data minimum
     mx: np.ndarray  # (C,)
     width: np.ndarray  # (C,) nominal bin width
+    lo: np.ndarray | None = None  # (C,) left edge of bin 0: edge i is lo + width * grid[i], clipped
+    grid: np.ndarray | None = None  # (E,) which edges of the uniform histogram were kept
 
 
 def _make_hist(counts, lo, width, mn, mx) -> _Hist:
@@ -58,7 +74,7 @@ def _make_hist(counts, lo, width, mn, mx) -> _Hist:
     edges = np.clip(lo[:, None] + width[:, None] * idx, mn[:, None], mx[:, None])
     lengths = np.diff(edges, axis=1)
     density = np.divide(counts, lengths, out=np.zeros_like(counts), where=lengths > 0)
-    return _Hist(counts, edges, density, mn, mx, width)
+    return _Hist(counts, edges, density, mn, mx, width, lo, idx)
 
 
 def _check_percentile(percentile: float) -> float:
@@ -125,6 +141,74 @@ def _noise(hist: _Hist, tmin: np.ndarray, tmax: np.ndarray, spec: QuantSpec, gam
     return out
 
 
+def _noise_cells(hist: _Hist, tmin: np.ndarray, tmax: np.ndarray, spec: QuantSpec, gamma: float) -> np.ndarray:
+    """`_noise` computed per grid cell instead of per histogram edge: for grids with fewer cells
+    than the histogram has edges (8 bits: 256 against up to 2049), several times faster.
+
+    With prefix moments M_k(y) = integral of density * x^k up to y (k = 0, 1, 2; exact, the
+    density being constant inside each bin), a cell [a, b] around grid point g costs
+    M2 - 2g M1 + g^2 M0 over [a, b], and summed by parts over the cells only M1 and M0 at the
+    cell boundaries b_r = gmin + (r + 1/2) scale remain. The prefix sums cancel in the result
+    (relative error ~ 1e-16 * 12 * qmax^2 * cells: 2e-8 at 8 bits), so _noise_best keeps this
+    form to bit-widths up to 10."""
+    channels, k = tmin.shape
+    enc = compute_encoding(tmin.ravel(), tmax.ravel(), dataclasses.replace(spec, axis=None))
+    scale = enc.scale.astype(np.float64).reshape(channels, k, 1)
+    gmin = scale * enc.offset.reshape(channels, k, 1)
+    gmax = gmin + scale * enc.qmax
+    lo, width, mn, mx = (v[:, None, None] for v in (hist.lo, hist.width, hist.mn, hist.mx))
+    bins = int(hist.grid[-1])
+    # the uniform histogram again (kept bins; a run of empty bins has density 0), as flat tables
+    real = np.diff(hist.grid) == 1
+    density = np.zeros((channels, bins))
+    density[:, hist.grid[:-1][real]] = hist.density[:, real]
+    left = np.clip(hist.lo[:, None] + hist.width[:, None] * np.arange(bins + 1), hist.mn[:, None], hist.mx[:, None])
+    a, b = left[:, :-1], left[:, 1:]
+    mass = density * (b - a)
+    prefix = [np.concatenate([np.zeros((channels, 1)), np.cumsum(p, axis=1)], axis=1)
+              for p in (mass, mass * (a + b) / 2, mass * (a * a + a * b + b * b) / 3)]
+    flat_density = density.ravel()
+    flat_prefix = [p[:, :-1].ravel() for p in prefix]
+    base = (np.arange(channels) * bins)[:, None, None]
+
+    def moments(y: np.ndarray, orders: int) -> list[np.ndarray]:
+        """M_0.. M_{orders-1} at points y (C, kb, n)."""
+        u = np.clip(np.floor((y - lo) / width), 0, bins - 1)
+        edge = np.maximum(lo + width * u, mn)
+        yc = np.clip(y, edge, np.minimum(lo + width * (u + 1), mx))
+        index = (u.astype(np.intp) + base).ravel()
+        d = np.take(flat_density, index).reshape(y.shape)
+        span = d * (yc - edge)
+        terms = (span, span * (yc + edge) / 2, span * (yc * yc + yc * edge + edge * edge) / 3)
+        return [np.take(flat_prefix[o], index).reshape(y.shape) + terms[o] for o in range(orders)]
+
+    total = [p[:, -1:, None] for p in prefix]
+    out = np.empty((channels, k))
+    kb = max(1, min(k, _CHUNK // max(1, enc.qmax * channels)))
+    for j in range(0, k, kb):
+        ks = slice(j, j + kb)
+        s, g0, g1 = scale[:, ks], gmin[:, ks], gmax[:, ks]
+        b_r = g0 + (np.arange(enc.qmax) + 0.5) * s  # (C, kb, qmax) cell boundaries
+        m0b, m1b = moments(b_r, 2)
+        m0l, m1l, m2l = moments(g0, 3)
+        m0h, m1h, m2h = moments(g1, 3)
+        inside = (m2h - m2l - 2 * (g1 * m1h - g0 * m1l - s * m1b.sum(-1, keepdims=True))
+                  + g1 * g1 * m0h - g0 * g0 * m0l - 2 * s * (b_r * m0b).sum(-1, keepdims=True))
+        below = m2l - 2 * g0 * m1l + g0 * g0 * m0l
+        above = (total[2] - m2h) - 2 * g1 * (total[1] - m1h) + g1 * g1 * (total[0] - m0h)
+        out[:, ks] = (inside + gamma * (below + above))[..., 0]
+    return out
+
+
+def _noise_best(hist: _Hist, tmin: np.ndarray, tmax: np.ndarray, spec: QuantSpec, gamma: float) -> np.ndarray:
+    """`_noise` by whichever form costs less: per cell (at most 10 bits, fewer cells than edges)
+    or per histogram edge."""
+    cells = (1 << spec.bw) - 1
+    if hist.grid is not None and spec.bw <= 10 and cells < hist.edges.shape[1]:
+        return _noise_cells(hist, tmin, tmax, spec, gamma)
+    return _noise(hist, tmin, tmax, spec, gamma)
+
+
 def _search_range(hist: _Hist, spec: QuantSpec, gamma: float) -> tuple[np.ndarray, np.ndarray]:
     """Coarse-to-fine search of the range minimising ``_noise``, vectorised over channels.
 
@@ -162,7 +246,7 @@ def _search_range(hist: _Hist, spec: QuantSpec, gamma: float) -> tuple[np.ndarra
         return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
 
     def evaluate(t: np.ndarray) -> np.ndarray:
-        return _noise(hist, *to_range(np.exp(t * log_floor[:, None, :])), spec, gamma)
+        return _noise_best(hist, *to_range(np.exp(t * log_floor[:, None, :])), spec, gamma)
 
     t = grid([np.linspace(0, 1, coarse) if a else np.zeros(1) for a in active])[None]
     t = np.broadcast_to(t, (channels,) + t.shape[1:])

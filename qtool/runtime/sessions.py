@@ -252,11 +252,8 @@ def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.nd
     A `Batch`'s feeds are a Batch with the same sample indices. Outputs of a batch cut into
     pieces are joined again: the pieces come from one batch, so they share a shape."""
     names = output_names or [o.name for o in session.get_outputs()]
-    types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
     for batch in batches:
-        feeds = {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in batch.items()}
-        if isinstance(batch, Batch):  # keep the samples' positions (labels are looked up by them)
-            feeds = Batch(feeds, batch.indices)
+        feeds = as_feeds(session, batch)
         count = len(next(iter(feeds.values())))
         if batch_limit is not None and count > batch_limit:
             parts = [session.run(names, {k: v[i:i + batch_limit] for k, v in feeds.items()})
@@ -265,6 +262,14 @@ def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.nd
         else:
             results = session.run(names, feeds)
         yield feeds, dict(zip(names, results))
+
+
+def as_feeds(session: ort.InferenceSession, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch's arrays contiguous and of the types the session's inputs take; a `Batch`
+    stays a Batch with the same sample indices (labels are looked up by them)."""
+    types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+    feeds = {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in batch.items()}
+    return Batch(feeds, batch.indices) if isinstance(batch, Batch) else feeds
 
 
 _ORT_TYPES = {
