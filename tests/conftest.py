@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qtool.cli import main
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _reference_cache(tmp_path_factory):
+    """The float-output cache (qtool.runtime.reference_cache) of the test run lives in a temp folder, not ~/.cache."""
+    os.environ.setdefault("QTOOL_CACHE_DIR", str(tmp_path_factory.mktemp("qtool-cache")))
 
 
 @pytest.fixture(autouse=True)

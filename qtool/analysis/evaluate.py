@@ -27,6 +27,7 @@ from qtool.analysis.switchable import SwitchableModel
 from qtool.data.sources import Batch, batch_size_of, sample_indices
 from qtool.errors import QtoolError
 from qtool.progress import Progress, no_progress
+from qtool.runtime.reference_cache import reference_runs
 from qtool.runtime.sessions import make_session, max_batch
 
 
@@ -89,10 +90,11 @@ class Evaluator:
         self.samples = len(self.order)
         self.jobs = max(1, jobs)
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        float_session = make_session(float_model, optimize=False)
-        self.names = [o.name for o in float_session.get_outputs()]
-        self.reference = _run(float_session, self.batches, {}, self.names)
-        del float_session
+        self.names = [v.name for v in float_model.graph.outputs]  # float outputs: cached across runs
+        runs = list(reference_runs(float_model, self.batches, self.names, "unoptimized",
+                                   lambda: make_session(float_model, optimize=False),
+                                   lambda session, batch: (batch, dict(zip(self.names, session.run(self.names, batch))))))
+        self.reference = {name: _join([out[name] for _, out in runs]) for name in self.names}
         self.threads = threads
         self.session = None  # made on first use: no session may exist in the parent when it forks
 

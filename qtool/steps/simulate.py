@@ -4,7 +4,9 @@ Both sessions use the same onnxruntime settings (basic optimisations, QDQ fusion
 all quantizers bypassed the two runs are bit-identical: a sanity check that the simulation
 itself adds no error (white paper 4.8, the FP32 sanity step).
 
-Each float output gets a pooled SQNR and the worst SQNR over its channels (qtool.metrics.comparison); the
+The float outputs come from the reference cache where an earlier run (any command) left them for
+the same model and batch (qtool.runtime.reference_cache), so a second simulate runs the quantized
+model only. Each float output gets a pooled SQNR and the worst SQNR over its channels (qtool.metrics.comparison); the
 channel axis comes from qtool.metrics.channels, or from `channel_axes` where the caller names one.
 """
 
@@ -24,6 +26,7 @@ from qtool.ir.qdq import build_qdq_model
 from qtool.metrics.channels import output_channel_axes
 from qtool.metrics.comparison import Comparison
 from qtool.progress import Progress, no_progress
+from qtool.runtime.reference_cache import reference_runs
 from qtool.runtime.sessions import make_session, max_batch, run_batches
 
 
@@ -51,14 +54,16 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
     qdq = model if bypass else build_qdq_model(model, encodings, source=source)
     if reference is not None:
         _check_same_interface(reference, model)
-    float_session = make_session(reference or model, simulate=True)
+    float_model = reference or model
     quant_session = make_session(qdq, simulate=True)
-    names = [o.name for o in float_session.get_outputs()]
+    names = [v.name for v in float_model.graph.outputs]
     limit = max_batch(model)
     comparison = Comparison(labels=labels, decisions=decisions or {},
-                            channel_axes=output_channel_axes(reference or model, channel_axes))
+                            channel_axes=output_channel_axes(float_model, channel_axes))
     seen = 0
-    for feeds, float_out in run_batches(float_session, batches, names, limit):
+    floats = reference_runs(float_model, batches, names, "simulate", lambda: make_session(float_model, simulate=True),
+                            lambda session, feeds: next(run_batches(session, [feeds], names, limit)))
+    for feeds, float_out in floats:
         quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
         for name in names:
             if np.issubdtype(float_out[name].dtype, np.floating):
