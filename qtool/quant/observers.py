@@ -318,11 +318,13 @@ def compute_all(observers: dict[str, Observer], specs: dict[str, QuantSpec], sch
             value = (observer.percentile if scheme is None else percentile) if kind == "percentile" else \
                 (observer.gamma if scheme is None and isinstance(observer, NoiseObserver)
                  else sqnr_gamma if kind == "sqnr" else 1.0)
-            groups.setdefault(("percentile" if kind == "percentile" else "noise", value, spec), []).append(name)
+            kind = "percentile" if kind == "percentile" else "noise"
+            alone = kind == "noise" and spec.bw > 10  # searched per edge: each keeps its own empty runs out
+            groups.setdefault((kind, value, spec, id(observer) if alone else 0), []).append(name)
         else:
             found[name] = observer.compute(spec) if scheme is None else observer.compute_as(
                 scheme, spec, percentile=percentile, sqnr_gamma=sqnr_gamma)
-    for (kind, value, spec), names in groups.items():
+    for (kind, value, spec, _), names in groups.items():
         unique = list({id(observers[n]): observers[n] for n in names}.values())
         binned = [o._binned() for o in unique]
         hist = _make_hist(np.stack([b[0] for b in binned]), *(np.array(v, np.float64) for v in (

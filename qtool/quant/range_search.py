@@ -16,6 +16,7 @@ import numpy as np
 from qtool.quant.encoding import QuantSpec, compute_encoding
 
 _CHUNK = 1 << 20  # elements of one (channels x candidates x edges) block of the noise evaluation
+_CELL_CHUNK = 1 << 16  # ... and of one (channels x candidates x cells) block: its temporaries stay in cache
 
 def _initial_range(mn: np.ndarray, mx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A histogram range covering [mn, mx]; constant data gets a small width around its value."""
@@ -167,31 +168,43 @@ def _noise_cells(hist: _Hist, tmin: np.ndarray, tmax: np.ndarray, spec: QuantSpe
     mass = density * (b - a)
     prefix = [np.concatenate([np.zeros((channels, 1)), np.cumsum(p, axis=1)], axis=1)
               for p in (mass, mass * (a + b) / 2, mass * (a * a + a * b + b * b) / 3)]
-    flat_density = density.ravel()
+    # inside bin u (clipped edges a..b), M0(y) = A0 + d y and M1(y) = A1 + d/2 y^2: one lookup each
+    tables = [(prefix[0][:, :-1] - density * a).ravel(), density.ravel(),
+              (prefix[1][:, :-1] - density * a * a / 2).ravel(), (density / 2).ravel()]
     flat_prefix = [p[:, :-1].ravel() for p in prefix]
+    flat_density = density.ravel()
     base = (np.arange(channels) * bins)[:, None, None]
 
-    def moments(y: np.ndarray, orders: int) -> list[np.ndarray]:
-        """M_0.. M_{orders-1} at points y (C, kb, n)."""
-        u = np.clip(np.floor((y - lo) / width), 0, bins - 1)
-        edge = np.maximum(lo + width * u, mn)
-        yc = np.clip(y, edge, np.minimum(lo + width * (u + 1), mx))
-        index = (u.astype(np.intp) + base).ravel()
-        d = np.take(flat_density, index).reshape(y.shape)
-        span = d * (yc - edge)
+    def index_of(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        yc = np.clip(y, mn, mx)
+        u = np.floor((yc - lo) / width)
+        np.clip(u, 0, bins - 1, out=u)
+        return yc, (u.astype(np.intp) + base).ravel()
+
+    def boundary_moments(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """M0 and M1 at the cell boundaries y (C, kb, qmax): the hot path."""
+        yc, index = index_of(y)
+        a0, d0, a1, d1 = (np.take(t, index).reshape(y.shape) for t in tables)
+        return a0 + d0 * yc, a1 + d1 * (yc * yc)
+
+    def moments(y: np.ndarray) -> list[np.ndarray]:
+        """M0, M1, M2 at the grid ends y (C, kb, 1), from the bin's left edge (no cancellation)."""
+        yc, index = index_of(y)
+        edge = np.maximum(lo + width * np.floor((yc - lo) / width).clip(0, bins - 1), mn)
+        span = np.take(flat_density, index).reshape(y.shape) * (yc - edge)
         terms = (span, span * (yc + edge) / 2, span * (yc * yc + yc * edge + edge * edge) / 3)
-        return [np.take(flat_prefix[o], index).reshape(y.shape) + terms[o] for o in range(orders)]
+        return [np.take(flat_prefix[o], index).reshape(y.shape) + terms[o] for o in range(3)]
 
     total = [p[:, -1:, None] for p in prefix]
     out = np.empty((channels, k))
-    kb = max(1, min(k, _CHUNK // max(1, enc.qmax * channels)))
+    kb = max(1, min(k, _CELL_CHUNK // max(1, enc.qmax * channels)))
     for j in range(0, k, kb):
         ks = slice(j, j + kb)
         s, g0, g1 = scale[:, ks], gmin[:, ks], gmax[:, ks]
         b_r = g0 + (np.arange(enc.qmax) + 0.5) * s  # (C, kb, qmax) cell boundaries
-        m0b, m1b = moments(b_r, 2)
-        m0l, m1l, m2l = moments(g0, 3)
-        m0h, m1h, m2h = moments(g1, 3)
+        m0b, m1b = boundary_moments(b_r)
+        m0l, m1l, m2l = moments(g0)
+        m0h, m1h, m2h = moments(g1)
         inside = (m2h - m2l - 2 * (g1 * m1h - g0 * m1l - s * m1b.sum(-1, keepdims=True))
                   + g1 * g1 * m0h - g0 * g0 * m0l - 2 * s * (b_r * m0b).sum(-1, keepdims=True))
         below = m2l - 2 * g0 * m1l + g0 * g0 * m0l
