@@ -2,9 +2,7 @@
 
 NAME.onnx is the float model (tensor names match the encodings), NAME.encodings the encodings
 JSON, NAME_qdq.onnx a QDQ model with integer weights and int32 biases that onnxruntime runs with
-its integer kernels (QDQ fusion allowed there, unlike in simulation). Layers whose output has no
-quantizer cannot become integer kernels there: their weights are stored already dequantized
-(qtool.ir.float_layers), the same values without a DequantizeLinear on every inference.
+its integer kernels (QDQ fusion allowed there, unlike in simulation).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from qtool.encodings.encoding_set import EncodingSet
-from qtool.ir.float_layers import store_float_weights
 from qtool.ir.qdq import build_qdq_model
 
 
@@ -28,6 +25,5 @@ class ExportResult:
 def export(model: ir.Model, encodings: EncodingSet, *, source: str = "encodings") -> ExportResult:
     """Build the deployable QDQ model; the float model and encodings pass through unchanged."""
     qdq = build_qdq_model(model, encodings, integer_bias=True, source=source)
-    store_float_weights(qdq)
     qdq.producer_name = "qtool"
     return ExportResult(model, encodings, qdq)
