@@ -110,6 +110,15 @@ def _score(spec: Z.Spec, row: dict, qdq: Path, data: Z.Data, ref: list) -> dict:
     return row
 
 
+def quantize_seconds(out: Path, steps: list[dict]) -> float:
+    """Seconds of the recipe's steps but simulate and export: from the run's timings.json (where
+    `qtool run` keeps step times), else from the --json steps (older qtool)."""
+    timings = out / "timings.json"
+    if timings.is_file():
+        steps = json.loads(timings.read_text()).get("steps", steps)
+    return round(sum(s.get("seconds") or 0 for s in steps if s["step"] not in ("simulate", "export")), 1)
+
+
 def qtool_row(spec: Z.Spec, recipe: str, model: Path, data: Z.Data, ref: list, args) -> dict:
     """`qtool run RECIPE --set ...` (timed), then the simulate step's QDQ model scored here."""
     out = args.work / spec.key / f"qtool_{recipe}"
@@ -127,7 +136,7 @@ def qtool_row(spec: Z.Spec, recipe: str, model: Path, data: Z.Data, ref: list, a
     summary = runs._json(res.stdout) if res.stdout.strip() else {}
     steps = summary.get("steps", [])
     row["steps_s"] = {s["step"]: s.get("seconds") for s in steps}
-    row["quant_s"] = round(sum(s.get("seconds") or 0 for s in steps if s["step"] not in ("simulate", "export")), 1)
+    row["quant_s"] = quantize_seconds(out, steps)
     metrics = summary.get("metrics") or {}
     row["qtool_outputs"] = metrics
     worst = [(m["worst_channel_sqnr_db"], name, m.get("worst_channels")) for name, m in metrics.items()
