@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if args.qtool_path:
         env["PYTHONPATH"] = f"{args.qtool_path.resolve()}{os.pathsep}{env.get('PYTHONPATH', '')}"
+        os.chdir(args.qtool_path)  # `python -m` puts the working folder first on sys.path (every path here is absolute)
     start, load = time.time(), os.getloadavg()
     results = {key: bench_model(key, args, env) for key in keys}
     if not args.skip_accuracy and not args.qtool_path:
