@@ -28,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.ir.graph import constant_array
+from qtool.ir.ranges import clip_bounds
 
 LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -73,14 +74,8 @@ def _sixth(node: ir.Node | None, value: ir.Value) -> bool:
 
 
 def _clip_0_6(node: ir.Node | None) -> bool:
-    if node is None or node.op_type != "Clip":
-        return False
-    if len(node.inputs) > 1:
-        bounds = (_scalar(node.inputs[1]), _scalar(node.inputs[2]) if len(node.inputs) > 2 else None)
-    else:
-        low, high = node.attributes.get("min"), node.attributes.get("max")
-        bounds = (low.as_float() if low is not None else None, high.as_float() if high is not None else None)
-    return bounds == (0.0, 6.0)
+    bounds = clip_bounds(node) if node is not None and node.op_type == "Clip" else None
+    return bounds is not None and (float(bounds[0]), float(bounds[1])) == (0.0, 6.0)
 
 
 def _hard_sigmoid_gate(gate: ir.Node, x: ir.Value) -> list[ir.Node] | None:
