@@ -172,3 +172,38 @@ def test_quantized_biases_get_new_encodings():
     enc = result.encodings.params["b"]
     assert float(enc.max[0]) >= float(np.abs(new_bias).max()) * 0.999  # the grid covers the new values
     assert not enc.same_as(encodings.params["b"])
+
+
+def test_validation_keeps_a_correction_that_raises_output_sqnr():
+    model = depthwise_model(with_bias=True)
+    x = np.abs(RNG.normal(1, 1, (32, 8, 6, 6))).astype(np.float32)
+    encodings = pair(model, x, param_bw=4)
+    result = correct_bias(model, encodings, lambda: [{"x": x}], validate=True)
+    assert result.kept and result.sqnr_after > result.sqnr_before + 1  # 4-bit depthwise: a large mean error
+    f = outputs(model, x)
+    # the figures are the output SQNR of each pair against the float model, as simulate reports it
+    for pair_model, pair_enc, db in ((model, encodings, result.sqnr_before),
+                                     (result.model, result.encodings, result.sqnr_after)):
+        noise = outputs(build_qdq_model(pair_model, pair_enc), x, True) - f
+        assert db == pytest.approx(10 * np.log10(np.sum(f.astype(np.float64) ** 2) / np.sum(noise.astype(np.float64) ** 2)),
+                                   abs=2e-3)
+
+
+def test_validation_returns_the_input_pair_when_the_correction_does_not_help(monkeypatch):
+    """A mean shift can cost more than it saves downstream (a sigmoid, a softmax, clipping at the next
+    quantizer); the decision is read from the two simulations, stubbed here to disagree with the local fix."""
+    import qtool.steps.bias_correction as module
+
+    model = depthwise_model(with_bias=True)
+    x = np.abs(RNG.normal(1, 1, (32, 8, 6, 6))).astype(np.float32)
+    encodings = pair(model, x, param_bw=4)
+    sqnrs = iter([20.0, 19.5])  # before, after
+    monkeypatch.setattr(module, "_output_sqnr", lambda *args: next(sqnrs))
+    result = correct_bias(model, encodings, lambda: [{"x": x}], validate=True)
+    assert not result.kept and (result.sqnr_before, result.sqnr_after) == (20.0, 19.5)
+    assert result.empirical  # what was measured is still reported
+    conv = next(n for n in result.model.graph if n.op_type == "Conv")
+    np.testing.assert_array_equal(conv.inputs[2].const_value.numpy(), model.graph.initializers["b"].const_value.numpy())
+    assert result.encodings.all().keys() == encodings.all().keys()
+    assert all(result.encodings.all()[k].same_as(v) for k, v in encodings.all().items())
+    assert result.model is not model and result.encodings is not encodings

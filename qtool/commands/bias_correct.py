@@ -17,6 +17,9 @@ class _BiasCorrectOptions:
     analytic: bool = option(False, "Analytic correction where BN statistics precede the layer (kept by fold/equalize); "
                                    "empirical elsewhere. Without --data, analytic only.")
     iterations: int = option(2, "Empirical passes over the data.", bounds=(1, 10))
+    validate: bool = option(True, "With --data: simulate the pair with and without the correction on the data and "
+                                  "keep the correction only if it raises the output SQNR against the float model "
+                                  "(--no-validate: always keep it).", flag="--validate/--no-validate")
     encoding_version: str = encoding_version()
 
 
@@ -67,13 +70,18 @@ def bias_correct_model(graph, encodings, source: str, options: BiasCorrectOption
                                **options.shapes())
         batches = lambda: data.batches(options.batch_size)  # noqa: E731  (one fresh pass each time)
     return correct_bias(graph, encodings, batches, analytic=options.analytic, iterations=options.iterations,
-                        progress=progress("bias-correct", unit="passes"), source=source)
+                        progress=progress("bias-correct", unit="passes"), source=source, validate=options.validate)
 
 
 def bias_report(result) -> Report:
     summary = {"empirical": result.empirical, "analytic": result.analytic,
-               "skipped": [{"layer": layer, "reason": reason} for layer, reason in result.skipped]}
+               "skipped": [{"layer": layer, "reason": reason} for layer, reason in result.skipped],
+               "kept": result.kept, "sqnr_before_db": result.sqnr_before, "sqnr_after_db": result.sqnr_after}
     lines = [f"corrected {len(result.empirical)} layers empirically ({result.passes} passes) and "
              f"{len(result.analytic)} analytically"]
+    if result.sqnr_before is not None:
+        verdict = "kept" if result.kept else "not kept: the pair is written unchanged"
+        lines[0] += (f"; output SQNR on the data {result.sqnr_before:.2f} dB -> {result.sqnr_after:.2f} dB "
+                     f"with the correction ({verdict})")
     lines += [f"  not corrected: {layer}: {reason}" for layer, reason in result.skipped]
     return Report(summary, lines)

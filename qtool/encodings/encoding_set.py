@@ -25,6 +25,10 @@ class EncodingSet:
         """Activations then params in one dict (names are unique across both in a valid set)."""
         return {**self.activations, **self.params}
 
+    def copy(self) -> "EncodingSet":
+        """A copy whose dicts and list can be changed without touching this set (encodings are shared)."""
+        return EncodingSet(dict(self.activations), dict(self.params), dict(self.quantizer_args), list(self.excluded))
+
 
 def resolve_axes(enc_set: EncodingSet, axis_of: Callable[[str], int]) -> EncodingSet:
     """A copy whose per-channel encodings take their axis from ``axis_of(tensor_name)``.

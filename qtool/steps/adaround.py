@@ -226,8 +226,7 @@ def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_ba
         batches = lambda: split_batches(whole(), limit)  # noqa: E731
         total_batches = sum(1 for _ in batches())
     model = keep_source(clone(model), model)
-    encodings = EncodingSet(dict(encodings.activations), dict(encodings.params),
-                            dict(encodings.quantizer_args), list(encodings.excluded))
+    encodings = encodings.copy()
     result = AdaRoundResult(model, encodings)
     layers, result.skipped = _candidates(model, encodings, options)
     if not layers:

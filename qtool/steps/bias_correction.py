@@ -16,6 +16,12 @@ weights per channel. The correction is a per-output-channel vector subtracted fr
   `fold`, E[x]_i = beta_i Phi(beta_i/gamma_i) + gamma_i phi(beta_i/gamma_i) (a rectified Gaussian),
   and eps = (W^ - W) E[x] summed over the kernel (Nagel et al. 2019). Only the weight error is seen.
 
+The correction is an estimate from the calibration set, and a model's output is not always better
+for it (a mean shift moved into a layer that feeds a sigmoid or an attention softmax can cost more
+than it saves). With `validate`, the corrected and the uncorrected pair are both simulated on the
+same data against the float model, and the correction is kept only if it raises the output SQNR
+(the mean over float outputs of the pooled SQNR, dB); otherwise the input pair is returned as it was.
+
 Layers without a bias get one (a MatMul an Add after it, which takes over its output's name and
 encoding). Biases that have param encodings get them recomputed.
 """
@@ -52,6 +58,11 @@ class BiasCorrectionResult:
     analytic: dict[str, float] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     passes: int = 0
+    # with `validate`: output SQNR (dB, mean over outputs) without and with the correction, and
+    # whether the correction was kept
+    sqnr_before: float | None = None
+    sqnr_after: float | None = None
+    kept: bool = True
 
 
 def _layers(model: ir.Model, encodings: EncodingSet) -> tuple[list[ir.Node], list[tuple[str, str]]]:
@@ -171,12 +182,13 @@ def _analytic_error(layer: ir.Node, weight_enc: Encoding, stats: dict) -> np.nda
 
 def correct_bias(model: ir.Model, encodings: EncodingSet, batches: Batches | None = None, *,
                  analytic: bool = False, iterations: int = 2, progress: Progress = no_progress,
-                 source: str = "encodings") -> BiasCorrectionResult:
+                 source: str = "encodings", validate: bool = False) -> BiasCorrectionResult:
     """Empirical correction with `batches` (a callable giving a fresh iterable each pass);
-    analytic where BN statistics exist and `analytic` is set or no data is given."""
+    analytic where BN statistics exist and `analytic` is set or no data is given. `validate`
+    (needs `batches`) keeps the correction only where it raises the output SQNR on the data."""
+    given, given_encodings = model, encodings
     model = keep_source(clone(model), model)
-    encodings = EncodingSet(dict(encodings.activations), dict(encodings.params),
-                            dict(encodings.quantizer_args), list(encodings.excluded))
+    encodings = encodings.copy()
     result = BiasCorrectionResult(model, encodings)
     layers, result.skipped = _layers(model, encodings)
     stats = json.loads(model.metadata_props.get(BN_STATS_KEY, "{}"))
@@ -206,7 +218,30 @@ def correct_bias(model: ir.Model, encodings: EncodingSet, batches: Batches | Non
             channels = output_channels(layer, constant_array(layer.inputs[1]))
             result.empirical[layer.name] = float(np.max(np.abs(bias_array(layer, channels) - original[layer.name])))
     _refresh_bias_encodings(model, encodings, layers)
+    if validate and batches is not None and (result.empirical or result.analytic):
+        _validate(result, given, given_encodings, batches, source)
     return result
+
+
+def _output_sqnr(model: ir.Model, encodings: EncodingSet, reference: ir.Model, batches: Batches,
+                 source: str) -> float:
+    """Mean over the float outputs of the pooled output SQNR (dB) of the pair against `reference`."""
+    from qtool.steps.simulate import simulate
+
+    report = simulate(model, encodings, batches(), reference=reference, source=source).report
+    values = [row["sqnr_db"] for row in report.values() if "sqnr_db" in row]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _validate(result: BiasCorrectionResult, given: ir.Model, given_encodings: EncodingSet, batches: Batches,
+              source: str) -> None:
+    """Keep the correction only if the corrected pair's output SQNR beats the uncorrected one's."""
+    result.sqnr_before = _output_sqnr(given, given_encodings, given, batches, source)
+    result.sqnr_after = _output_sqnr(result.model, result.encodings, given, batches, source)
+    result.kept = bool(result.sqnr_after > result.sqnr_before)
+    if not result.kept:
+        result.model = keep_source(clone(given), given)
+        result.encodings = given_encodings.copy()
 
 
 def _shift_bias(model: ir.Model, layer: ir.Node, error: np.ndarray) -> None:
