@@ -10,18 +10,29 @@ from qtool.commands.fields import option
 from qtool.commands.options import ENCODINGS_HELP, encoding_version
 from qtool.commands.report import Report
 
+TARGETS = ("qdq", "ort-cpu")  # as qtool.steps.export.TARGETS (not imported: the CLI stays light)
+HARD_SWISH_CONV = ("float", "integer")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ExportOptions:
     encodings: str | None = option(None, ENCODINGS_HELP)
     prefix: str = option("model", "File name prefix NAME.")
     encoding_version: str = encoding_version()
+    target: str = option("qdq", "NAME_qdq.onnx for: 'qdq', the model the encodings describe (any runtime, "
+                                "accelerators); 'ort-cpu', the same model in the forms onnxruntime's CPU provider "
+                                "fuses (docs/deploy.md). NAME.encodings is the same for both.", choices=TARGETS)
+    hard_swish_conv: str = option("float", "--target ort-cpu: a Conv read only by a hard-swish (no output quantizer, "
+                                           "AIMET's supergroup) runs as a 'float' Conv with float weights (the "
+                                           "encodings' numbers) or an 'integer' QLinearConv on the grid [-3, "
+                                           "h^-1(hard-swish max)] (faster, less accurate: docs/deploy.md).",
+                                  choices=HARD_SWISH_CONV)
 
 
 def export(model: str | os.PathLike, output: str | os.PathLike, options: ExportOptions) -> Report:
     """Write NAME.onnx (float), NAME.encodings (AIMET JSON) and NAME_qdq.onnx (integer QDQ model).
 
-    Example: qtool export out/model.onnx -o deploy --prefix mynet
+    Example: qtool export out/model.onnx -o deploy --prefix mynet --target ort-cpu
     """
     from qtool.commands.inputs import load_pair
     from qtool.files.safe_paths import check_file_stem
@@ -45,7 +56,8 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
     from qtool.steps.export import export as export_step
 
     check_file_stem(options.prefix, "--prefix")
-    result = export_step(graph, encodings, source=source)
+    result = export_step(graph, encodings, source=source, target=options.target,
+                         quantize_hard_swish=options.hard_swish_conv == "integer")
     folder, prefix = Path(output), options.prefix
     with StagedOutputs() as out:
         write_float(out.path(folder / f"{prefix}.onnx"))
@@ -53,4 +65,14 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
         save_model(result.qdq_model, out.path(folder / f"{prefix}_qdq.onnx"))
     files = [str(folder / name) for name in (f"{prefix}.onnx", f"{prefix}.encodings", f"{prefix}_qdq.onnx")]
     kernels = kernel_summary(result.qdq_model, files[2])  # what onnxruntime runs of it: qtool bench has the details
-    return Report({"files": files, "onnxruntime": kernels}, ["wrote " + ", ".join(files), kernels])
+    summary = {"files": files, "onnxruntime": kernels, "target": options.target}
+    lines = ["wrote " + ", ".join(files), kernels]
+    if result.rewrites:
+        summary["rewrites"] = result.rewrites
+        lines.insert(1, "ort-cpu forms: " + ", ".join(f"{REWRITES.get(k, k)} {n}" for k, n in result.rewrites.items() if n))
+    return Report(summary, lines)
+
+
+REWRITES = {"pads": "Pads folded into Convs", "derived": "hard-swish Convs given an output grid",
+            "hard_swish": "HardSwish ops", "same_grid": "outputs on their input's grid",
+            "uint8": "int8 grids as uint8",  "float_constants": "constants of float nodes stored in float"}

@@ -32,6 +32,7 @@ DROP_RULES = ("MaxPool", "Resize", "ReduceMax", "ReduceMin", "ArgMax", "Split", 
 OPTIONAL_OUTPUT_Q = ("MatMul", "Gemm", "ArgMax")
 HARD_SWISH_OPS = ("Add", "Clip", "Mul", "Div", "HardSigmoid", "HardSwish", "Relu", "Min", "Max")
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+NO_OP = "a no-op, removed"
 UNRECOGNISED = "a form onnxruntime's QDQ fusion does not recognise"
 X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
@@ -148,9 +149,11 @@ def float_reason(node: ir.Node) -> str:
         return (f"int8 activation '{shared[0]}' has {shared[1]} consumers: on x86 onnxruntime converts an int8 "
                 f"Q/DQ pair to the uint8 its {op} fusion needs only where the QuantizeLinear has one consumer")
     missing = _unquantized_input(node)
-    if missing:
+    no_output_q = not quantizers and op not in OPTIONAL_OUTPUT_Q
+    float_weight = missing.startswith("float bias") or "is a float constant" in missing
+    if missing and not (no_output_q and float_weight):  # a float weight follows from the missing quantizer
         return missing
-    if not quantizers and op not in OPTIONAL_OUTPUT_Q:
+    if no_output_q:
         return f"no QuantizeLinear on its output ({_read_by(out)})" if out is not None else "no output"
     if op in DROP_RULES and dequantizers and quantizers and _grid(dequantizers[0]) != _grid(quantizers[0]):
         return f"input and output grids differ (onnxruntime drops the Q/DQ around {op} only when they are equal)"
@@ -207,7 +210,7 @@ def removed_reason(node: ir.Node) -> str:
             reader.op_type == "QuantizeLinear" for reader in out.consumers()):
         return "folded into the QuantizeLinear after it (its grid clips as well)"
     if node.op_type in ("Identity", "Dropout"):
-        return "a no-op, removed"
+        return NO_OP
     if all(value is None or _constant(value) is not None or _producer_op(value) in ("Shape", "Constant")
            for value in node.inputs):
         return "constant-folded"

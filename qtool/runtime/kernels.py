@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from qtool.errors import QtoolError
 from qtool.ir.graph import save_model
-from qtool.runtime.kernel_reasons import (QDQ_OPS, UNRECOGNISED, float_reason, integer_note, removed_reason, shape_only,
+from qtool.runtime.kernel_reasons import (NO_OP, QDQ_OPS, UNRECOGNISED, float_reason, integer_note, removed_reason, shape_only,
                                           short_reason)
 
 INTEGER_KERNELS = ("QGemm", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "DynamicQuantizeMatMul",
@@ -57,6 +57,15 @@ class NodeKernel:
     kind: str
     kernel: str
     reason: str = ""
+
+    @property
+    def runs_float(self) -> bool:
+        """Computes in float32: a float node, one fused into a float op (HardSwish runs as
+        HardSigmoid + Mul), or a no-op removed (Identity) that hands a float tensor on."""
+        if self.kind == "float":
+            return True
+        return self.kind == "folded" and (self.reason == NO_OP or bool(self.kernel) and not _is_integer_kernel(
+            self.kernel) and self.kernel != "QuantizeLinear")
 
 
 @dataclass(frozen=True)

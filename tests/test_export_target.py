@@ -1,0 +1,119 @@
+"""`qtool export --target ort-cpu`: each rewrite, on a small model quantized by qtool, against the
+plain QDQ export run by onnxruntime (equal, or within the bound the rewrite states), and the
+kernel report shows the kernels the rewrite is for."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+import qtool
+from conftest import run_main
+from qtool.ir.graph import load_model
+from qtool.ir.ort_cpu import uint8_grids
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.quant import QuantSpec, compute_encoding, quantize_dequantize
+from qtool.runtime.kernels import kernel_report
+from test_bench import WEIGHTS, _save, _weights, conv_hard_swish_conv
+
+DATA = {"x": np.random.default_rng(1).standard_normal((8, 3, 16, 16)).astype(np.float32)}
+
+
+def _export(model: Path, out: Path, **options) -> Path:
+    pair = qtool.calibrate(str(model), DATA, scheme="minmax")
+    report = qtool.export(pair, str(out), prefix="m", **options)
+    assert report.summary["onnxruntime"] in report.lines
+    return out / "m_qdq.onnx"
+
+
+def _run(path: Path) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, DATA)[0]
+
+
+def _by_name(path: Path) -> dict:
+    return {node.name: node for node in kernel_report(load_model(path)).nodes}
+
+
+def _sqnr(ref: np.ndarray, test: np.ndarray) -> float:
+    return float(10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((ref - test).astype(np.float64) ** 2).sum()))
+
+
+@pytest.fixture(scope="module")
+def hard_swish(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("hs")
+    model = conv_hard_swish_conv(folder / "hs.onnx")
+    return {"plain": _export(model, folder / "plain"), "float": _export(model, folder / "float", target="ort-cpu"),
+            "integer": _export(model, folder / "int", target="ort-cpu", hard_swish_conv="integer"),
+            "model": model}
+
+
+def test_hard_swish_conv_float_keeps_the_numbers_and_drops_the_weight_dequantize(hard_swish):
+    plain, ours = hard_swish["plain"], hard_swish["float"]
+    assert np.array_equal(_run(plain), _run(ours))  # HardSwish op, float weights: the same numbers
+    nodes = _by_name(ours)
+    assert nodes["conv1"].kind == "float" and nodes["conv2"].kernel == "QLinearConv"
+    assert {node.op_type for node in load_model(ours).graph} >= {"HardSwish"}
+    assert not any(name in nodes for name in ("add3", "clip", "mul"))  # the written-out form is gone
+    assert kernel_report(load_model(ours)).constant_dequantize == 0 < kernel_report(
+        load_model(plain)).constant_dequantize
+    assert nodes["conv1"].reason.startswith("output fused with the hard-swish")  # not "a float constant"
+
+
+def test_hard_swish_conv_integer_is_a_qlinearconv_within_its_grid_step(hard_swish):
+    plain, ours = _run(hard_swish["plain"]), _run(hard_swish["integer"])
+    nodes = _by_name(hard_swish["integer"])
+    assert nodes["conv1"].kernel == nodes["conv2"].kernel == "QLinearConv"
+    assert 20 < _sqnr(plain, ours) < float("inf")  # one rounding more: close, not equal
+
+
+def test_pad_before_conv_is_folded_into_the_conv(tmp_path):
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Pad", ["r1", "pads"], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "w2", "b2"], ["y"], name="conv2")]
+    model = _save(tmp_path / "pad.onnx", nodes, _weights(*WEIGHTS) + [pads], "y")
+    plain, ours = _export(model, tmp_path / "plain"), _export(model, tmp_path / "ours", target="ort-cpu")
+    assert _by_name(plain)["pad"].kind == "float"  # no integer Pad in onnxruntime's CPU provider
+    nodes = _by_name(ours)
+    assert nodes["conv1"].kernel == nodes["conv2"].kernel == "QLinearConv" and "pad" not in nodes
+    step = float(load_model(ours).graph.initializers["y_scale"].const_value.numpy())
+    assert np.abs(_run(plain) - _run(ours)).max() <= step * 1.001  # integer kernels round once: <= one step
+
+
+def test_maxpool_takes_its_input_grid_and_runs_on_uint8(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
+             helper.make_node("MaxPool", ["c1"], ["m"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Conv", ["m", "w2", "b2"], ["y"], pads=[1] * 4, name="conv2")]
+    graph = _save(tmp_path / "pool.onnx", nodes, _weights(*WEIGHTS), "y")
+    plain, ours = _export(graph, tmp_path / "plain"), _export(graph, tmp_path / "ours", target="ort-cpu")
+    assert _by_name(plain)["pool"].kind == "float" and "grids differ" in _by_name(plain)["pool"].reason
+    assert _by_name(ours)["pool"].kernel == "MaxPool (uint8)"
+    reference = ort.InferenceSession(str(tmp_path / "ours" / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, DATA)[0]
+    assert _sqnr(reference, _run(ours)) >= _sqnr(reference, _run(plain)) - 0.1  # no requantization: not worse
+
+
+def test_int8_grids_become_the_same_uint8_grids():
+    enc = compute_encoding(-2.0, 3.0, QuantSpec(bw=8, symmetric=True))
+    encs = EncodingSet({"t": enc})
+    assert uint8_grids(encs) == 1
+    new = encs.activations["t"]
+    values = np.linspace(-4, 4, 1001).astype(np.float32)
+    assert not new.symmetric and np.array_equal(quantize_dequantize(values, enc), quantize_dequantize(values, new))
+
+
+def test_target_is_checked_and_plain_export_is_unchanged(hard_swish, tmp_path, capsys):
+    code, out, err = run_main(["export", hard_swish["model"], "-o", tmp_path / "x", "--target", "gpu"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--target" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+    digest = hashlib.sha256(hard_swish["plain"].read_bytes()).hexdigest()
+    again = _export(hard_swish["model"], tmp_path / "again")
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == digest  # the default target is the plain QDQ model
