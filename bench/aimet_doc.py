@@ -99,6 +99,24 @@ def _back(reverse: dict, key: str) -> str:
     return " / ".join(_db(reverse[v].get(key)) if "error" not in reverse[v] else "refused" for v in ("1.0.0", "2.0.0"))
 
 
+def _diverge(found: dict) -> str:
+    """The diverge job's answer, both directions: the quantizers where aimet's sim and the QDQ model
+    first part (their inputs still equal), and how many of those differences the two roundings
+    explain (aimet: offset added in float32 before rounding, halves up; onnxruntime: halves to even)."""
+    parts = []
+    for direction in ("forward", "reverse"):
+        d = found.get(direction)
+        if d is None:
+            continue
+        born = d["born"]
+        first = ", ".join(f"{b['tensor']} ({b['differ']} differ, {b['rounded_apart']} rounded apart)" for b in born[:3])
+        parts.append(f"{direction}: {d['quantizers_differ']}/{d['quantizers_compared']} quantizers differ; "
+                     f"{len(born)} first parts, {d['born_explained']} explained by the rounding"
+                     + (f" [{first}{', ...' if len(born) > 3 else ''}]" if born else "")
+                     + f"; {d['rounded_apart']} values rounded apart of {d['values']}")
+    return "; ".join(parts)
+
+
 def _round_trip_table(loads: dict) -> list[str]:
     lines = ["| model | config | strict load | aimet sim, qtool's file vs qtool QDQ | aimet's QDQ export of that "
              "sim vs qtool QDQ | aimet sim vs its own QDQ export | qtool QDQ from aimet's file vs aimet sim | "
@@ -191,6 +209,8 @@ def render_markdown(versions: dict, meta: dict, tables: dict, comparisons: dict,
                        f"QDQ {_pair(load, 'sqnr_db_vs_qdq')} dB (1.0.0 / 2.0.0; aimet's own QDQ export vs qtool QDQ "
                        f"{_pair(load, 'sqnr_db_aimet_qdq_vs_qdq')}); qtool QDQ from aimet's encodings vs aimet sim "
                        f"{back} (vs aimet's QDQ export {_back(r['reverse'], 'sqnr_db_vs_aimet_qdq')})")
+        if r.get("diverge"):
+            summary.append(f"  where aimet's sim and qtool's QDQ part: {_diverge(r['diverge'])}")
     md = [BEGIN, "", "## Measured (generated)", "",
           f"aimet-onnx {versions['aimet-onnx']} (torch {versions['torch']}, onnxruntime {versions['onnxruntime']}, "
           f"onnx {versions['onnx']}, in build/aimet-venv) against qtool {versions['qtool']}. Models: "

@@ -147,3 +147,22 @@ def probe_fixture(exports: Path, stem: str) -> str:
     for key, label in (("sim_outputs", "probe"), ("qdq_outputs", "probe_qdq")):
         lines.append(f" {json.dumps(key)}: [\n  " + ",\n  ".join(json.dumps(e) for e in entries(label)) + "\n ]")
     return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def diverge_cases(models: list[dict], configs: tuple[str, ...], forward: dict, data: dict, exports: Path,
+                  work: Path) -> list[dict]:
+    """aimet_child.py's diverge job, per model x config: forward (qtool's 1.0.0 encodings in aimet's
+    sim against qtool simulate's QDQ model) and reverse (aimet's own 1.0.0 export against qtool's QDQ
+    model made from it)."""
+    cases = []
+    for m in models:
+        for c in configs:
+            stem = f"{m['name']}__{Path(c).stem}"
+            common = {"name": m["name"], "model": m["path"], "config": c, "eval": data[m["name"]]["eval"]}
+            cases.append({**common, "direction": "forward", "encodings": forward[(m["name"], c)]["1.0.0"],
+                          "qdq": forward[(m["name"], c)]["qdq"]})
+            reverse_qdq = work / "qtool" / stem / "from_aimet_1.0.0.onnx"
+            if reverse_qdq.exists():
+                cases.append({**common, "direction": "reverse", "encodings": str(exports / f"{stem}__1.0.0.encodings"),
+                              "qdq": str(reverse_qdq)})
+    return cases

@@ -2,6 +2,8 @@
 
     python bench/bench_aimet.py            # = make bench-aimet; ~10 min on 2 busy cores
     python bench/bench_aimet.py --no-fixtures   # compare only, leave tests/fixtures/aimet alone
+    python bench/bench_aimet.py --zoo all       # real models (bench/aimet_zoo.py), the two checked configs,
+                                                # into build/aimet-zoo/ (no fixtures, no doc); --zoo rec,yolo: some
 
 1. Builds its own venv, build/aimet-venv: ``pip install torch==2.13.0`` first (so pip takes the
    local CPU wheel, not a CUDA build of several GB), then ``aimet-onnx==2.42.0`` with torch pinned.
@@ -17,7 +19,9 @@
    is left) against aimet's table; round trips (bench/aimet_roundtrip.py): ``load_encodings_to_sim(
    strict=True)`` on what ``qtool calibrate --config FILE`` + ``qtool export`` write, SQNR of aimet's
    sim with them against qtool's QDQ models, and of qtool's QDQ model from aimet's encodings against
-   aimet's sim. Rewrites the generated part of docs/aimet_compat.md.
+   aimet's sim; where aimet's sim and qtool's QDQ model first part, and how many values aimet's and
+   onnxruntime's roundings put apart there (aimet_child.py's diverge job). Rewrites the generated
+   part of docs/aimet_compat.md.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import aimet_doc  # noqa: E402  (bench/aimet_doc.py)
+import aimet_zoo  # noqa: E402  (bench/aimet_zoo.py: the real models, --zoo)
 import aimet_report  # noqa: E402  (bench/aimet_report.py)
 import aimet_roundtrip  # noqa: E402  (bench/aimet_roundtrip.py; puts tests/ on the path)
 import aimet_models  # noqa: E402  (tests/aimet_models.py)
@@ -173,9 +178,9 @@ def write_fixtures(tables: Path, exports: Path, versions: dict) -> None:
     (FIXTURES / "README.md").write_text(aimet_report.fixtures_readme(versions, MODELS, EXPORT_CONFIGS))
 
 
-def round_trips(models: list[dict], config_dir: Path) -> dict:
-    """aimet's exports, qtool's exports loaded strictly into aimet's sim, and SQNR both ways."""
-    data = aimet_roundtrip.prepare_data(models, WORK, CLS)
+def round_trips(models: list[dict], config_dir: Path, data: dict) -> dict:
+    """aimet's exports, qtool's exports loaded strictly into aimet's sim, SQNR both ways, and where
+    aimet's sim and qtool's QDQ model part (both ways)."""
     exports = WORK / "aimet_export"
     shutil.rmtree(exports, ignore_errors=True)
     cases = [{"model": m["path"], "name": m["name"], "config": c, **data[m["name"]]} for m in models for c in EXPORT_CONFIGS]
@@ -193,6 +198,12 @@ def round_trips(models: list[dict], config_dir: Path) -> dict:
     for m in models:
         for c in EXPORT_CONFIGS:
             results[(m["name"], c)]["reverse"] = aimet_roundtrip.reverse(sh, m, c, data[m["name"]], exports, WORK)
+    cases = aimet_roundtrip.diverge_cases(models, EXPORT_CONFIGS, forward, data, exports, WORK)
+    (WORK / "diverge_cases.json").write_text(json.dumps(cases))
+    child("--job", "diverge", "--cases", str(WORK / "diverge_cases.json"), "--samples",
+          str(aimet_roundtrip.EVAL_SAMPLES), "--out", str(WORK / "diverge.json"))
+    for found in json.loads((WORK / "diverge.json").read_text()):
+        results[(found["name"], found["config"])].setdefault("diverge", {})[found["direction"]] = found
     return results
 
 
@@ -200,18 +211,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-fixtures", action="store_true", help="do not rewrite tests/fixtures/aimet")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/aimet_compat.md")
+    ap.add_argument("--zoo", metavar="KEYS", help="real models instead (all, or some of: " + ", ".join(aimet_zoo.KEYS)
+                    + "), under default_config.json and htp_quantsim_config_v73.json only, into build/aimet-zoo/; "
+                    "neither fixtures nor doc are rewritten")
     args = ap.parse_args()
     versions = ensure_venv()
     versions["qtool"] = sh(["qtool", "--version"]).stdout.strip().split()[-1]
+    global WORK
+    if args.zoo:
+        WORK = ROOT / "build" / "aimet-zoo"
+        args.no_fixtures = args.no_doc = True
+        aimet_roundtrip.CALIB_SAMPLES, aimet_roundtrip.EVAL_SAMPLES = aimet_zoo.CALIB, aimet_zoo.EVAL
     WORK.mkdir(parents=True, exist_ok=True)
-    models = prepare_models()
+    if args.zoo:
+        models, data = aimet_zoo.prepare(sh, WORK, aimet_zoo.KEYS if args.zoo == "all" else args.zoo.split(","))
+    else:
+        models = prepare_models()
+        data = aimet_roundtrip.prepare_data(models, WORK, CLS)
     (WORK / "models.json").write_text(json.dumps(models))
     out = WORK / "child"
     shutil.rmtree(out, ignore_errors=True)
-    child("--job", "tables", "--models", str(WORK / "models.json"), "--out", str(out))
+    child("--job", "tables", "--models", str(WORK / "models.json"), "--out", str(out),
+          *(["--configs", *EXPORT_CONFIGS] if args.zoo else []))
     meta = json.loads((out / "meta.json").read_text())
     config_dir = Path(meta["config_dir"])
-    loads = round_trips(models, config_dir)
+    loads = round_trips(models, config_dir, data)
     comparisons, tables, cache = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
@@ -223,9 +247,11 @@ def main() -> None:
                 aimet = tables[(model["name"], config)] = json.loads(table_path.read_text())
                 plan = qtool_plan(Path(model["path"]), config_dir / config, Path(tmp), cache)
                 comparisons[(model["name"], config)] = aimet_report.compare(aimet, plan, producers)
-        probes = aimet_report.schema_probes(meta, config_dir, lambda cfg: qtool_info(Path(models[-1]["path"]), cfg)[1], Path(tmp))
+        probes = ({"keys": [], "names": {}} if args.zoo else
+                  aimet_report.schema_probes(meta, config_dir, lambda cfg: qtool_info(Path(models[-1]["path"]), cfg)[1], Path(tmp)))
     markdown, summary = aimet_doc.render_markdown(versions, meta, tables, comparisons, loads, probes, [m["name"] for m in models])
     print(summary)
+    (WORK / "summary.md").write_text(markdown)
     if not args.no_fixtures:
         write_fixtures(out / "tables", WORK / "aimet_export", versions)
     if not args.no_doc:
