@@ -58,6 +58,12 @@ bench-zoo: install
 bench-recipes: install
 	$(PYTHON) bench/bench_recipes.py
 
+# Exported models against float in onnxruntime's CPU provider, for each `qtool export --target`
+# (the demo and the zoo pairs: run `make demo` / `make bench-zoo` first): writes its section of docs/benchmarks.md.
+.PHONY: bench-deploy
+bench-deploy: install
+	$(PYTHON) bench/bench_deploy.py
+
 # qtool against aimet-onnx 2.42.0 itself (its own venv in build/aimet-venv, torch 2.13.0 CPU; not in CI):
 # rewrites tests/fixtures/aimet/ and the generated part of docs/aimet_compat.md.
 .PHONY: bench-aimet

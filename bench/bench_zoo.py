@@ -263,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     text = zoo_report.markdown(results, baseline)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     old = args.doc.read_text() if args.doc.exists() else ""
-    begin, end = "<!-- bench_speed.py: begin", "<!-- bench_speed.py: end -->"  # bench_speed.py's section stays
-    if begin in old and end in old:
-        text = text.rstrip() + "\n\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
+    for script in ("bench_speed.py", "bench_deploy.py"):  # their generated sections stay
+        begin, end = f"<!-- {script}: begin", f"<!-- {script}: end -->"
+        if begin in old and end in old:
+            text = text.rstrip() + "\n\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
     args.doc.write_text(text)
     print()
     print(zoo_report.table(results, baseline))

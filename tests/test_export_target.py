@@ -50,7 +50,7 @@ def hard_swish(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("hs")
     model = conv_hard_swish_conv(folder / "hs.onnx")
     return {"plain": _export(model, folder / "plain"), "float": _export(model, folder / "float", target="ort-cpu"),
-            "integer": _export(model, folder / "int", target="ort-cpu", hard_swish_conv="integer"),
+            "integer": _export(model, folder / "int", target="ort-cpu", fused_convs="integer"),
             "model": model}
 
 

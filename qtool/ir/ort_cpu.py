@@ -44,15 +44,19 @@ SAME_GRID = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze
 HARD_SWISH_FLOOR = -3.0  # h(x) = 0 for every x <= -3
 
 
-def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, quantize_hard_swish: bool = True
+def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, integer_fused_convs: bool = False
                  ) -> tuple[ir.Model, EncodingSet, dict[str, int]]:
     """The float model and encodings to build the onnxruntime-CPU QDQ model from (`model` and
-    `encodings` are not changed), and how many tensors/ops each rewrite touched."""
+    `encodings` are not changed), and how many tensors/ops each rewrite touched.
+    `integer_fused_convs`: give the linear layers fused with the activation after them (no output
+    quantizer) a derived output grid, so that they run as integer kernels (one rounding more)."""
     swishes = hard_swishes(model)
     graph = ensure_opset(clone(model), HARD_SWISH_OPSET if swishes else 13, source=source)
     encs = encodings.copy()
     counts = {"pads": fold_pads(graph, encs),
-              "derived": derive_hard_swish_inputs(graph, encs) if quantize_hard_swish else 0, "hard_swish": hard_swish_ops(graph, encs),
+              "derived": derive_hard_swish_inputs(graph, encs) if integer_fused_convs else 0,
+              "clipped": derive_clipped_inputs(graph, encs) if integer_fused_convs else 0,
+              "hard_swish": hard_swish_ops(graph, encs),
               "same_grid": same_grid(graph, encs), "uint8": uint8_grids(encs)}
     return graph, encs, counts
 
@@ -169,6 +173,62 @@ def derive_hard_swish_inputs(model: ir.Model, encs: EncodingSet) -> int:
         encs.activations[x.name] = compute_encoding(HARD_SWISH_FLOOR, top, QuantSpec(bw=8))
         count += 1
     return count
+
+
+CLIPPING = ("Relu", "Clip", "Min", "Max")
+
+
+def _clipping(node: ir.Node, value: ir.Value) -> bool:
+    """`node` is Relu, or Clip/Min/Max of `value` and constants: monotone, 1-Lipschitz."""
+    others = [v for v in node.inputs if v is not None and v is not value]
+    return node.op_type in CLIPPING and all(constant_array(v) is not None for v in others)
+
+
+def derive_clipped_inputs(model: ir.Model, encs: EncodingSet) -> int:
+    """A linear-layer output with no quantizer, read through a chain of clipping ops (Relu, and the
+    per-channel Min that depthwise-input equalization leaves of a relu6) by a quantized tensor,
+    takes that tensor's grid: those ops move a value by at most what they move its rounding, so
+    the result is off by at most one step of that grid, and the linear layer fuses."""
+    count = 0
+    for node in model.graph:
+        x = node.outputs[0] if node.op_type in LINEAR and node.outputs else None
+        if x is None or x.name in encs.activations or x.is_graph_output():
+            continue
+        value, chain = x, []
+        while value.name not in encs.activations:
+            readers = value.consumers()
+            if len(readers) != 1 or value.is_graph_output() or not _clipping(readers[0], value):
+                break
+            chain.append(readers[0])
+            value = readers[0].outputs[0]
+        enc = encs.activations.get(value.name)
+        if chain and _native_8bit(enc):
+            encs.activations[x.name] = enc
+            _drop_identities(model, [node for node in chain[:-1] if _identity_on(node, enc)])
+            count += 1
+    return count
+
+
+def _identity_on(node: ir.Node, enc: Encoding) -> bool:
+    """`node` (a clipping op) changes no value of the grid `enc`: a Relu of a grid that starts at
+    0, a Min/Max/Clip whose bounds lie outside the grid's range."""
+    low, high = float(enc.min[0]), float(enc.max[0])
+    bounds = [constant_array(v) for v in node.inputs[1:]]
+    if node.op_type == "Relu":
+        return low >= 0
+    if node.op_type == "Clip":
+        return ((bounds[0] is None or float(np.max(bounds[0])) <= low)
+                and (len(bounds) < 2 or bounds[1] is None or float(np.min(bounds[1])) >= high))
+    other = next(b for b in (constant_array(v) for v in node.inputs) if b is not None)
+    return float(np.min(other)) >= high if node.op_type == "Min" else float(np.max(other)) <= low
+
+
+def _drop_identities(model: ir.Model, nodes: list[ir.Node]) -> None:
+    """Remove clipping ops that compute the identity (inside a chain: their outputs have no
+    quantizer and no reader outside it)."""
+    for node in nodes:
+        node.outputs[0].replace_all_uses_with(node.inputs[0])
+        _detach(model, [node])
 
 
 def hard_swish_ops(model: ir.Model, encs: EncodingSet) -> int:

@@ -1,0 +1,171 @@
+"""Deploy latency: the exported QDQ model against float in onnxruntime's CPU provider, for each
+`qtool export --target`, with the accuracy each costs.
+
+For every model with a quantized pair on disk (the demo classifier from `make demo`, the zoo
+models from `make bench-zoo`: per-channel recipe, 06-export), export NAME_qdq.onnx three ways:
+`qdq` (the plain export), `ort-cpu` and `ort-cpu` with `--fused-convs integer`; report the
+kernel summary of each, the output SQNR against the float model on the first eval samples, and
+the latency of all four models timed interleaved (qtool.runtime.latency: best of N, threads 1
+and all cores, batch 1 and --batch). Writes build/bench/deploy/results.json and its own section
+of docs/benchmarks.md between the markers below (bench_zoo.py keeps it).
+
+    python bench/bench_deploy.py [--models demo,effnet] [--repeat 10] [--batch 8] [--no-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+import docs_page  # noqa: E402
+
+WORK = ROOT / "build" / "bench" / "deploy"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench_deploy.py: begin (generated, do not edit) -->", "<!-- bench_deploy.py: end -->"
+ZOO = ROOT / "build" / "bench" / "zoo"
+MODELS = {  # key: (title, folder of NAME.onnx + NAME.encodings, NAME, eval data)
+    "demo": ("PP-OCR text-orientation classifier (make demo)", ROOT / "build/recipes/ppocr_cls/quickstart/05-export",
+             "ppocr_cls", ROOT / "build/demo/cls_eval.npz"),
+    "effnet": ("EfficientNet-Lite0", ZOO / "effnet/qtool_per-channel/06-export", "efficientnet_lite0",
+               ZOO / "effnet/eval.npz"),
+    "layout": ("PicoDet layout detector", ZOO / "layout/qtool_per-channel/06-export", "layout_cdla",
+               ZOO / "layout/eval.npz"),
+    "yolo": ("YOLO-style head", ZOO / "yolo/qtool_per-channel/06-export", "yolo_head", ZOO / "yolo/eval.npz"),
+    "det": ("PP-OCRv4 text detector", ZOO / "det/qtool_per-channel/06-export", "ch_PP-OCRv4_det_infer",
+            ZOO / "det/eval.npz"),
+    "rec": ("PP-OCRv4 text recogniser", ZOO / "rec/qtool_per-channel/06-export", "ch_PP-OCRv4_rec_infer",
+            ZOO / "rec/eval.npz"),
+}
+VARIANTS = {"qdq": {}, "ort-cpu": {"target": "ort-cpu"},
+            "ort-cpu int": {"target": "ort-cpu", "fused_convs": "integer"}}
+ACCURACY_SAMPLES = 8
+
+
+def _export(folder: Path, name: str, out: Path, options: dict) -> dict:
+    from qtool.commands.export import ExportOptions, export
+
+    report = export(folder / f"{name}.onnx", out, ExportOptions(encodings=str(folder / f"{name}.encodings"),
+                                                                 prefix=name, **options))
+    return {"path": str(out / f"{name}_qdq.onnx"), "kernels": report.summary["onnxruntime"],
+            "rewrites": report.summary.get("rewrites", {})}
+
+
+def _outputs(path: str, samples: list[dict]) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, feed)[0].astype(np.float64).reshape(1, -1) for feed in samples])
+
+
+def _sqnr(ref: np.ndarray, test: np.ndarray) -> float:
+    noise = float(((ref - test) ** 2).sum())
+    return round(float(10 * np.log10((ref ** 2).sum() / noise)), 2) if noise else float("inf")
+
+
+def bench_model(key: str, repeat: int, batch: int) -> dict | None:
+    from qtool.runtime.latency import load_average, thread_counts, time_models
+
+    title, folder, name, data = MODELS[key]
+    if not (folder / f"{name}.encodings").exists() or not data.exists():
+        print(f"{key}: no pair at {folder} (run `make demo` / `make bench-zoo` first): skipped")
+        return None
+    arrays = dict(np.load(data))
+    samples = [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(min(ACCURACY_SAMPLES, len(next(iter(
+        arrays.values())))))]
+    float_path = str(folder / f"{name}.onnx")
+    reference = _outputs(float_path, samples)
+    variants = {}
+    for label, options in VARIANTS.items():
+        row = _export(folder, name, WORK / key / label.replace(" ", "-"), options)
+        row["sqnr_db"] = _sqnr(reference, _outputs(row["path"], samples))
+        variants[label] = row
+        print(f"{key} {label}: {row['kernels']}; SQNR vs float {row['sqnr_db']} dB", flush=True)
+    from qtool.ir.graph import load_model
+    from qtool.runtime.sessions import max_batch
+
+    fixed = max_batch(load_model(float_path))
+    sizes = [fixed] if fixed is not None else sorted({1, batch})
+    feeds = {size: {k: np.resize(v[:1], (size, *v.shape[1:])) for k, v in arrays.items()} for size in sizes}
+    paths = {"float": float_path, **{label: row["path"] for label, row in variants.items()}}
+    load_before = load_average()
+    timings = time_models(paths, feeds, thread_counts(), repeat)
+    rows = [{"threads": t.threads, "batch": t.batch, "best_ms": t.best_ms, "median_ms": t.median_ms} for t in timings]
+    for row in rows:
+        print(f"{key} threads {row['threads']} batch {row['batch']}: " + ", ".join(
+            f"{label} {ms:.2f} ms ({row['best_ms']['float'] / ms:.2f}x)" for label, ms in row["best_ms"].items()),
+            flush=True)
+    return {"title": title, "variants": variants, "rows": rows, "load": [load_before, load_average()]}
+
+
+def table(results: dict) -> str:
+    labels = list(VARIANTS)
+    lines = ["| model | threads | batch | float ms | " + " | ".join(f"{label} ms (x)" for label in labels) + " |",
+             "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in labels) + " |"]
+    for result in results.values():
+        for row in result["rows"]:
+            best = row["best_ms"]
+            cells = [f"{best[label]:.2f} ({best['float'] / best[label]:.2f}x)" for label in labels]
+            lines.append(f"| {result['title']} | {row['threads']} | {row['batch']} | {best['float']:.2f} | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "| model | load | " + " | ".join(f"{label}: SQNR vs float, kernels" for label in labels) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in labels) + " |"]
+    for result in results.values():
+        cells = [f"{v['sqnr_db']} dB; {v['kernels'].split(': ', 1)[-1]}" for v in result["variants"].values()]
+        lines.append(f"| {result['title']} | {result['load'][0]} -> {result['load'][1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_doc(body: str) -> None:
+    """Replace (or append) this script's section of docs/benchmarks.md."""
+    old = DOC.read_text() if DOC.exists() else ""
+    section = f"{BEGIN}\n{body.rstrip()}\n{END}"
+    if BEGIN in old and END in old:
+        text = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    else:
+        text = old.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated keys of " + ", ".join(MODELS))
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args()
+    keys = [key for key in args.models.split(",") if key]
+    unknown = [key for key in keys if key not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
+    start, load = time.time(), os.getloadavg()
+    results = {key: result for key in keys if (result := bench_model(key, args.repeat, args.batch)) is not None}
+    text = table(results)
+    print(text)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    if not args.no_doc and results:
+        write_doc(f"## Deploy latency: exported models against float in onnxruntime\n\n"
+                  f"Generated by `bench/bench_deploy.py` (`make bench-deploy`); run {docs_page.context_line()}, "
+                  f"load average {', '.join(f'{v:.2f}' for v in load)} at the start, "
+                  f"{(time.time() - start) / 60:.1f} min, best of {args.repeat} interleaved runs, "
+                  f"SQNR of the first output on {ACCURACY_SAMPLES} eval samples. Exports: `qdq` the plain "
+                  f"export, `ort-cpu` = `--target ort-cpu`, `ort-cpu int` adds `--fused-convs integer` "
+                  f"(docs/deploy.md).\n\n{text}\n")
+        print(f"wrote the generated section of {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
