@@ -38,8 +38,8 @@ def block():
     return model, plan, x
 
 
-def _batches(x: np.ndarray, size: int = 16):
-    return lambda: [{"input": x[i:i + size]} for i in range(0, len(x), size)]
+def _batches(x: np.ndarray, size: int = 16, name: str = "input"):
+    return lambda: [{name: x[i:i + size]} for i in range(0, len(x), size)]
 
 
 @pytest.mark.parametrize("scheme", ["sqnr", "percentile", "mse"])
@@ -185,3 +185,27 @@ def test_non_finite_values_are_skipped_in_the_sampled_pass(monkeypatch):
     observer.update(part.sample, part.weight)
     finite = 2 * x[np.isfinite(x)]
     assert observer._max == finite.max() and observer._min == finite.min()
+
+
+def test_a_scalar_tensor_in_the_graph_is_calibrated(tmp_path):
+    """A 0-d tensor computed in the graph (ViT-S computes its attention scale as one) leaves the
+    statistics session whole as a 0-d array: it is one value per batch, not an indexable row."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),  # 0-d: the batch's largest value
+             helper.make_node("Mul", ["m", "half"], ["s"]),
+             helper.make_node("Mul", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
+                              [numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    path = tmp_path / "scalar.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = load_model(path)
+    plan = build_plan(model, load_config("default"), PlanOptions())
+    x = np.random.default_rng(3).uniform(0, 4, (32, 8)).astype(np.float32)
+    encodings = calibrate(model, plan, _batches(x, name="x"), CalibrateOptions(scheme="sqnr")).encodings.activations
+    assert "s" in encodings
+    largest = max(float(x[i:i + 16].max()) * 0.5 for i in range(0, 32, 16))
+    assert float(encodings["s"].max[0]) == pytest.approx(largest, rel=0.02)
+

@@ -205,7 +205,9 @@ class SampledStats:
         offsets = {tap.offset: np.array([-self.seen[name] % tap.stride], np.int64) for name, tap in self.taps.items()}
         feeds = as_feeds(self.session, feeds)
         outputs = dict(zip(self.fetch, self.session.run(self.fetch, {**feeds, **offsets})))
-        result = {name: TensorBatch(outputs[name], outputs[name][:0], 1) for name in self.whole}
+        # a 0-d tensor (a scalar computed in the graph, e.g. ViT attention scale) is one value
+        result = {name: TensorBatch(np.atleast_1d(outputs[name]), np.atleast_1d(outputs[name])[:0], 1)
+                  for name in self.whole}
         redo = []
         for name, tap in self.taps.items():
             rows, length = (int(v) for v in outputs[tap.shape])
