@@ -3,7 +3,7 @@
 
 For every model with a quantized pair on disk (the demo classifier from `make demo`, the zoo
 models from `make bench-zoo`: per-channel recipe, 06-export), export NAME_qdq.onnx three ways:
-`qdq` (the plain export), `ort-cpu` and `ort-cpu` with `--fused-convs integer`; report the
+`qdq` (the plain export), `ort-cpu` and `ort-cpu` with `--fused-activations integer`; report the
 kernel summary of each, the output SQNR against the float model on the first eval samples, and
 the latency of all four models timed interleaved (qtool.runtime.latency: best of N, threads 1
 and all cores, batch 1 and --batch). Writes build/bench/deploy/results.json and its own section
@@ -47,8 +47,8 @@ MODELS = {  # key: (title, folder of NAME.onnx + NAME.encodings, NAME, eval data
             ZOO / "rec/eval.npz"),
 }
 VARIANTS = {"qdq": {}, "ort-cpu": {"target": "ort-cpu"},
-            "ort-cpu int": {"target": "ort-cpu", "fused_convs": "integer"}}
-ACCURACY_SAMPLES = 8
+            "ort-cpu int": {"target": "ort-cpu", "fused_activations": "integer"}}
+ACCURACY_SAMPLES = 32
 
 
 def _export(folder: Path, name: str, out: Path, options: dict) -> dict:
@@ -161,7 +161,7 @@ def main() -> int:
                   f"load average {', '.join(f'{v:.2f}' for v in load)} at the start, "
                   f"{(time.time() - start) / 60:.1f} min, best of {args.repeat} interleaved runs, "
                   f"SQNR of the first output on {ACCURACY_SAMPLES} eval samples. Exports: `qdq` the plain "
-                  f"export, `ort-cpu` = `--target ort-cpu`, `ort-cpu int` adds `--fused-convs integer` "
+                  f"export, `ort-cpu` = `--target ort-cpu`, `ort-cpu int` adds `--fused-activations integer` "
                   f"(docs/deploy.md).\n\n{text}\n")
         print(f"wrote the generated section of {DOC}")
     return 0

@@ -50,7 +50,7 @@ def hard_swish(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("hs")
     model = conv_hard_swish_conv(folder / "hs.onnx")
     return {"plain": _export(model, folder / "plain"), "float": _export(model, folder / "float", target="ort-cpu"),
-            "integer": _export(model, folder / "int", target="ort-cpu", fused_convs="integer"),
+            "integer": _export(model, folder / "int", target="ort-cpu", fused_activations="integer"),
             "model": model}
 
 
@@ -117,3 +117,23 @@ def test_target_is_checked_and_plain_export_is_unchanged(hard_swish, tmp_path, c
     digest = hashlib.sha256(hard_swish["plain"].read_bytes()).hexdigest()
     again = _export(hard_swish["model"], tmp_path / "again")
     assert hashlib.sha256(again.read_bytes()).hexdigest() == digest  # the default target is the plain QDQ model
+
+
+def test_fused_activations_integer_quantizes_silu_gates_and_relu6_convs(tmp_path):
+    bound = numpy_helper.from_array(np.linspace(2, 6, 8, dtype=np.float32).reshape(1, 8, 1, 1), "bound")
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
+             helper.make_node("Sigmoid", ["c1"], ["g"], name="sigmoid"),
+             helper.make_node("Mul", ["c1", "g"], ["s"], name="silu"),
+             helper.make_node("Conv", ["s", "w2", "b2"], ["c2"], pads=[1] * 4, name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu"),
+             helper.make_node("Min", ["r2", "bound"], ["y"], name="min")]  # a relu6 after equalization
+    model = _save(tmp_path / "silu.onnx", nodes, _weights(*WEIGHTS) + [bound], "y")
+    plain, ours = _export(model, tmp_path / "plain"), _export(model, tmp_path / "ours", target="ort-cpu",
+                                                            fused_activations="integer")
+    before, after = _by_name(plain), _by_name(ours)
+    assert before["sigmoid"].kind == before["silu"].kind == "float"
+    assert after["sigmoid"].kernel == "QLinearSigmoid" and after["silu"].kernel == "QLinearMul"
+    assert after["conv1"].kernel == after["conv2"].kernel == "QLinearConv" and "relu" not in after  # identity on [0, max]
+    reference = ort.InferenceSession(str(tmp_path / "ours" / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, DATA)[0]
+    assert _sqnr(reference, _run(ours)) > _sqnr(reference, _run(plain)) - 3  # one rounding more: within 3 dB

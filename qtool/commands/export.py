@@ -11,7 +11,7 @@ from qtool.commands.options import ENCODINGS_HELP, encoding_version
 from qtool.commands.report import Report
 
 TARGETS = ("qdq", "ort-cpu")  # as qtool.steps.export.TARGETS (not imported: the CLI stays light)
-FUSED_CONVS = ("float", "integer")
+FUSED_ACTIVATIONS = ("float", "integer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,11 +22,12 @@ class ExportOptions:
     target: str = option("qdq", "NAME_qdq.onnx for: 'qdq', the model the encodings describe (any runtime, "
                                 "accelerators); 'ort-cpu', the same model in the forms onnxruntime's CPU provider "
                                 "fuses (docs/deploy.md). NAME.encodings is the same for both.", choices=TARGETS)
-    fused_convs: str = option("float", "--target ort-cpu: a Conv whose output has no quantizer because the activation "
-                                       "after it is fused with it (Conv + hard-swish, Conv + Relu + Min) runs as a "
-                                       "'float' Conv with float weights (the encodings' numbers) or as an 'integer' "
-                                       "QLinearConv on a grid derived from the activation's (faster where such Convs "
-                                       "are many, one rounding more: docs/deploy.md).", choices=FUSED_CONVS)
+    fused_activations: str = option("float", "--target ort-cpu: the tensors the encodings leave unquantized as parts "
+                                             "of one fused activation (a Conv output read by a hard-swish or a relu6, "
+                                             "SiLU's sigmoid gate) stay 'float' (those Convs run in float with float "
+                                             "weights: the encodings' numbers) or get grids derived from the "
+                                             "activation's own and run on 'integer' kernels (faster, one rounding "
+                                             "more: measured per model in docs/deploy.md).", choices=FUSED_ACTIVATIONS)
 
 
 def export(model: str | os.PathLike, output: str | os.PathLike, options: ExportOptions) -> Report:
@@ -57,7 +58,7 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
 
     check_file_stem(options.prefix, "--prefix")
     result = export_step(graph, encodings, source=source, target=options.target,
-                         integer_fused_convs=options.fused_convs == "integer")
+                         integer_fused=options.fused_activations == "integer")
     folder, prefix = Path(output), options.prefix
     with StagedOutputs() as out:
         write_float(out.path(folder / f"{prefix}.onnx"))
@@ -74,5 +75,6 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
 
 
 REWRITES = {"pads": "Pads folded into Convs", "derived": "hard-swish Convs given an output grid", "clipped": "clipped Convs given an output grid",
+            "gates": "sigmoid gates given the grid [0, 1]",
             "hard_swish": "HardSwish ops", "same_grid": "outputs on their input's grid",
             "uint8": "int8 grids as uint8",  "float_constants": "constants of float nodes stored in float"}

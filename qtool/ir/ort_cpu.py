@@ -9,18 +9,26 @@ differ in float between Q/DQ, and on x86 fuses Conv/MatMul only for uint8 activa
 rewrite below gives the same model in a form the provider fuses; docs/deploy.md has the measured
 effect of each.
 
-* hard-swish Conv (`derived`): the Conv output x that only a hard-swish reads gets the grid
-  [-3, x_max], x_max = h^-1(max of the hard-swish's own grid): no value of x outside it changes
-  h(x) (h(x) = 0 for x <= -3, and the result grid clips above x_max anyway), so the only cost is
-  rounding x to 256 levels; the Conv becomes a QLinearConv. The written-out hard-swish
-  (Add, Clip, Mul, Div) becomes one HardSwish op (opset 14), times a per-channel constant where
-  depthwise-input equalization left one (Div by 6 s_c).
-* same grid (`same_grid`): ops that only move or select values (MaxPool, Reshape, Transpose,
-  nearest Resize, ...) take their input's grid for their output: a max of grid values is on that
-  grid, so the requantization the plain export does is dropped, and onnxruntime runs them on the
-  8-bit tensor.
-* uint8 (`uint8`): a symmetric int8 activation grid is written as uint8 with zero point 128, the
-  same grid (exact); onnxruntime x86 fuses only uint8 activations where a tensor has several readers.
+Always (the plain export's numbers, or within one step of a grid):
+
+* `pads`: a zero Pad read only by Convs (EfficientNet's "same" padding) becomes their own pads;
+  its grid moves to its input (0 is on every grid), so the Conv before it gets an output quantizer.
+* `hard_swish`: the written-out hard-swish (Add, Clip, Mul, Div) becomes one HardSwish op (opset
+  14), times a per-channel constant where depthwise-input equalization left one (Div by 6 s_c).
+* `same_grid`: ops that only move or select values (MaxPool, Reshape, Transpose, nearest Resize,
+  ...) take their input's grid for their output: a max of grid values is on that grid, so the
+  requantization of the plain export goes, and onnxruntime runs them on the 8-bit tensor.
+* `uint8`: a symmetric int8 activation grid is written as uint8 with zero point 128, the same grid
+  (exact); onnxruntime x86 fuses only uint8 activations where a tensor has several readers.
+
+With `integer_fused` (`--fused-activations integer`: one rounding more, measured per model):
+
+* `derived`: the Conv output x that only a hard-swish reads gets the grid [-3, x_max], x_max =
+  h^-1(max of the hard-swish's own grid): no value of x outside it changes h(x) (h(x) = 0 for
+  x <= -3, and the result grid clips above x_max anyway), so the only cost is rounding x to 256
+  levels (per tensor, where the supergroup kept per-channel precision); the Conv becomes a QLinearConv.
+* `clipped`: a Conv output read through Relu/Clip/Min/Max by a quantized tensor takes its grid.
+* `gates`: a SiLU's sigmoid gate gets the grid [0, 1] (QLinearSigmoid + QLinearMul).
 
 NAME.encodings is not changed: it stays the accelerator's description of the model.
 """
@@ -44,18 +52,20 @@ SAME_GRID = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze
 HARD_SWISH_FLOOR = -3.0  # h(x) = 0 for every x <= -3
 
 
-def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, integer_fused_convs: bool = False
+def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, integer_fused: bool = False
                  ) -> tuple[ir.Model, EncodingSet, dict[str, int]]:
     """The float model and encodings to build the onnxruntime-CPU QDQ model from (`model` and
     `encodings` are not changed), and how many tensors/ops each rewrite touched.
-    `integer_fused_convs`: give the linear layers fused with the activation after them (no output
-    quantizer) a derived output grid, so that they run as integer kernels (one rounding more)."""
+    `integer_fused`: give the tensors left unquantized inside fused activations (a linear layer's
+    output before a hard-swish or relu6, SiLU's gate) derived grids, so that integer kernels run
+    them (one rounding more)."""
     swishes = hard_swishes(model)
     graph = ensure_opset(clone(model), HARD_SWISH_OPSET if swishes else 13, source=source)
     encs = encodings.copy()
     counts = {"pads": fold_pads(graph, encs),
-              "derived": derive_hard_swish_inputs(graph, encs) if integer_fused_convs else 0,
-              "clipped": derive_clipped_inputs(graph, encs) if integer_fused_convs else 0,
+              "derived": derive_hard_swish_inputs(graph, encs) if integer_fused else 0,
+              "clipped": derive_clipped_inputs(graph, encs) if integer_fused else 0,
+              "gates": derive_sigmoid_gates(graph, encs) if integer_fused else 0,
               "hard_swish": hard_swish_ops(graph, encs),
               "same_grid": same_grid(graph, encs), "uint8": uint8_grids(encs)}
     return graph, encs, counts
@@ -229,6 +239,24 @@ def _drop_identities(model: ir.Model, nodes: list[ir.Node]) -> None:
     for node in nodes:
         node.outputs[0].replace_all_uses_with(node.inputs[0])
         _detach(model, [node])
+
+
+def derive_sigmoid_gates(model: ir.Model, encs: EncodingSet) -> int:
+    """The gate of a SiLU, x * sigmoid(x) (and of any Mul of a quantized tensor by a Sigmoid), left
+    unquantized as the inside of one activation, gets the grid [0, 1]: the gate then moves by at
+    most 1/510, and onnxruntime runs QLinearSigmoid + QLinearMul instead of two float passes."""
+    count = 0
+    for node in model.graph:
+        gate = node.outputs[0] if node.op_type == "Sigmoid" else None
+        if gate is None or gate.name in encs.activations or gate.is_graph_output() or not gate.consumers():
+            continue
+        quantized = {**encs.activations, **encs.params}
+        if all(mul.op_type == "Mul" and mul.outputs[0].name in encs.activations
+               and all(v is gate or (v is not None and v.name in quantized) for v in mul.inputs)
+               for mul in gate.consumers()):
+            encs.activations[gate.name] = compute_encoding(0.0, 1.0, QuantSpec(bw=8))
+            count += 1
+    return count
 
 
 def hard_swish_ops(model: ir.Model, encs: EncodingSet) -> int:
