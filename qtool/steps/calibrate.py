@@ -28,6 +28,7 @@ from qtool.quant.encoding import Encoding
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA, compute_all, encode_param, make_observer
 from qtool.runtime.sessions import make_session, max_batch, run_batches, split_batches, with_range_taps, with_taps
 from qtool.runtime.stats_graph import SampledStats, same_values
+from qtool.steps.calibrate_pads import finish_pads, pad_derivations
 from qtool.steps.mixed_ranges import MixedJoin, apply_mixed_joins, find_mixed_joins
 from qtool.steps.scheme_choice import choose_scheme, first_samples, skip_samples
 
@@ -209,8 +210,15 @@ def _check_seen(observed: dict) -> None:
 def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.ndarray]],
              total: int | None, progress: Progress, taps: str, allow_empty: bool = False) -> int:
     """Feed every batch to the observers (`taps`: "ranges", "sampled" or "whole", see the
-    classes below) and return the number of samples seen."""
-    observe_batch = {"ranges": _RangeTaps, "sampled": _SampledTaps, "whole": _TensorTaps}[taps](model, observers)
+    classes below) and return the number of samples seen. Constant Pad outputs are filled from
+    their inputs afterwards (steps.calibrate_pads), except on the "whole" reference path."""
+    pads = pad_derivations(model, observers) if taps != "whole" else {}
+    padded = {id(observers[name]) for name in pads}
+    watch = {name: observer for name, observer in observers.items() if id(observer) not in padded}
+    hidden = {pad.source: copy.deepcopy(observers[name]) for name, pad in pads.items()  # (still empty here)
+              if pad.source not in observers}
+    observe_batch = {"ranges": _RangeTaps, "sampled": _SampledTaps, "whole": _TensorTaps}[taps](
+        model, {**watch, **hidden})
     seen = 0
     for feeds in batches:
         observe_batch(feeds)
@@ -218,6 +226,7 @@ def _observe(model: ir.Model, observers: dict, batches: Iterable[dict[str, np.nd
         progress(seen, total)
     if seen == 0 and not allow_empty:
         raise QtoolError("calibration data holds no samples")
+    finish_pads({**observers, **hidden}, pads, seen)
     return seen
 
 
