@@ -19,6 +19,8 @@ ENCODINGS_HELP = "Encodings JSON (default: MODEL's sibling .encodings.json)."
 OVERRIDES_HELP = ("Per-tensor/per-node overrides JSON (bit-width, symmetry, per-channel, exclude, fixed range), "
                   "e.g. written by analyze or mixed-precision; applied last.")
 VERSION_HELP = "AIMET encodings format to write."
+DEVICE_HELP = ("Where onnxruntime runs: cpu, or cuda (needs onnxruntime-gpu: pip install 'qtool[gpu]', and an NVIDIA "
+               "GPU).")
 
 
 def encoding_version() -> str:
@@ -50,6 +52,7 @@ class OptionalData:
     samples: int = option(256, "Use at most N samples.", bounds=(1, None))
     batch_size: int = option(16, "Samples per run.", bounds=(1, None))
     preprocess: str | None = option(None, "Image folders: see calibrate --preprocess.")
+    device: str = option("cpu", DEVICE_HELP, choices=("cpu", "cuda"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +63,7 @@ class _Data:
                              bounds=(1, None))
     preprocess: str | None = option(None, "Image folders: 'size=224x224,mean=127.5,std=127.5,layout=NCHW,order=RGB'.")
     seed: int = option(0, "Seed for --data random.")
+    device: str = option("cpu", DEVICE_HELP, choices=("cpu", "cuda"))
 
 
 @dataclass(frozen=True, kw_only=True)

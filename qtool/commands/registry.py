@@ -97,7 +97,11 @@ class Command:
         if self.output is not None and self.output.required and output is None:
             raise QtoolError(f"{self.name}: an output is required (-o: a {self.output.kind})")
         extra = {"progress": progress} if progress is not None else {}
-        return self.function(model, output, self.make_options(values), **extra)
+        options = self.make_options(values)
+        from qtool.runtime.device import use_device  # (--device: the sessions' execution provider)
+
+        with use_device(getattr(options, "device", None)):
+            return self.function(model, output, options, **extra)
 
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (

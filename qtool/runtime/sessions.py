@@ -22,6 +22,7 @@ from qtool.data.sources import Batch, batch_size_of, slice_batch
 from qtool.errors import QtoolError
 from qtool.ir.graph import (add_initializer, clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name,
                             value_by_name)
+from qtool.runtime.device import check_session, current_device, providers
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ def keep_source(copy: ir.Model, original: ir.Model, note: str = "") -> ir.Model:
 
 def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = True,
                  threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session; `simulate` keeps QDQ nodes unfused (float fake quantization)."""
+    """A session on the current device (runtime.device: CPU unless --device cuda); `simulate`
+    keeps QDQ nodes unfused (float fake quantization)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors come back as exceptions (one line each); no log lines on stderr
     # onnxruntime's default order (a reverse DFS from the graph outputs) runs every tap after the
@@ -140,13 +142,15 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
     elif not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model_source(model)
+    device = current_device()
     try:
-        session = Session(model_bytes(model), options, providers=["CPUExecutionProvider"])
+        session = Session(model_bytes(model), options, providers=providers(device))
     except Exception as exc:
         from qtool.runtime.custom_ops import custom_op_error
 
         raise custom_op_error(model, source) or QtoolError(
             f"{source}: onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from exc
+    check_session(session, device)
     session.source = source
     return session
 
