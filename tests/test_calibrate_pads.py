@@ -62,3 +62,23 @@ def test_only_exact_pads_are_derived():
     assert pad_derivations(_model(mode="reflect"), ["p1"]) == {}
     assert pad_derivations(_model(batch_pad=True), ["p1"]) == {}
     assert pad_derivations(_model(), ["r1"]) == {}  # not a Pad output
+
+
+def test_sampled_rows_do_not_alias_with_channels(monkeypatch):
+    """A stride that divides the row length samples the same channels of every row: an outlier
+    channel would be counted 16 times over or not at all (stats_graph.coprime_stride)."""
+    import qtool.runtime.stats_graph as stats_graph
+
+    monkeypatch.setattr(stats_graph, "SMALL", 1024)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"])], "rows",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512, 64])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 512, 64])])
+    model = ir.from_proto(onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    x = np.abs(np.random.default_rng(2).standard_normal((8, 512, 64))).astype(np.float32)
+    x[:, :, 32] += 10.0  # one outlier channel, at a multiple of 16
+    stats = stats_graph.SampledStats(model, ["y"])
+    assert stats.taps["y"].stride != 16 and 64 % stats.taps["y"].stride
+    part = stats({"x": x})["y"]
+    counted = (part.exact > 5).sum() + part.weight * (part.sample > 5).sum()
+    assert abs(counted - 8 * 512) < 0.1 * 8 * 512, counted

@@ -17,6 +17,10 @@ producer reduces it inside onnxruntime, and numpy bins a stratified sample:
   the tensor's values over every batch (the start offset is an input, kept here per tensor),
   so the sample does not depend on how the data is cut into batches. It estimates the bulk of
   the distribution without bias (stratified sampling: exact tails + a uniform sample of the rest).
+  The stride is made coprime with the row length (`coprime_stride`): a stride that divides it
+  picks the same positions of every row, so a transformer's outlier channels were never (or
+  always) sampled (PP-OCRv4 rec, rows of 64-480 channels, stride 16: percentile ranges 5.8%
+  narrower than with every value, simulated SQNR 13.2 -> 10.3 dB).
 
 Tensors of fewer than `SMALL` values per sample, or of unknown rank, leave whole (exact).
 A batch whose selected values hold a NaN or an infinity is taken whole for that tensor, so
@@ -25,6 +29,7 @@ non-finite values are skipped exactly as everywhere else.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +113,21 @@ def _row_axis(value: ir.Value) -> int | None:
     return axis
 
 
+def coprime_stride(stride: int, length: int | None) -> int:
+    """The smallest stride >= `stride` that shares no factor with the row length (a prime >=
+    `stride` when the length is not known until run time)."""
+    if length is None:
+        length = 2 * 3 * 5 * 7 * 11 * 13  # (a prime above 13 comes out)
+    while math.gcd(stride, length) != 1:
+        stride += 1
+    return stride
+
+
+def _row_length(value: ir.Value, axis: int) -> int | None:
+    dims = [] if value.shape is None or axis < 0 else list(value.shape)[axis:]
+    return math.prod(dims) if dims and all(isinstance(d, int) for d in dims) else None
+
+
 def with_sampled_taps(model: ir.Model, names: list[str], stride: int = STRIDE
                       ) -> tuple[ir.Model, dict[str, SampledTap], list[str]]:
     """A copy of `model` with a statistics subgraph after each large tensor of `names`.
@@ -119,8 +139,7 @@ def with_sampled_taps(model: ir.Model, names: list[str], stride: int = STRIDE
     tapped = keep_source(with_taps(model, whole), model) if whole else keep_source(clone(model), model)
     values = value_by_name(tapped)
     const = {key: add_initializer(tapped, f"qtool_stats_{key}", np.asarray(array, np.int64)) for key, array in
-             (("one", [1]), ("flat", [-1]), ("end", [np.iinfo(np.int64).max]), ("axis0", [0]), ("stride", [stride]),
-              ("axis1", [1]))}
+             (("one", [1]), ("flat", [-1]), ("end", [np.iinfo(np.int64).max]), ("axis0", [0]), ("axis1", [1]))}
     const.update({key: add_initializer(tapped, f"qtool_stats_{key}", np.asarray(array, np.float32)) for key, array in
                   (("div", [TAIL_DIV]), ("exact", [MIN_EXACT]), ("fone", [1.0]))})
     axes_as_input = opset(tapped) >= 18
@@ -129,6 +148,9 @@ def with_sampled_taps(model: ir.Model, names: list[str], stride: int = STRIDE
         if axis is None:
             continue
         x = values[name]
+        step = coprime_stride(stride, _row_length(x, axis))
+        if f"stride{step}" not in const:
+            const[f"stride{step}"] = add_initializer(tapped, f"qtool_stats_stride{step}", np.asarray([step], np.int64))
         chain = _Chain(tapped, x.producer(), name)
         if axis > 0:
             x2 = chain.add("Flatten", [x], {"axis": axis})
@@ -160,10 +182,10 @@ def with_sampled_taps(model: ir.Model, names: list[str], stride: int = STRIDE
                           shape=ir.Shape([1]))
         tapped.graph.inputs.append(offset)
         flat = chain.add("Reshape", [x2, const["flat"]])
-        sample = chain.add("Slice", [flat, offset, const["end"], const["axis0"], const["stride"]])
+        sample = chain.add("Slice", [flat, offset, const["end"], const["axis0"], const[f"stride{step}"]])
         outputs = (shape, hi_rows, hi_index, lo_rows, lo_index, sample)
         tapped.graph.outputs.extend(outputs)
-        taps[name] = SampledTap(name, stride, *(v.name for v in outputs), offset.name)
+        taps[name] = SampledTap(name, step, *(v.name for v in outputs), offset.name)
     return tapped, taps, whole
 
 
