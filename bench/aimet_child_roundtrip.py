@@ -36,10 +36,11 @@ def _outputs(sim, samples: list[dict]) -> list[list[np.ndarray]]:
     return [list(sim.session.run(None, s)) for s in samples]
 
 
-def _qdq_outputs(sim, samples: list[dict]) -> list[list[np.ndarray]]:
+def _qdq_outputs(sim, samples: list[dict], keep: str | None = None) -> list[list[np.ndarray]]:
     """The outputs of aimet's own QDQ export of `sim` (``to_onnx_qdq``: QuantizeLinear/DequantizeLinear,
-    onnxruntime's arithmetic) on `samples`. aimet makes a dummy input from the model's input shapes
-    for its parameter encodings; a model with unknown dimensions (the classifier) gets a real sample."""
+    onnxruntime's arithmetic) on `samples`, the model itself saved as `keep` when given. aimet makes
+    a dummy input from the model's input shapes for its parameter encodings; a model with unknown
+    dimensions (the classifier) gets a real sample."""
     original = aq.make_dummy_input
     aq.make_dummy_input = lambda *_args, **_kwargs: dict(samples[0])
     try:
@@ -48,7 +49,7 @@ def _qdq_outputs(sim, samples: list[dict]) -> list[list[np.ndarray]]:
     finally:
         aq.make_dummy_input = original
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "aimet_qdq.onnx")
+        path = keep or os.path.join(tmp, "aimet_qdq.onnx")
         onnx.save(model, path)
         return ort_all_outputs(path, samples)
 
@@ -115,7 +116,7 @@ def _load_one(case: dict, samples: list[dict]) -> dict:
         result["relaxed"] = {"dropped_names": sorted(dropped), "mismatches": len(infos),
                              "by_setting": _mismatch_summary(infos)}
     flat = [a for sample in _outputs(sim, samples) for a in sample]
-    aimet_qdq = [a for sample in _qdq_outputs(sim, samples) for a in sample]
+    aimet_qdq = [a for sample in _qdq_outputs(sim, samples, case.get("keep_aimet_qdq")) for a in sample]
     result["sqnr_db_aimet_qdq_vs_sim"] = sqnr(aimet_qdq, flat)
     for key in ("qdq", "export_qdq"):
         if case.get(key):
@@ -163,32 +164,38 @@ def _diverge_one(case: dict, samples: list[dict]) -> dict:
     differ; whether the values it quantized were equal in both runs (then the difference is born
     there); and how many of those values the two roundings put apart (`_rounded_apart`): where that
     count equals the differences born there, the rounding explains them all. Sample by sample, so a
-    large model's intermediate tensors are never all held."""
+    large model's intermediate tensors are never all held. Also the weights (parameter quantizers)
+    whose integers differ: aimet's sim rounds them its own way, the QDQ model stores qtool's."""
     sim = build_sim(Path(case["model"]), CONFIG_DIR / case["config"])
     with quiet():
         aq.load_encodings_to_sim(sim, json.loads(Path(case["encodings"]).read_text()), strict=False)
     graph = sim.model.model.graph
     params = {i.name for i in graph.initializer}
-    quantizers = [(n.input[0], n.output[0]) for n in graph.node if n.op_type == "QcQuantizeOp"
-                  and n.input[0] not in params and sim.qc_quantize_op_dict[n.input[0]].enabled]
+    enabled = [(n.input[0], n.output[0]) for n in graph.node if n.op_type == "QcQuantizeOp"
+               and sim.qc_quantize_op_dict[n.input[0]].enabled]
+    quantizers = [(t, out) for t, out in enabled if t not in params]
+    qdq = onnx.load(case["qdq"])
+    produced = {o for n in qdq.graph.node for o in n.output}
+    weights = {out: f"{t}_dequantized" for t, out in enabled if t in params and f"{t}_dequantized" in produced}
     present = {o.name for o in graph.output}
-    for name in {t for pair in quantizers for t in pair} - present:
+    for name in ({t for pair in quantizers for t in pair} | set(weights)) - present:
         graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sim._rebuild_session()
     names = [o.name for o in sim.session.get_outputs()]
-    qdq = onnx.load(case["qdq"])
-    produced = {o for n in qdq.graph.node for o in n.output}
     wanted = [t for t, _ in quantizers if f"{t}_DequantizeLinear" in produced]
     have = {o.name for o in qdq.graph.output}
-    for name in {x for t in wanted for x in (t, f"{t}_DequantizeLinear")} - have:
+    for name in ({x for t in wanted for x in (t, f"{t}_DequantizeLinear")} | set(weights.values())) - have:
         qdq.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     session = ort_session(qdq)
     qnames = [o.name for o in session.get_outputs()]
     scales = {t: _scale(sim.qc_quantize_op_dict[t]) for t in wanted}
     stats = {t: {"values": 0, "differ": 0, "inputs_differ": 0, "rounded_apart": 0} for t in wanted}
+    weights_differ: dict[str, int] = {}
     for sample in samples:
         ours = dict(zip(names, sim.session.run(None, sample)))
         theirs = dict(zip(qnames, session.run(None, sample)))
+        for out, dequantized in weights.items():
+            weights_differ[dequantized[:-len("_dequantized")]] = int(np.sum(ours[out] != theirs[dequantized]))
         for t, out in quantizers:
             if t not in stats:
                 continue
@@ -202,7 +209,8 @@ def _diverge_one(case: dict, samples: list[dict]) -> dict:
     return {"quantizers_compared": len(stats), "quantizers_differ": sum(1 for s in stats.values() if s["differ"]),
             "values": sum(s["values"] for s in stats.values()), "rounded_apart": sum(s["rounded_apart"] for s in stats.values()),
             "born": born, "born_explained": sum(1 for b in born if b["rounded_apart"] == b["differ"]),
-            "not_compared": sorted({t for t, _ in quantizers} - set(stats))[:20]}
+            "not_compared": sorted({t for t, _ in quantizers} - set(stats))[:20],
+            "weights_compared": len(weights_differ), "weights_differ": {k: v for k, v in sorted(weights_differ.items()) if v}}
 
 
 def job_diverge(args) -> None:

@@ -113,7 +113,9 @@ def _diverge(found: dict) -> str:
         parts.append(f"{direction}: {d['quantizers_differ']}/{d['quantizers_compared']} quantizers differ; "
                      f"{len(born)} first parts, {d['born_explained']} explained by the rounding"
                      + (f" [{first}{', ...' if len(born) > 3 else ''}]" if born else "")
-                     + f"; {d['rounded_apart']} values rounded apart of {d['values']}")
+                     + f"; {d['rounded_apart']} values rounded apart of {d['values']}"
+                     + (f"; weight integers differ in {len(d.get('weights_differ', {}))} of {d['weights_compared']} weights "
+                        f"({sum(d['weights_differ'].values())} values)" if "weights_compared" in d else ""))
     return "; ".join(parts)
 
 
@@ -209,6 +211,10 @@ def render_markdown(versions: dict, meta: dict, tables: dict, comparisons: dict,
                        f"QDQ {_pair(load, 'sqnr_db_vs_qdq')} dB (1.0.0 / 2.0.0; aimet's own QDQ export vs qtool QDQ "
                        f"{_pair(load, 'sqnr_db_aimet_qdq_vs_qdq')}); qtool QDQ from aimet's encodings vs aimet sim "
                        f"{back} (vs aimet's QDQ export {_back(r['reverse'], 'sqnr_db_vs_aimet_qdq')})")
+        if r.get("same_weights"):
+            same = r["same_weights"]
+            summary.append(f"  aimet's QDQ export vs qtool's QDQ with aimet's weight integers {_db(same['sqnr_db'])} dB "
+                           f"({same['weight_values_changed']} weight values rounded apart by numpy and QuantizeLinear)")
         if r.get("diverge"):
             summary.append(f"  where aimet's sim and qtool's QDQ part: {_diverge(r['diverge'])}")
     md = [BEGIN, "", "## Measured (generated)", "",

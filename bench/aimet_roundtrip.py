@@ -69,12 +69,7 @@ def prepare_data(models: list[dict], work: Path, classifier: str) -> dict[str, d
 
 def _outputs(model_path: Path, npz: str) -> list[np.ndarray]:
     """Every output of every sample, QDQ nodes kept as float ops (no graph optimisation)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = _session(model_path)
     data = np.load(npz)
     count = min(len(data[k]) for k in data.files)
     return [a for i in range(count) for a in session.run(None, {k: data[k][i:i + 1] for k in data.files})]
@@ -95,7 +90,7 @@ def qtool_forward(sh, model: dict, config: Path, data: dict, work: Path) -> dict
     sh(["qtool", "calibrate", model["path"], "--data", data["calib"], "--samples", str(CALIB_SAMPLES),
         "--config", config, "-o", pair])
     sh(["qtool", "simulate", f"{pair}.onnx", "--data", data["eval"], "-o", folder / "sim_qdq.onnx"])
-    files = {"qdq": str(folder / "sim_qdq.onnx")}
+    files = {"qdq": str(folder / "sim_qdq.onnx"), "aimet_qdq": str(folder / "aimet_qdq_of_qtool_encodings.onnx")}
     for version in VERSIONS:
         prefix = f"{stem}__{version}"
         sh(["qtool", "export", f"{pair}.onnx", "-o", folder, "--prefix", prefix, "--encoding-version", version])
@@ -108,7 +103,8 @@ def load_cases(models: list[dict], configs: tuple[str, ...], forward: dict, data
     """aimet_child.py's load job: one case per model x config x version."""
     return [{"name": m["name"], "model": m["path"], "config": c, "version": v, "encodings": forward[(m["name"], c)][v],
              "eval": data[m["name"]]["eval"], "qdq": forward[(m["name"], c)]["qdq"],
-             "export_qdq": forward[(m["name"], c)][f"export_qdq_{v}"]}
+             "export_qdq": forward[(m["name"], c)][f"export_qdq_{v}"],
+             **({"keep_aimet_qdq": forward[(m["name"], c)]["aimet_qdq"]} if v == VERSIONS[0] else {})}
             for m in models for c in configs for v in VERSIONS]
 
 
@@ -166,3 +162,49 @@ def diverge_cases(models: list[dict], configs: tuple[str, ...], forward: dict, d
                 cases.append({**common, "direction": "reverse", "encodings": str(exports / f"{stem}__1.0.0.encodings"),
                               "qdq": str(reverse_qdq)})
     return cases
+
+
+def same_weights(aimet_qdq: str, qdq: str, npz: str) -> dict | None:
+    """aimet's QDQ export of its sim holding qtool's encodings against qtool's QDQ model with its
+    stored weight integers replaced by the ones aimet's export computes at run time (its
+    QuantizeLinear of the float weight): what is left once the weights' near-halves, which numpy
+    and onnxruntime's QuantizeLinear may round apart, are taken out. None when the load job did not
+    keep aimet's model."""
+    import onnx
+    from onnx import numpy_helper
+
+    if not Path(aimet_qdq).exists():
+        return None
+    theirs = onnx.load(aimet_qdq)
+    names = [o for n in theirs.graph.node if n.op_type == "QuantizeLinear" for o in n.output]
+    probe = onnx.load(aimet_qdq)
+    probe.graph.ClearField("output")
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(o) for o in names)
+    data = np.load(npz)
+    integers = dict(zip(names, _session(probe).run(None, {k: data[k][:1] for k in data.files})))
+    ours = onnx.load(qdq)
+    initializers = {i.name: i for i in ours.graph.initializer}
+    changed = 0
+    for node in ours.graph.node:
+        stored = node.input[0] if node.op_type == "DequantizeLinear" else ""
+        found = integers.get(stored.removesuffix("_quantized") + "_q") if stored.endswith("_quantized") else None
+        if found is not None and stored in initializers:
+            old = numpy_helper.to_array(initializers[stored])
+            new = found.astype(old.dtype).reshape(old.shape)
+            changed += int(np.sum(old != new))
+            initializers[stored].CopyFrom(numpy_helper.from_array(new, stored))
+    patched = Path(qdq).with_name("qdq_with_aimet_weight_integers.onnx")
+    onnx.save(ours, patched)
+    return {"weight_values_changed": changed,
+            "sqnr_db": sqnr(_outputs(Path(aimet_qdq), npz), _outputs(patched, npz))}
+
+
+def _session(model):
+    """onnxruntime on a path or a ModelProto, no graph optimisation, one thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -198,6 +198,9 @@ def round_trips(models: list[dict], config_dir: Path, data: dict) -> dict:
     for m in models:
         for c in EXPORT_CONFIGS:
             results[(m["name"], c)]["reverse"] = aimet_roundtrip.reverse(sh, m, c, data[m["name"]], exports, WORK)
+            files = forward[(m["name"], c)]
+            results[(m["name"], c)]["same_weights"] = aimet_roundtrip.same_weights(files["aimet_qdq"], files["qdq"],
+                                                                                  data[m["name"]]["eval"])
     cases = aimet_roundtrip.diverge_cases(models, EXPORT_CONFIGS, forward, data, exports, WORK)
     (WORK / "diverge_cases.json").write_text(json.dumps(cases))
     child("--job", "diverge", "--cases", str(WORK / "diverge_cases.json"), "--samples",
