@@ -58,7 +58,7 @@ def test_calibrate_without_output_writes_beside_the_model_and_says_where(work, c
 
 def test_output_means_one_thing_per_kind_and_help_says_which(capsys):
     kinds = {name: command.output.kind if command.output else None for name, command in COMMANDS.items()}
-    assert kinds == {"calibrate": "prefix", "bias-correct": "prefix", "adaround": "prefix", "fold": "file",
+    assert kinds == {"calibrate": "prefix", "bias-correct": "prefix", "adaround": "prefix", "qat": "prefix", "fold": "file",
                      "equalize": "file", "simulate": "file", "plot-ranges": "file", "export": "folder",
                      "analyze": "folder", "mixed-precision": "folder", "info": None, "bench": None}
     shown = {"prefix": "-o, --output PREFIX", "file": "-o, --output FILE", "folder": "-o, --output-dir FOLDER"}

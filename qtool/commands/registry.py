@@ -34,6 +34,7 @@ from qtool.commands.fold import FoldOptions, fold
 from qtool.commands.info import InfoOptions, info
 from qtool.commands.mixed_precision import MixedPrecisionOptions, mixed_precision
 from qtool.commands.plot_ranges import PlotRangesOptions, plot_ranges
+from qtool.commands.qat import QatOptions, qat
 from qtool.commands.report import Report
 from qtool.commands.simulate import SimulateOptions, simulate
 from qtool.errors import QtoolError
@@ -118,6 +119,8 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
         "prefix", "Output prefix: writes PREFIX.onnx and PREFIX.encodings.json.")),
     Command("adaround", adaround, AdaroundOptions, Output(
         "prefix", "Output prefix: PREFIX.onnx (adarounded weights) + PREFIX.encodings.json.")),
+    Command("qat", qat, QatOptions, Output(
+        "prefix", "Output prefix: PREFIX.onnx (the float model with the trained weights) + PREFIX.encodings.json.")),
     Command("analyze", analyze, AnalyzeOptions, Output(
         "folder", "Report folder: report.html, report.json, overrides.json.")),
     Command("mixed-precision", mixed_precision, MixedPrecisionOptions, Output(

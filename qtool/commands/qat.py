@@ -1,0 +1,107 @@
+"""`qat`: quantization-aware training of a pair from the ONNX file alone (qtool.train, torch)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from qtool.commands.fields import DataArg, option
+from qtool.commands.options import CONFIG_HELP, ENCODINGS_HELP, DataOptions, encoding_version
+from qtool.commands.report import ProgressFactory, Report, bar
+
+LOSSES = ("kd", "mse")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QatOptions(DataOptions):
+    data: DataArg = option(help="Training data (no labels), in any form calibrate --data takes.")
+    encodings: str | None = option(None, ENCODINGS_HELP)
+    batch_size: int = option(8, "Samples per training step.", bounds=(1, None))
+    eval_data: DataArg = option(None, "Evaluation data: SQNR against the float model after each epoch, which picks "
+                                      "the best epoch (default: the first --eval-samples of --data).")
+    eval_samples: int = option(32, "Evaluation samples.", bounds=(1, None))
+    epochs: int = option(1, "Passes over --data.", bounds=(1, None))
+    lr: float = option(1e-5, "Learning rate of the weights (Adam).", bounds=(0, None))
+    range_learning: bool = option(False, "Also train the quantizers' scales and offsets (LSQ/LSQ+, Adam), from the "
+                                         "calibrated encodings; fixed ranges and frozen encodings stay.")
+    range_lr: float = option(1e-4, "Learning rate of the scales and offsets with --range-learning.", bounds=(0, None))
+    lr_step: int = option(5, "Divide the learning rates by 10 every N epochs (white paper 5.2).", bounds=(1, None))
+    loss: str = option("kd", "kd: distillation from the float model's own outputs (KL on Softmax outputs, relative "
+                             "MSE on others; no labels); mse: relative MSE on every output.", choices=LOSSES)
+    config: str = option("default", "Runtime config whose fixed ranges (encoding_constraints) stay fixed with "
+                                    f"--range-learning. {CONFIG_HELP}")
+    encoding_version: str = encoding_version()
+
+
+def qat(model: str | os.PathLike, output: str | os.PathLike, options: QatOptions,
+        progress: ProgressFactory = bar) -> Report:
+    """Quantization-aware training: fine-tune the pair's weights (and with --range-learning its
+    ranges) through its quantizers, distilling from the float model's own outputs (no labels).
+
+    BatchNorms are folded first. Writes PREFIX.onnx (the float model with the trained weights)
+    and PREFIX.encodings.json, a pair simulate and export take unchanged. Needs qtool[train].
+
+    Example: qtool qat model.onnx --encodings model.encodings.json --data train.npz --epochs 5 -o out/model_qat
+    """
+    from qtool.commands.inputs import load_pair, open_model_data, output_prefix
+    from qtool.encodings.write import save_encodings
+    from qtool.errors import QtoolError
+    from qtool.files.atomic import StagedOutputs
+    from qtool.ir.graph import save_model
+    from qtool.train import require_torch
+
+    require_torch()
+    graph, encodings, source = load_pair(model, options.encodings)
+    result = qat_model(graph, encodings, options, str(model), progress)
+    prefix = output_prefix(output)
+    with StagedOutputs() as out:
+        save_model(result.model, out.path(f"{prefix}.onnx"))
+        save_encodings(result.encodings, out.path(f"{prefix}.encodings.json"), options.encoding_version)
+    report = qat_report(result)
+    if result.diverged:
+        best = result.training.best
+        raise QtoolError(f"{model}: training diverged: {result.diverged}",
+                         f"lower --lr / --range-lr; the best state (epoch {best.epoch}, eval SQNR "
+                         f"{best.eval_sqnr_db:.2f} dB) was written to {prefix}.onnx")
+    return Report({"model": f"{prefix}.onnx", "encodings": f"{prefix}.encodings.json", **report.summary},
+                  [*report.lines, f"wrote {prefix}.onnx and {prefix}.encodings.json"])
+
+
+def qat_model(graph, encodings, options: QatOptions, source: str = "model", progress: ProgressFactory = bar):
+    """QAT in memory: a `qtool.train.run.QatResult` (the trained pair and the training record)."""
+    from qtool.commands.inputs import open_model_data
+    from qtool.plan.build import PlanOptions, build_plan
+    from qtool.plan.config import load_config
+    from qtool.train.loop import TrainParams
+    from qtool.train.run import train_pair
+
+    data = open_model_data(graph, options.data, **options.reading())
+    if options.eval_data is not None:
+        evaluation = open_model_data(graph, options.eval_data, **{**options.reading(), "samples": options.eval_samples})
+    else:
+        evaluation = open_model_data(graph, options.data, **{**options.reading(), "samples": options.eval_samples})
+    eval_feeds = [dict(batch) for batch in evaluation.batches(options.batch_size)]
+    plan = build_plan(graph, load_config(options.config), PlanOptions())
+    fixed = frozenset(name for name, tensor in plan.all().items() if tensor.fixed_range is not None)
+    params = TrainParams(options.epochs, options.lr, options.range_lr, options.lr_step, options.loss, seed=options.seed)
+    bar_ = progress("qat", unit="epochs")
+    bar_(0, options.epochs)
+    result = train_pair(graph, encodings, lambda: (dict(b) for b in data.batches(options.batch_size)), eval_feeds,
+                        params, learn_ranges=options.range_learning, fixed=fixed, source=source, progress=bar_.detail)
+    bar_(options.epochs, options.epochs)
+    return result
+
+
+def qat_report(result) -> Report:
+    """The curve (eval SQNR per epoch, epoch 0 = the PTQ start), the best epoch, time and device."""
+    training = result.training
+    summary = {"seconds": round(training.seconds, 2), "device": result.device, "steps": training.steps,
+               "best_epoch": training.best_epoch,
+               "epochs": [{"epoch": r.epoch, "loss": r.loss, "eval_sqnr_db": round(r.eval_sqnr_db, 3),
+                           "seconds": round(r.seconds, 2)} for r in training.history]}
+    first, best = training.history[0], training.best
+    lines = [f"qat: {len(training.history) - 1} epoch(s), {training.steps} steps in {training.seconds:.1f}s on "
+             f"{result.device}: eval SQNR {first.eval_sqnr_db:.2f} dB (PTQ) -> {best.eval_sqnr_db:.2f} dB "
+             f"(epoch {best.epoch}, kept)", *[f"  {note}" for note in result.notes]]
+    lines += [f"  epoch {r.epoch}: loss {r.loss:.4g}, eval SQNR {r.eval_sqnr_db:.2f} dB" for r in training.history[1:]]
+    return Report(summary, lines)

@@ -1,0 +1,149 @@
+"""The QAT loop: the student (the lowered model with its quantizers) learns to reproduce the
+teacher (the same model in float) on the training data, epoch by epoch.
+
+Hyper-parameters follow the white paper's section 5.2: weights and quantizer parameters in
+separate groups, Adam for the quantizer parameters (and, with no FP32 training recipe to follow,
+for the weights too, at a small rate), the rate divided by 10 every `lr_step` epochs. Before the
+first epoch and after each, the student is evaluated against the teacher (pooled SQNR per float
+output, averaged in dB); the best state is kept and is what the loop leaves in the student (epoch
+0, the PTQ starting point, counts: training never makes the result worse on the evaluation set).
+
+Guards: a loss that is not finite, or a scale that is not finite, not positive, or has moved
+more than `max_scale_change` times from where it started, stops training with `Diverged`; the
+student then holds the best state so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from qtool.train import losses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 1
+    lr: float = 1e-5
+    range_lr: float = 1e-4
+    lr_step: int = 5
+    loss: str = "kd"
+    max_scale_change: float = 1e3
+    seed: int = 0
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float | None
+    eval_sqnr_db: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> EpochRecord:
+        return next(r for r in self.history if r.epoch == self.best_epoch)
+
+
+class Diverged(Exception):
+    """Training stopped on a non-finite loss or a collapsing/exploding scale; `result` holds what
+    was done (the student holds its best state)."""
+
+    def __init__(self, message: str, result: TrainResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def to_torch(feeds: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(array)).to(device) for name, array in feeds.items()}
+
+
+class Trainer:
+    """One training run; `run()` returns a TrainResult and leaves the best state in `student`."""
+
+    def __init__(self, student, teacher, kinds: dict[str, str], params: TrainParams, device="cpu") -> None:
+        self.student, self.teacher, self.kinds, self.params, self.device = student, teacher, kinds, params, device
+        torch.manual_seed(params.seed)
+        weights = list(student.weights.parameters())
+        ranges = [p for q in student.quantizers.values() for p in q.parameters()]
+        groups = [{"params": weights, "lr": params.lr}] + ([{"params": ranges, "lr": params.range_lr}] if ranges else [])
+        self.optimizer = torch.optim.Adam(groups)
+        self.schedule = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=params.lr_step, gamma=0.1)
+        self.initial_scales = {k: q.scale.detach().clone() for k, q in student.quantizers.items()
+                               if isinstance(q.scale, torch.nn.Parameter)}
+        self.teacher.requires_grad_(False)
+
+    def evaluate(self, feeds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> float:
+        """Mean over float outputs of the pooled SQNR (dB) of the student against the teacher."""
+        with torch.no_grad():
+            outputs = [self.student(f) for f in feeds]
+        names = [n for n, t in targets[0].items() if t.is_floating_point()]
+        return float(np.mean([losses.sqnr_db([o[n] for o in outputs], [t[n] for t in targets]) for n in names]))
+
+    def _check(self, value: float, epoch: int, step: int, result: TrainResult) -> None:
+        where = f"epoch {epoch}, step {step}"
+        if not np.isfinite(value):
+            self._stop(f"the loss became {value} at {where}", result)
+        for key, start in self.initial_scales.items():
+            scale = self.student.quantizers[key].scale.detach()
+            ratio = scale / start
+            if (not torch.isfinite(scale).all() or (scale <= 0).any()
+                    or (ratio > self.params.max_scale_change).any() or (ratio < 1 / self.params.max_scale_change).any()):
+                name = self.student.quantizers[key].tensor_name
+                self._stop(f"the scale of '{name}' went from {start.max().item():.3g} to {scale.max().item():.3g} "
+                           f"at {where}", result)
+
+    def _stop(self, message: str, result: TrainResult) -> None:
+        self.student.load_state_dict(self.best_state)
+        raise Diverged(message, result)
+
+    def run(self, batches: Callable[[], Iterable[dict[str, np.ndarray]]], eval_feeds: list[dict[str, np.ndarray]],
+            progress: Callable[[str], None] = lambda note: None) -> TrainResult:
+        start = time.perf_counter()
+        feeds = [to_torch(f, self.device) for f in eval_feeds]
+        with torch.no_grad():
+            targets = [self.teacher(f) for f in feeds]
+        result = TrainResult()
+        result.history.append(EpochRecord(0, None, self.evaluate(feeds, targets), 0.0))
+        self.best_state = copy.deepcopy(self.student.state_dict())
+        log.info("qat: epoch 0 (PTQ): eval SQNR %.2f dB", result.history[0].eval_sqnr_db)
+        for epoch in range(1, self.params.epochs + 1):
+            epoch_start, total, count = time.perf_counter(), 0.0, 0
+            for step, batch in enumerate(batches(), 1):
+                inputs = to_torch(batch, self.device)
+                with torch.no_grad():
+                    target = self.teacher(inputs)
+                value = losses.loss(self.params.loss, self.student(inputs), target, self.kinds)
+                self.optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                self.optimizer.step()
+                self._check(value.item(), epoch, step, result)
+                total, count, result.steps = total + value.item(), count + 1, result.steps + 1
+                progress(f"epoch {epoch}/{self.params.epochs} step {step}, loss {total / count:.4g}")
+            self.schedule.step()
+            record = EpochRecord(epoch, total / max(count, 1), self.evaluate(feeds, targets),
+                                 time.perf_counter() - epoch_start)
+            result.history.append(record)
+            if record.eval_sqnr_db > result.best.eval_sqnr_db:
+                result.best_epoch, self.best_state = epoch, copy.deepcopy(self.student.state_dict())
+            log.info("qat: epoch %d/%d: loss %.4g, eval SQNR %.2f dB (best %.2f dB, epoch %d), %.1f s", epoch,
+                     self.params.epochs, record.loss, record.eval_sqnr_db, result.best.eval_sqnr_db,
+                     result.best_epoch, record.seconds)
+        self.student.load_state_dict(self.best_state)
+        result.seconds = time.perf_counter() - start
+        return result

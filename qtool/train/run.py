@@ -1,0 +1,58 @@
+"""QAT of a pair in memory: fold, lower the student (quantized) and the teacher (float), train,
+and give back the trained pair. Reads and writes no files: `qtool.commands.qat` does the IO."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.train import require_torch
+from qtool.train.loop import Diverged, TrainParams, TrainResult
+
+
+@dataclass
+class QatResult:
+    model: ir.Model
+    encodings: EncodingSet
+    training: TrainResult
+    notes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    diverged: str | None = None  # why training stopped early (the pair holds the best state before it)
+
+
+def device_name() -> str:
+    """CUDA where the installed torch has it, else the CPU (the report says which)."""
+    torch = require_torch()
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train_pair(model: ir.Model, encodings: EncodingSet, batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+               eval_feeds: list[dict[str, np.ndarray]], params: TrainParams, *, learn_ranges: bool = False,
+               fixed: frozenset[str] = frozenset(), source: str = "model",
+               progress: Callable[[str], None] = lambda note: None) -> QatResult:
+    """Train `model`'s weights (and with `learn_ranges` its quantizers' ranges, except `fixed` and
+    frozen ones) to match its own float outputs; BatchNorms are folded first."""
+    torch = require_torch()
+    from qtool.train.losses import output_kinds
+    from qtool.train.lower import LoweredModel
+    from qtool.train.pair import fold_for_training, trained_pair
+
+    folded, encodings, notes = fold_for_training(model, encodings)
+    device = device_name()
+    student = LoweredModel(folded, encodings, learn_ranges=learn_ranges, fixed=fixed, source=source).to(device)
+    teacher = LoweredModel(folded, None, source=source).to(device)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    from qtool.train.loop import Trainer
+
+    trainer = Trainer(student, teacher, output_kinds(folded), params, device)
+    diverged = None
+    try:
+        result = trainer.run(batches, eval_feeds, progress)
+    except Diverged as stop:
+        result, diverged = stop.result, str(stop)
+    out_model, out_encodings = trained_pair(folded, encodings, student)
+    return QatResult(out_model, out_encodings, result, notes, device, diverged)
