@@ -2,10 +2,11 @@
 `qtool export --target`, with the accuracy each costs.
 
 For every model with a quantized pair on disk (the demo classifier from `make demo`, the zoo
-models from `make bench-zoo`: per-channel recipe, 06-export), export NAME_qdq.onnx three ways:
-`qdq` (the plain export), `ort-cpu` and `ort-cpu` with `--fused-activations integer`; report the
-kernel summary of each, the output SQNR against the float model on the first eval samples, and
-the latency of all four models timed interleaved (qtool.runtime.latency: best of N, threads 1
+models from `make bench-zoo`: per-channel recipe, 06-export), export NAME_qdq.onnx four ways:
+`qdq` (the plain export) and `--target ort-cpu` with `--fused-activations` float, bounded (the
+default: `ort-cpu`) and integer; report the kernel summary of each, its accuracy against the float
+model on the first eval samples (the zoo benchmark's headline metric, and the output SQNR), and
+the latency of the five models timed interleaved (qtool.runtime.latency: best of N, threads 1
 and all cores, batch 1 and --batch). Writes build/bench/deploy/results.json and its own section
 of docs/benchmarks.md between the markers below (bench_zoo.py keeps it).
 
@@ -26,6 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 import docs_page  # noqa: E402
 
@@ -45,9 +47,10 @@ MODELS = {  # key: (title, folder of NAME.onnx + NAME.encodings, NAME, eval data
             ZOO / "det/eval.npz"),
     "rec": ("PP-OCRv4 text recogniser", ZOO / "rec/qtool_per-channel/06-export", "ch_PP-OCRv4_rec_infer",
             ZOO / "rec/eval.npz"),
+    "text": ("MiniLM-L3 sentence encoder", ZOO / "text/qtool_per-channel/06-export", "text_encoder", ZOO / "text/eval"),
 }
-VARIANTS = {"qdq": {}, "ort-cpu": {"target": "ort-cpu"},
-            "ort-cpu int": {"target": "ort-cpu", "fused_activations": "integer"}}
+VARIANTS = {"qdq": {}, "ort-cpu float": {"target": "ort-cpu", "fused_activations": "float"},
+            "ort-cpu": {"target": "ort-cpu"}, "ort-cpu integer": {"target": "ort-cpu", "fused_activations": "integer"}}
 ACCURACY_SAMPLES = 32
 
 
@@ -60,18 +63,46 @@ def _export(folder: Path, name: str, out: Path, options: dict) -> dict:
             "rewrites": report.summary.get("rewrites", {})}
 
 
-def _outputs(path: str, samples: list[dict]) -> np.ndarray:
+def _samples(data: Path) -> list[dict[str, np.ndarray]]:
+    """The first eval samples, one feed each: from one npz, or a folder of one-sample npz files."""
+    if data.is_dir():
+        return [dict(np.load(path)) for path in sorted(data.glob("*.npz"))[:ACCURACY_SAMPLES]]
+    arrays = dict(np.load(data))
+    count = min(ACCURACY_SAMPLES, len(next(iter(arrays.values()))))
+    return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(count)]
+
+
+def _outputs(path: str, samples: list[dict]) -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, feed)[0].astype(np.float64).reshape(1, -1) for feed in samples])
+    return [session.run(None, feed) for feed in samples]
 
 
-def _sqnr(ref: np.ndarray, test: np.ndarray) -> float:
-    noise = float(((ref - test) ** 2).sum())
-    return round(float(10 * np.log10((ref ** 2).sum() / noise)), 2) if noise else float("inf")
+def _sqnr(ref: list, test: list) -> float:
+    r, t = (np.concatenate([o[0].astype(np.float64).ravel() for o in outs]) for outs in (ref, test))
+    noise = float(((r - t) ** 2).sum())
+    return round(float(10 * np.log10((r ** 2).sum() / noise)), 2) if noise else float("inf")
+
+
+def _headline(key: str, ref: list, test: list, samples: list[dict]) -> tuple[str, float] | None:
+    """The zoo benchmark's own metric against float (bench/zoo_models.py), or the demo's accuracy."""
+    if key == "demo":
+        labels = np.load(ROOT / "build/demo/cls_labels.npy")[:len(test)]
+        return "accuracy", round(float(np.mean([o[0].argmax() == label for o, label in zip(test, labels)])), 4)
+    import zoo_models
+
+    spec = next(spec for spec in zoo_models.SPECS if spec.key == key)
+    extra = {}
+    if key == "rec":
+        common = zoo_models.C
+        _, truths = common.ocr_data.load_split("rec", "eval", limit=len(samples))
+        extra = {"truths": truths, "chars": common.ocr_data.load_characters(common.REC_MODEL)}
+    data = zoo_models.Data(Path(), Path(), samples, extra)
+    scores = spec.score(ref, test, data)
+    return spec.headline, round(float(scores[spec.headline]), 4)
 
 
 def bench_model(key: str, repeat: int, batch: int) -> dict | None:
@@ -81,23 +112,24 @@ def bench_model(key: str, repeat: int, batch: int) -> dict | None:
     if not (folder / f"{name}.encodings").exists() or not data.exists():
         print(f"{key}: no pair at {folder} (run `make demo` / `make bench-zoo` first): skipped")
         return None
-    arrays = dict(np.load(data))
-    samples = [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(min(ACCURACY_SAMPLES, len(next(iter(
-        arrays.values())))))]
+    samples = _samples(data)
     float_path = str(folder / f"{name}.onnx")
     reference = _outputs(float_path, samples)
     variants = {}
     for label, options in VARIANTS.items():
         row = _export(folder, name, WORK / key / label.replace(" ", "-"), options)
-        row["sqnr_db"] = _sqnr(reference, _outputs(row["path"], samples))
+        outputs = _outputs(row["path"], samples)
+        row["sqnr_db"] = _sqnr(reference, outputs)
+        row["metric"], row["score"] = _headline(key, reference, outputs, samples) or ("", None)
         variants[label] = row
-        print(f"{key} {label}: {row['kernels']}; SQNR vs float {row['sqnr_db']} dB", flush=True)
+        print(f"{key} {label}: {row['kernels']}; SQNR vs float {row['sqnr_db']} dB, {row['metric']} "
+              f"{row['score']}", flush=True)
     from qtool.ir.graph import load_model
     from qtool.runtime.sessions import max_batch
 
     fixed = max_batch(load_model(float_path))
     sizes = [fixed] if fixed is not None else sorted({1, batch})
-    feeds = {size: {k: np.resize(v[:1], (size, *v.shape[1:])) for k, v in arrays.items()} for size in sizes}
+    feeds = {size: {k: np.resize(v, (size, *v.shape[1:])) for k, v in samples[0].items()} for size in sizes}
     paths = {"float": float_path, **{label: row["path"] for label, row in variants.items()}}
     load_before = load_average()
     timings = time_models(paths, feeds, thread_counts(), repeat)
@@ -119,23 +151,18 @@ def table(results: dict) -> str:
             cells = [f"{best[label]:.2f} ({best['float'] / best[label]:.2f}x)" for label in labels]
             lines.append(f"| {result['title']} | {row['threads']} | {row['batch']} | {best['float']:.2f} | "
                          + " | ".join(cells) + " |")
-    lines += ["", "| model | load | " + " | ".join(f"{label}: SQNR vs float, kernels" for label in labels) + " |",
+    lines += ["", "| model | metric (vs float) | " + " | ".join(f"{label}" for label in labels) + " |",
+              "| --- | --- | " + " | ".join("---:" for _ in labels) + " |"]
+    for result in results.values():
+        first = next(iter(result["variants"].values()))
+        cells = [f"{v['score']} ({v['sqnr_db']} dB)" for v in result["variants"].values()]
+        lines.append(f"| {result['title']} | {first['metric']} (output SQNR) | " + " | ".join(cells) + " |")
+    lines += ["", "| model | load | " + " | ".join(f"{label}: kernels" for label in labels) + " |",
               "| --- | --- | " + " | ".join("---" for _ in labels) + " |"]
     for result in results.values():
-        cells = [f"{v['sqnr_db']} dB; {v['kernels'].split(': ', 1)[-1]}" for v in result["variants"].values()]
+        cells = [v["kernels"].split(": ", 1)[-1] for v in result["variants"].values()]
         lines.append(f"| {result['title']} | {result['load'][0]} -> {result['load'][1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_doc(body: str) -> None:
-    """Replace (or append) this script's section of docs/benchmarks.md."""
-    old = DOC.read_text() if DOC.exists() else ""
-    section = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    if BEGIN in old and END in old:
-        text = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        text = old.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
 
 
 def main() -> int:
@@ -156,12 +183,14 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "results.json").write_text(json.dumps(results, indent=2))
     if not args.no_doc and results:
-        write_doc(f"## Deploy latency: exported models against float in onnxruntime\n\n"
+        docs_page.write_section(DOC, BEGIN, END, f"## Deploy latency: exported models against float in onnxruntime\n\n"
                   f"Generated by `bench/bench_deploy.py` (`make bench-deploy`); run {docs_page.context_line()}, "
                   f"load average {', '.join(f'{v:.2f}' for v in load)} at the start, "
                   f"{(time.time() - start) / 60:.1f} min, best of {args.repeat} interleaved runs, "
-                  f"SQNR of the first output on {ACCURACY_SAMPLES} eval samples. Exports: `qdq` the plain "
-                  f"export, `ort-cpu` = `--target ort-cpu`, `ort-cpu int` adds `--fused-activations integer` "
+                  f"accuracy on the first {ACCURACY_SAMPLES} eval samples against the float model (the zoo benchmark's "
+                  f"headline metric; the demo: accuracy against its labels) and the SQNR of the first output. Exports: `qdq` the plain "
+                  f"export, `ort-cpu` = `--target ort-cpu` (`--fused-activations bounded`), `ort-cpu float` and "
+                  f"`ort-cpu integer` with `--fused-activations float` / `integer` "
                   f"(docs/deploy.md).\n\n{text}\n")
         print(f"wrote the generated section of {DOC}")
     return 0

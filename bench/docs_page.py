@@ -41,3 +41,15 @@ def write_page(name: str, title: str, script: str, make_target: str | None, body
     path = DOCS / f"bench_{name}.md"
     path.write_text(header + body.rstrip() + "\n")
     return path
+
+
+def write_section(path: Path, begin: str, end: str, body: str) -> None:
+    """Replace the part of `path` between the `begin` and `end` markers by `body` (appended, with
+    its markers, when the page has none): several scripts share docs/benchmarks.md this way."""
+    old = path.read_text() if path.exists() else ""
+    section = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in old and end in old:
+        text = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
+    else:
+        text = old.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)

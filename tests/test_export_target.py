@@ -49,7 +49,8 @@ def _sqnr(ref: np.ndarray, test: np.ndarray) -> float:
 def hard_swish(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("hs")
     model = conv_hard_swish_conv(folder / "hs.onnx")
-    return {"plain": _export(model, folder / "plain"), "float": _export(model, folder / "float", target="ort-cpu"),
+    return {"plain": _export(model, folder / "plain"),
+            "float": _export(model, folder / "float", target="ort-cpu", fused_activations="float"),
             "integer": _export(model, folder / "int", target="ort-cpu", fused_activations="integer"),
             "model": model}
 
@@ -119,7 +120,8 @@ def test_target_is_checked_and_plain_export_is_unchanged(hard_swish, tmp_path, c
     assert hashlib.sha256(again.read_bytes()).hexdigest() == digest  # the default target is the plain QDQ model
 
 
-def test_fused_activations_integer_quantizes_silu_gates_and_relu6_convs(tmp_path):
+@pytest.mark.parametrize("fused", ["bounded", "integer"])
+def test_fused_activations_bounded_quantizes_silu_gates_and_relu6_convs(tmp_path, fused):
     bound = numpy_helper.from_array(np.linspace(2, 6, 8, dtype=np.float32).reshape(1, 8, 1, 1), "bound")
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
              helper.make_node("Sigmoid", ["c1"], ["g"], name="sigmoid"),
@@ -129,7 +131,7 @@ def test_fused_activations_integer_quantizes_silu_gates_and_relu6_convs(tmp_path
              helper.make_node("Min", ["r2", "bound"], ["y"], name="min")]  # a relu6 after equalization
     model = _save(tmp_path / "silu.onnx", nodes, _weights(*WEIGHTS) + [bound], "y")
     plain, ours = _export(model, tmp_path / "plain"), _export(model, tmp_path / "ours", target="ort-cpu",
-                                                            fused_activations="integer")
+                                                            fused_activations=fused)
     before, after = _by_name(plain), _by_name(ours)
     assert before["sigmoid"].kind == before["silu"].kind == "float"
     assert after["sigmoid"].kernel == "QLinearSigmoid" and after["silu"].kernel == "QLinearMul"

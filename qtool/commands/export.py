@@ -11,7 +11,7 @@ from qtool.commands.options import ENCODINGS_HELP, encoding_version
 from qtool.commands.report import Report
 
 TARGETS = ("qdq", "ort-cpu")  # as qtool.steps.export.TARGETS (not imported: the CLI stays light)
-FUSED_ACTIVATIONS = ("float", "integer")
+FUSED_ACTIVATIONS = ("float", "bounded", "integer")  # as qtool.ir.ort_cpu.FUSED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,12 +22,13 @@ class ExportOptions:
     target: str = option("qdq", "NAME_qdq.onnx for: 'qdq', the model the encodings describe (any runtime, "
                                 "accelerators); 'ort-cpu', the same model in the forms onnxruntime's CPU provider "
                                 "fuses (docs/deploy.md). NAME.encodings is the same for both.", choices=TARGETS)
-    fused_activations: str = option("float", "--target ort-cpu: the tensors the encodings leave unquantized as parts "
-                                             "of one fused activation (a Conv output read by a hard-swish or a relu6, "
-                                             "SiLU's sigmoid gate) stay 'float' (those Convs run in float with float "
-                                             "weights: the encodings' numbers) or get grids derived from the "
-                                             "activation's own and run on 'integer' kernels (faster, one rounding "
-                                             "more: measured per model in docs/deploy.md).", choices=FUSED_ACTIVATIONS)
+    fused_activations: str = option("bounded", "--target ort-cpu: which tensors the encodings leave unquantized "
+                                               "inside one fused activation get a grid, so that integer kernels run "
+                                               "them: 'float' none (the encodings' numbers; those Convs run in float "
+                                               "with float weights); 'bounded' a Conv output before a relu6 and a "
+                                               "SiLU's gate (off by at most one step of a grid the encodings hold); "
+                                               "'integer' also a Conv output before a hard-swish (a new per-tensor "
+                                               "grid: measured per model in docs/deploy.md).", choices=FUSED_ACTIVATIONS)
 
 
 def export(model: str | os.PathLike, output: str | os.PathLike, options: ExportOptions) -> Report:
@@ -58,7 +59,7 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
 
     check_file_stem(options.prefix, "--prefix")
     result = export_step(graph, encodings, source=source, target=options.target,
-                         integer_fused=options.fused_activations == "integer")
+                         fused=options.fused_activations)
     folder, prefix = Path(output), options.prefix
     with StagedOutputs() as out:
         write_float(out.path(folder / f"{prefix}.onnx"))

@@ -21,14 +21,19 @@ Always (the plain export's numbers, or within one step of a grid):
 * `uint8`: a symmetric int8 activation grid is written as uint8 with zero point 128, the same grid
   (exact); onnxruntime x86 fuses only uint8 activations where a tensor has several readers.
 
-With `integer_fused` (`--fused-activations integer`: one rounding more, measured per model):
+With `fused="bounded"` (`--fused-activations bounded`, the default: off by at most one step of a
+grid the encodings already hold):
+
+* `clipped`: a Conv output read through Relu/Clip/Min/Max by a quantized tensor (the relu6 that
+  depthwise-input equalization writes as Relu + per-channel Min) takes that tensor's grid.
+* `gates`: a SiLU's sigmoid gate gets the grid [0, 1] (QLinearSigmoid + QLinearMul): at most 1/510.
+
+With `fused="integer"` also (one rounding more on a new grid, measured per model):
 
 * `derived`: the Conv output x that only a hard-swish reads gets the grid [-3, x_max], x_max =
   h^-1(max of the hard-swish's own grid): no value of x outside it changes h(x) (h(x) = 0 for
   x <= -3, and the result grid clips above x_max anyway), so the only cost is rounding x to 256
-  levels (per tensor, where the supergroup kept per-channel precision); the Conv becomes a QLinearConv.
-* `clipped`: a Conv output read through Relu/Clip/Min/Max by a quantized tensor takes its grid.
-* `gates`: a SiLU's sigmoid gate gets the grid [0, 1] (QLinearSigmoid + QLinearMul).
+  levels, per tensor where the supergroup kept the Conv's per-channel precision.
 
 NAME.encodings is not changed: it stays the accelerator's description of the model.
 """
@@ -52,20 +57,22 @@ SAME_GRID = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze
 HARD_SWISH_FLOOR = -3.0  # h(x) = 0 for every x <= -3
 
 
-def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, integer_fused: bool = False
+FUSED = ("float", "bounded", "integer")  # --fused-activations: what gets a derived grid (module docstring)
+
+
+def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, fused: str = "bounded"
                  ) -> tuple[ir.Model, EncodingSet, dict[str, int]]:
     """The float model and encodings to build the onnxruntime-CPU QDQ model from (`model` and
     `encodings` are not changed), and how many tensors/ops each rewrite touched.
-    `integer_fused`: give the tensors left unquantized inside fused activations (a linear layer's
-    output before a hard-swish or relu6, SiLU's gate) derived grids, so that integer kernels run
-    them (one rounding more)."""
+    `fused` (one of FUSED): which tensors left unquantized inside fused activations get derived
+    grids, so that integer kernels run them (one rounding more)."""
     swishes = hard_swishes(model)
     graph = ensure_opset(clone(model), HARD_SWISH_OPSET if swishes else 13, source=source)
     encs = encodings.copy()
     counts = {"pads": fold_pads(graph, encs),
-              "derived": derive_hard_swish_inputs(graph, encs) if integer_fused else 0,
-              "clipped": derive_clipped_inputs(graph, encs) if integer_fused else 0,
-              "gates": derive_sigmoid_gates(graph, encs) if integer_fused else 0,
+              "derived": derive_hard_swish_inputs(graph, encs) if fused == "integer" else 0,
+              "clipped": derive_clipped_inputs(graph, encs) if fused != "float" else 0,
+              "gates": derive_sigmoid_gates(graph, encs) if fused != "float" else 0,
               "hard_swish": hard_swish_ops(graph, encs),
               "same_grid": same_grid(graph, encs), "uint8": uint8_grids(encs)}
     return graph, encs, counts
@@ -212,7 +219,8 @@ def derive_clipped_inputs(model: ir.Model, encs: EncodingSet) -> int:
             chain.append(readers[0])
             value = readers[0].outputs[0]
         enc = encs.activations.get(value.name)
-        if chain and _native_8bit(enc):
+        folded = len(chain) == 1 and chain[0].op_type in ("Relu", "Clip")  # onnxruntime folds it into the Q
+        if chain and not folded and _native_8bit(enc):
             encs.activations[x.name] = enc
             _drop_identities(model, [node for node in chain[:-1] if _identity_on(node, enc)])
             count += 1

@@ -31,11 +31,11 @@ class ExportResult:
 
 
 def export(model: ir.Model, encodings: EncodingSet, *, source: str = "encodings", target: str = "qdq",
-           integer_fused: bool = False) -> ExportResult:
+           fused: str = "bounded") -> ExportResult:
     """Build the deployable QDQ model; the float model and encodings pass through unchanged."""
     rewrites: dict[str, int] = {}
     if target == "ort-cpu":
-        qdq, rewrites = ort_cpu_model(model, encodings, source, integer_fused=integer_fused)
+        qdq, rewrites = ort_cpu_model(model, encodings, source, fused=fused)
     else:
         qdq = build_qdq_model(model, encodings, integer_bias=True, source=source)
     qdq.producer_name = "qtool"
@@ -43,16 +43,16 @@ def export(model: ir.Model, encodings: EncodingSet, *, source: str = "encodings"
 
 
 def ort_cpu_model(model: ir.Model, encodings: EncodingSet, source: str = "encodings", *,
-                  integer_fused: bool = False) -> tuple[ir.Model, dict[str, int]]:
+                  fused: str = "bounded") -> tuple[ir.Model, dict[str, int]]:
     """The QDQ model in the form onnxruntime's CPU provider fuses, and the rewrite counts.
-    `integer_fused`: give the tensors the encodings leave unquantized inside fused activations
-    derived grids (integer kernels: QLinearConv, QLinearSigmoid, ...) rather than run those ops in
-    float with float weights (the plain export's numbers)."""
+    `fused`: which tensors the encodings leave unquantized inside fused activations get derived
+    grids (integer kernels: QLinearConv, QLinearSigmoid, ...) rather than run those ops in float
+    with float weights (the plain export's numbers): `qtool.ir.ort_cpu.FUSED`."""
     from qtool.ir.float_islands import drop_unused_initializers, float_constants
     from qtool.ir.ort_cpu import ort_cpu_pair
     from qtool.runtime.kernels import kernel_report
 
-    graph, encs, rewrites = ort_cpu_pair(model, encodings, source, integer_fused=integer_fused)
+    graph, encs, rewrites = ort_cpu_pair(model, encodings, source, fused=fused)
     qdq = build_qdq_model(graph, encs, integer_bias=True, source=source)
     rewrites["float_constants"] = float_constants(qdq, _float_nodes(qdq, kernel_report(qdq, source)))
     drop_unused_initializers(qdq)
