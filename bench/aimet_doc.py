@@ -250,3 +250,31 @@ def write_doc(path: Path, generated: str) -> None:
         path.write_text(head + generated.rstrip("\n") + tail)
     else:
         path.write_text("# qtool and aimet-onnx: compatibility\n\n" + generated + "\n## Analysis\n\n(written by hand)\n")
+
+
+def zoo_table(runs: list[dict]) -> str:
+    """One markdown row per model x config from the results.json of `bench_aimet.py --zoo` runs: the
+    checks of issue 15 (placement differences, strict loads, SQNR both ways) and the controls that
+    say why an SQNR is finite (aimet's QDQ export, the same with aimet's weight integers, and the
+    first differences the two roundings explain)."""
+    lines = ["| model | config | aimet quantizers (enabled) | placement differences | strict load 1.0.0 / 2.0.0 "
+             "| aimet sim (qtool's encodings) vs qtool QDQ | qtool QDQ (aimet's encodings) vs aimet sim "
+             "| aimet's QDQ export vs qtool QDQ | the same, aimet's weight integers | first differences explained "
+             "by the rounding (forward; reverse) | qtool QDQ vs float |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for run in runs:
+        for key, c in sorted(run["comparisons"].items()):
+            r = run["loads"].get(key, {})
+            load = r.get("load", {})
+            strict = " / ".join(("ok" if load[v]["strict"]["ok"] else "refused") if v in load else "-"
+                                for v in ("1.0.0", "2.0.0"))
+            first = load.get("1.0.0", {})
+            same = r.get("same_weights") or {}
+            explained = "; ".join(f"{d['born_explained']} of {len(d['born'])}" for d in
+                                  (r.get("diverge", {}).get(x) for x in ("forward", "reverse")) if d is not None)
+            model, config = key.split("/", 1)
+            lines.append(f"| {model} | {config} | {c['aimet_enabled']} | {c.get('differences', '-')} | {strict} "
+                         f"| {_db(first.get('sqnr_db_vs_qdq'))} | {_db(r.get('reverse', {}).get('1.0.0', {}).get('sqnr_db'))} "
+                         f"| {_db(first.get('sqnr_db_aimet_qdq_vs_qdq'))} | {_db(same.get('sqnr_db'))} | {explained or '-'} "
+                         f"| {_db(r.get('qdq_vs_float_db'))} |")
+    return "\n".join(lines) + "\n"

@@ -67,7 +67,7 @@ def prepare_data(models: list[dict], work: Path, classifier: str) -> dict[str, d
     return data
 
 
-def _outputs(model_path: Path, npz: str) -> list[np.ndarray]:
+def outputs(model_path: Path, npz: str) -> list[np.ndarray]:
     """Every output of every sample, QDQ nodes kept as float ops (no graph optimisation)."""
     session = _session(model_path)
     data = np.load(npz)
@@ -120,7 +120,7 @@ def reverse(sh, model: dict, config: str, data: dict, exports: Path, work: Path)
         if done.returncode != 0:
             result[version] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1].replace(f"{ROOT}/", "")}
             continue
-        ours = _outputs(qdq, data["eval"])
+        ours = outputs(qdq, data["eval"])
         result[version] = {"sqnr_db": sqnr(reference, ours), "sqnr_db_vs_aimet_qdq": sqnr(aimet_qdq, ours)}
     return result
 
@@ -196,7 +196,7 @@ def same_weights(aimet_qdq: str, qdq: str, npz: str) -> dict | None:
     patched = Path(qdq).with_name("qdq_with_aimet_weight_integers.onnx")
     onnx.save(ours, patched)
     return {"weight_values_changed": changed,
-            "sqnr_db": sqnr(_outputs(Path(aimet_qdq), npz), _outputs(patched, npz))}
+            "sqnr_db": sqnr(outputs(Path(aimet_qdq), npz), outputs(patched, npz))}
 
 
 def _session(model):

@@ -3,7 +3,7 @@
     python bench/bench_aimet.py            # = make bench-aimet; ~10 min on 2 busy cores
     python bench/bench_aimet.py --no-fixtures   # compare only, leave tests/fixtures/aimet alone
     python bench/bench_aimet.py --zoo all       # real models (bench/aimet_zoo.py), the two checked configs,
-                                                # into build/aimet-zoo/ (no fixtures, no doc); --zoo rec,yolo: some
+                                                # into build/aimet-zoo/KEYS/ (no fixtures, no doc); --zoo rec,yolo: some
 
 1. Builds its own venv, build/aimet-venv: ``pip install torch==2.13.0`` first (so pip takes the
    local CPU wheel, not a CUDA build of several GB), then ``aimet-onnx==2.42.0`` with torch pinned.
@@ -201,6 +201,9 @@ def round_trips(models: list[dict], config_dir: Path, data: dict) -> dict:
             files = forward[(m["name"], c)]
             results[(m["name"], c)]["same_weights"] = aimet_roundtrip.same_weights(files["aimet_qdq"], files["qdq"],
                                                                                   data[m["name"]]["eval"])
+            results[(m["name"], c)]["qdq_vs_float_db"] = aimet_roundtrip.sqnr(  # how far quantization itself moves it
+                aimet_roundtrip.outputs(Path(m["path"]), data[m["name"]]["eval"]),
+                aimet_roundtrip.outputs(Path(files["qdq"]), data[m["name"]]["eval"]))
     cases = aimet_roundtrip.diverge_cases(models, EXPORT_CONFIGS, forward, data, exports, WORK)
     (WORK / "diverge_cases.json").write_text(json.dumps(cases))
     child("--job", "diverge", "--cases", str(WORK / "diverge_cases.json"), "--samples",
@@ -214,15 +217,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-fixtures", action="store_true", help="do not rewrite tests/fixtures/aimet")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/aimet_compat.md")
+    ap.add_argument("--zoo-table", action="store_true", help="print the table of every --zoo run kept under "
+                    "build/aimet-zoo/*/results.json and stop")
     ap.add_argument("--zoo", metavar="KEYS", help="real models instead (all, or some of: " + ", ".join(aimet_zoo.KEYS)
-                    + "), under default_config.json and htp_quantsim_config_v73.json only, into build/aimet-zoo/; "
+                    + "), under default_config.json and htp_quantsim_config_v73.json only, into build/aimet-zoo/KEYS/; "
                     "neither fixtures nor doc are rewritten")
     args = ap.parse_args()
+    if args.zoo_table:
+        runs = [json.loads(p.read_text()) for p in sorted((ROOT / "build" / "aimet-zoo").glob("*/results.json"))]
+        print(aimet_doc.zoo_table(runs), end="")
+        return
     versions = ensure_venv()
     versions["qtool"] = sh(["qtool", "--version"]).stdout.strip().split()[-1]
     global WORK
     if args.zoo:
-        WORK = ROOT / "build" / "aimet-zoo"
+        WORK = ROOT / "build" / "aimet-zoo" / args.zoo.replace(",", "_")  # one folder per run: all of it kept
         args.no_fixtures = args.no_doc = True
         aimet_roundtrip.CALIB_SAMPLES, aimet_roundtrip.EVAL_SAMPLES = aimet_zoo.CALIB, aimet_zoo.EVAL
     WORK.mkdir(parents=True, exist_ok=True)
