@@ -111,6 +111,9 @@ def load_cases(models: list[dict], configs: tuple[str, ...], forward: dict, data
 def reverse(sh, model: dict, config: str, data: dict, exports: Path, work: Path) -> dict:
     """qtool's QDQ model from aimet's exported encodings (each version) against aimet's own sim."""
     stem = f"{model['name']}__{Path(config).stem}"
+    refused = json.loads((exports / "export.json").read_text()).get(stem, {})
+    if "error" in refused:
+        return {v: {"error": f"aimet's own sim.export refused: {refused['error']}"} for v in VERSIONS}
     reference, aimet_qdq = (_recorded(exports / f"{stem}__{label}_outputs.npz") for label in ("eval", "eval_qdq"))
     result = {}
     for version in VERSIONS:
