@@ -97,6 +97,8 @@ class Evaluator:
         self.reference = {name: _join([out[name] for _, out in runs]) for name in self.names}
         self.threads = threads
         self.session = None  # made on first use: no session may exist in the parent when it forks
+        self.memo: dict[tuple[int, ...], float] = {}  # selections already scored (see score)
+        self.runs = 0  # passes of the switchable model over the evaluation set
 
     def outputs(self, setting: Setting) -> Outputs:
         """The switchable model's outputs over the evaluation set under `setting`."""
@@ -105,8 +107,22 @@ class Evaluator:
         feeds = self.switchable.feeds(dict(setting.choice), setting.default)
         return _run(self.session, self.batches, feeds, self.names)
 
+    def key(self, setting: Setting) -> tuple[int, ...]:
+        """What a setting selects, quantizer by quantizer: settings spelt differently (every
+        quantizer named on, or default on) that select the same encodings have the same key."""
+        choice = dict(setting.choice)
+        return tuple(min(choice.get(name, setting.default), self.switchable.candidates[name])
+                     for name in self.switchable.selectors)
+
     def score(self, setting: Setting) -> float:
-        return self.metric.score(self.outputs(setting), self.reference, self.labels)
+        """The metric under `setting`; a setting already scored is not run again (the runs are
+        deterministic: analyze's summary and its per-group settings, and mixed precision's greedy
+        steps, ask for the same selections more than once)."""
+        key = self.key(setting)
+        if key not in self.memo:
+            self.memo[key] = self.metric.score(self.outputs(setting), self.reference, self.labels)
+            self.runs += 1
+        return self.memo[key]
 
     def score_model(self, model: ir.Model) -> float:
         """The metric of another model (e.g. the final QDQ model) on the same cached data."""
@@ -118,24 +134,27 @@ class Evaluator:
         return self.metric.score(self.reference, self.reference, self.labels)
 
     def scores(self, settings: list[Setting], progress: Progress = no_progress) -> list[float]:
-        """Scores of many settings, over `jobs` processes, in order."""
-        if self.jobs == 1 or len(settings) < 2:
-            results = []
-            for index, setting in enumerate(settings):
-                results.append(self.score(setting))
-                progress(index + 1, len(settings))
-            return results
+        """Scores of many settings, over `jobs` processes, in order; each selection runs once
+        (those scored before, or twice in `settings`, are read from the memo)."""
+        keys = [self.key(setting) for setting in settings]
+        todo = list({key: setting for key, setting in zip(keys, settings) if key not in self.memo}.items())
+        done = len(settings) - len(todo)
+        if self.jobs == 1 or len(todo) < 2:
+            for index, (_, setting) in enumerate(todo):
+                self.score(setting)
+                progress(done + index + 1, len(settings))
+            return [self.memo[key] for key in keys]
         global _WORKER_EVALUATOR
         _WORKER_EVALUATOR = self
         self.session = None  # each child makes its own
         context = multiprocessing.get_context("fork")
-        results: list[float] = [0.0] * len(settings)
         with ProcessPoolExecutor(self.jobs, mp_context=context) as pool:
-            chunk = max(1, len(settings) // (self.jobs * 8))
-            for index, value in enumerate(pool.map(_worker_score, settings, chunksize=chunk)):
-                results[index] = value
-                progress(index + 1, len(settings))
-        return results
+            chunk = max(1, len(todo) // (self.jobs * 8))
+            for index, value in enumerate(pool.map(_worker_score, [s for _, s in todo], chunksize=chunk)):
+                self.memo[todo[index][0]] = value
+                self.runs += 1
+                progress(done + index + 1, len(settings))
+        return [self.memo[key] for key in keys]
 
 
 _WORKER_EVALUATOR: Evaluator | None = None  # set in the parent just before forking
