@@ -116,3 +116,30 @@ def test_exploding_scales_stop_with_the_best_state_kept(work, capsys):
     before, line = _one_line(work, capsys, args,
                              "training diverged")
     assert "the best state (epoch 0" in line and (work / "boom.onnx").exists()
+
+
+def test_an_interrupted_run_resumes_to_the_same_state(work, capsys, monkeypatch):
+    from qtool.train import losses
+
+    args = ["-q", "qat", work / "ptq.onnx", "--data", work / "train.npz", "--eval-data", work / "eval.npz",
+            "--samples", "16", "--batch-size", "8", "--epochs", "2", "--lr", "3e-3", "--range-learning"]
+    assert run_main([*args, "-o", work / "whole"], capsys)[0] == 0
+    assert not (work / "whole.qat-checkpoint.pt").exists()  # a finished run leaves no checkpoint
+    real, calls = losses.loss, []
+
+    def interrupted(*a, **k):  # Ctrl-C in the first step of epoch 2 (2 steps an epoch)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(losses, "loss", interrupted)
+    code, _, _ = run_main([*args, "-o", work / "cut"], capsys)
+    assert code != 0 and (work / "cut.qat-checkpoint.pt").is_file() and not (work / "cut.onnx").exists()
+    monkeypatch.setattr(losses, "loss", real)
+    code, _, err = run_main([*args, "--resume", "-o", work / "cut"], capsys)
+    assert code == 0, err
+    for suffix in (".onnx", ".encodings.json"):
+        assert (work / f"cut{suffix}").read_bytes() == (work / f"whole{suffix}").read_bytes(), suffix
+    before, line = _one_line(work, capsys, [*args, "--resume", "-o", work / "none"], "no checkpoint to resume from")
+    assert "none.qat-checkpoint.pt" in line

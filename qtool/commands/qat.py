@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from qtool.commands.fields import DataArg, option
 from qtool.commands.options import CONFIG_HELP, ENCODINGS_HELP, DataOptions, encoding_version
@@ -17,6 +18,9 @@ class QatOptions(DataOptions):
     data: DataArg = option(help="Training data (no labels), in any form calibrate --data takes.")
     encodings: str | None = option(None, ENCODINGS_HELP)
     batch_size: int = option(8, "Samples per training step.", bounds=(1, None))
+    reference: str | None = option(None, "Float model to distil from and evaluate against (default: MODEL itself); "
+                                         "e.g. the original model when bias-correct or equalize changed MODEL's float "
+                                         "function.")
     eval_data: DataArg = option(None, "Evaluation data: SQNR against the float model after each epoch, which picks "
                                       "the best epoch (default: the first --eval-samples of --data).")
     eval_samples: int = option(32, "Evaluation samples.", bounds=(1, None))
@@ -28,6 +32,8 @@ class QatOptions(DataOptions):
     lr_step: int = option(5, "Divide the learning rates by 10 every N epochs (white paper 5.2).", bounds=(1, None))
     loss: str = option("kd", "kd: distillation from the float model's own outputs (KL on Softmax outputs, relative "
                              "MSE on others; no labels); mse: relative MSE on every output.", choices=LOSSES)
+    resume: bool = option(False, "Continue an interrupted run from PREFIX.qat-checkpoint.pt, which every epoch "
+                                 "writes (and a finished run removes); --epochs may be raised to train on.")
     config: str = option("default", "Runtime config whose fixed ranges (encoding_constraints) stay fixed with "
                                     f"--range-learning. {CONFIG_HELP}")
     encoding_version: str = encoding_version()
@@ -52,11 +58,16 @@ def qat(model: str | os.PathLike, output: str | os.PathLike, options: QatOptions
 
     require_torch()
     graph, encodings, source = load_pair(model, options.encodings)
-    result = qat_model(graph, encodings, options, str(model), progress)
     prefix = output_prefix(output)
+    checkpoint = Path(f"{prefix}.qat-checkpoint.pt")
+    if options.resume and not checkpoint.is_file():
+        raise QtoolError(f"{checkpoint}: no checkpoint to resume from", "run without --resume to start")
+    result = qat_model(graph, encodings, options, str(model), progress, checkpoint)
     with StagedOutputs() as out:
         save_model(result.model, out.path(f"{prefix}.onnx"))
         save_encodings(result.encodings, out.path(f"{prefix}.encodings.json"), options.encoding_version)
+    if not result.diverged:
+        checkpoint.unlink(missing_ok=True)
     report = qat_report(result)
     if result.diverged:
         best = result.training.best
@@ -67,9 +78,12 @@ def qat(model: str | os.PathLike, output: str | os.PathLike, options: QatOptions
                   [*report.lines, f"wrote {prefix}.onnx and {prefix}.encodings.json"])
 
 
-def qat_model(graph, encodings, options: QatOptions, source: str = "model", progress: ProgressFactory = bar):
-    """QAT in memory: a `qtool.train.run.QatResult` (the trained pair and the training record)."""
+def qat_model(graph, encodings, options: QatOptions, source: str = "model", progress: ProgressFactory = bar,
+              checkpoint: Path | None = None):
+    """QAT in memory: a `qtool.train.run.QatResult` (the trained pair and the training record);
+    `checkpoint`: the file saved after every epoch (and resumed from with --resume)."""
     from qtool.commands.inputs import open_model_data
+    from qtool.ir.graph import load_model
     from qtool.plan.build import PlanOptions, build_plan
     from qtool.plan.config import load_config
     from qtool.train.loop import TrainParams
@@ -87,7 +101,9 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
     bar_ = progress("qat", unit="epochs")
     bar_(0, options.epochs)
     result = train_pair(graph, encodings, lambda: (dict(b) for b in data.batches(options.batch_size)), eval_feeds,
-                        params, learn_ranges=options.range_learning, fixed=fixed, source=source, progress=bar_.detail)
+                        params, learn_ranges=options.range_learning, fixed=fixed, source=source, progress=bar_.detail,
+                        reference=load_model(options.reference) if options.reference else None,
+                        checkpoint=checkpoint, resume=options.resume)
     bar_(options.epochs, options.epochs)
     return result
 

@@ -131,8 +131,8 @@ def _arguments(step: PlannedStep, state: ChainState, recipe: Recipe, folder: Pat
                 kwargs[option] = recipe.data[option]
         if "input_shapes" in recipe.data and "input_shape" in kwargs:
             kwargs["input_shape"] = recipe_input_shapes(recipe.data["input_shapes"])
-    if step.name == "simulate":
-        kwargs["reference"] = str(recipe.model)  # the drop is measured against the original float model
+    if step.name in ("simulate", "qat"):
+        kwargs["reference"] = str(recipe.model)  # the drop is measured (qat: distilled) against the original float model
     if "labels" in recipe.data and "labels" in kwargs:
         kwargs["labels"] = recipe.data["labels"]
     if "eval_data" in kwargs and "evaluation" in recipe.data:

@@ -53,6 +53,7 @@ STEP_KINDS: dict[str, StepKind] = {
     "bias_correct": StepKind("bias-correct", "calibration", True, True, "new", "prefix"),
     "adaround": StepKind("adaround", "calibration", False, True, "new", "prefix", uses_config=True,
                          takes_overrides=True),
+    "qat": StepKind("qat", "calibration", True, True, "new", "prefix", uses_config=True),
     "simulate": StepKind("simulate", "evaluation", True, True, "kept", "qdq"),
     "export": StepKind("export", None, True, True, "kept", "folder"),
     "analyze": StepKind("analyze", "calibration", True, True, "kept", "report", uses_config=True),

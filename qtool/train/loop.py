@@ -8,6 +8,12 @@ first epoch and after each, the student is evaluated against the teacher (pooled
 output, averaged in dB); the best state is kept and is what the loop leaves in the student (epoch
 0, the PTQ starting point, counts: training never makes the result worse on the evaluation set).
 
+Checkpoints: with a `checkpoint` path the whole state (weights, quantizers, optimizer, schedule,
+the best state, the record) is written there after every epoch, atomically; `resume=True`
+continues from it, so an interrupted run picks up at the next epoch and ends in the state an
+uninterrupted run reaches (the data order is fixed and the rest is in the file). It is read
+with `weights_only=True`: a checkpoint is data, never code.
+
 Guards: a loss that is not finite, or a scale that is not finite, not positive, or has moved
 more than `max_scale_change` times from where it started, stops training with `Diverged`; the
 student then holds the best state so far.
@@ -16,6 +22,8 @@ student then holds the best state so far.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from qtool.errors import QtoolError
+from qtool.files.atomic import atomic_write_bytes
 from qtool.train import losses
 
 log = logging.getLogger(__name__)
@@ -112,17 +122,52 @@ class Trainer:
         self.student.load_state_dict(self.best_state)
         raise Diverged(message, result)
 
+    def _signature(self) -> dict:
+        """What a checkpoint must agree on to be resumed (not the number of epochs: a run may be extended)."""
+        return {**dataclasses.asdict(self.params), "epochs": None,
+                "tensors": sorted((k, tuple(v.shape)) for k, v in self.student.state_dict().items())}
+
+    def save(self, path, epoch: int, result: TrainResult) -> None:
+        state = {"epoch": epoch, "signature": self._signature(), "student": self.student.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                 "best_state": self.best_state, "result": dataclasses.asdict(result)}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load(self, path) -> tuple[int, TrainResult]:
+        """(the last finished epoch, the record so far) from a checkpoint `save` wrote."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if state["signature"] != self._signature():
+                raise ValueError("written for another model, encodings or training options")
+            self.student.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+        except Exception as exc:
+            raise QtoolError(f"{path}: cannot resume from this checkpoint ({exc})",
+                             "delete it, or run without --resume to start again") from None
+        self.best_state = state["best_state"]
+        record = state["result"]
+        result = TrainResult([EpochRecord(**r) for r in record["history"]], record["best_epoch"], record["steps"],
+                             record["seconds"])
+        return state["epoch"], result
+
     def run(self, batches: Callable[[], Iterable[dict[str, np.ndarray]]], eval_feeds: list[dict[str, np.ndarray]],
-            progress: Callable[[str], None] = lambda note: None) -> TrainResult:
+            progress: Callable[[str], None] = lambda note: None, checkpoint=None, resume: bool = False) -> TrainResult:
         start = time.perf_counter()
         feeds = [to_torch(f, self.device) for f in eval_feeds]
         with torch.no_grad():
             targets = [self.teacher(f) for f in feeds]
-        result = TrainResult()
-        result.history.append(EpochRecord(0, None, self.evaluate(feeds, targets), 0.0))
-        self.best_state = copy.deepcopy(self.student.state_dict())
-        log.info("qat: epoch 0 (PTQ): eval SQNR %.2f dB", result.history[0].eval_sqnr_db)
-        for epoch in range(1, self.params.epochs + 1):
+        if resume:
+            done, result = self.load(checkpoint)
+            log.info("qat: resuming after epoch %d from %s", done, checkpoint)
+        else:
+            done, result = 0, TrainResult()
+            result.history.append(EpochRecord(0, None, self.evaluate(feeds, targets), 0.0))
+            self.best_state = copy.deepcopy(self.student.state_dict())
+            log.info("qat: epoch 0 (PTQ): eval SQNR %.2f dB", result.history[0].eval_sqnr_db)
+        for epoch in range(done + 1, self.params.epochs + 1):
             epoch_start, total, count = time.perf_counter(), 0.0, 0
             for step, batch in enumerate(batches(), 1):
                 inputs = to_torch(batch, self.device)
@@ -144,6 +189,8 @@ class Trainer:
             log.info("qat: epoch %d/%d: loss %.4g, eval SQNR %.2f dB (best %.2f dB, epoch %d), %.1f s", epoch,
                      self.params.epochs, record.loss, record.eval_sqnr_db, result.best.eval_sqnr_db,
                      result.best_epoch, record.seconds)
+            if checkpoint is not None:
+                self.save(checkpoint, epoch, result)
         self.student.load_state_dict(self.best_state)
-        result.seconds = time.perf_counter() - start
+        result.seconds += time.perf_counter() - start
         return result

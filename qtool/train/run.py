@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.encodings.encoding_set import EncodingSet
+from qtool.errors import QtoolError
 from qtool.train import require_torch
 from qtool.train.loop import Diverged, TrainParams, TrainResult
 
@@ -33,9 +34,12 @@ def device_name() -> str:
 def train_pair(model: ir.Model, encodings: EncodingSet, batches: Callable[[], Iterable[dict[str, np.ndarray]]],
                eval_feeds: list[dict[str, np.ndarray]], params: TrainParams, *, learn_ranges: bool = False,
                fixed: frozenset[str] = frozenset(), source: str = "model",
-               progress: Callable[[str], None] = lambda note: None) -> QatResult:
+               progress: Callable[[str], None] = lambda note: None, reference: ir.Model | None = None,
+               checkpoint=None, resume: bool = False) -> QatResult:
     """Train `model`'s weights (and with `learn_ranges` its quantizers' ranges, except `fixed` and
-    frozen ones) to match its own float outputs; BatchNorms are folded first."""
+    frozen ones) to match the float outputs of `reference` (default: its own); BatchNorms are
+    folded first. `checkpoint`: a file the state is saved to after every epoch (`resume`: continue
+    from it; qtool.train.loop)."""
     torch = require_torch()
     from qtool.train.losses import output_kinds
     from qtool.train.lower import LoweredModel
@@ -44,15 +48,27 @@ def train_pair(model: ir.Model, encodings: EncodingSet, batches: Callable[[], It
     folded, encodings, notes = fold_for_training(model, encodings)
     device = device_name()
     student = LoweredModel(folded, encodings, learn_ranges=learn_ranges, fixed=fixed, source=source).to(device)
-    teacher = LoweredModel(folded, None, source=source).to(device)
+    if reference is not None:
+        _check_interface(reference, folded, source)
+    teacher = LoweredModel(reference or folded, None, source=source).to(device)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     from qtool.train.loop import Trainer
 
     trainer = Trainer(student, teacher, output_kinds(folded), params, device)
     diverged = None
     try:
-        result = trainer.run(batches, eval_feeds, progress)
+        result = trainer.run(batches, eval_feeds, progress, checkpoint, resume)
     except Diverged as stop:
         result, diverged = stop.result, str(stop)
     out_model, out_encodings = trained_pair(folded, encodings, student)
     return QatResult(out_model, out_encodings, result, notes, device, diverged)
+
+
+def _check_interface(reference: ir.Model, model: ir.Model, source: str) -> None:
+    """The teacher must take the same inputs and give the same outputs, by name."""
+    for kind, ours, theirs in (("inputs", model.graph.inputs, reference.graph.inputs),
+                               ("outputs", model.graph.outputs, reference.graph.outputs)):
+        mine, other = [v.name for v in ours], [v.name for v in theirs]
+        if mine != other:
+            raise QtoolError(f"{reference.meta.get('qtool.source', 'reference')}: {kind} {other} differ from "
+                             f"{source}'s {mine}", "give the float model the pair was made from")
