@@ -60,12 +60,8 @@ class NodeKernel:
 
     @property
     def runs_float(self) -> bool:
-        """Computes in float32: a float node, one fused into a float op (HardSwish runs as
-        HardSigmoid + Mul), or a no-op removed (Identity) that hands a float tensor on."""
-        if self.kind == "float":
-            return True
-        return self.kind == "folded" and (self.reason == NO_OP or bool(self.kernel) and not _is_integer_kernel(
-            self.kernel) and self.kernel != "QuantizeLinear")
+        """Computes in float32: a float node, or a no-op removed (Identity) that hands a float tensor on."""
+        return self.kind == "float" or (self.kind == "folded" and self.reason == NO_OP)
 
 
 @dataclass(frozen=True)
@@ -223,8 +219,9 @@ def _classify(node: ir.Node, optimized: _Optimized, names: set[str]) -> NodeKern
         into = _by_tensor(node, optimized)
         if into is None or into.op_type == "QuantizeLinear" or into.name == node.name:
             return NodeKernel(node.name, node.op_type, "folded", "", removed_reason(node))
-        kind = "integer" if _is_integer_kernel(into.op_type) else "float"
-        return NodeKernel(node.name, node.op_type, "folded", into.op_type, f"fused into the {kind} {into.op_type} "
+        if not _is_integer_kernel(into.op_type):  # e.g. HardSwish, which runs as HardSigmoid + Mul
+            return NodeKernel(node.name, node.op_type, "float", into.op_type, float_reason(node))
+        return NodeKernel(node.name, node.op_type, "folded", into.op_type, f"fused into the integer {into.op_type} "
                                                                            f"'{into.name}'")
     if _is_integer_kernel(runs.op_type):
         return NodeKernel(node.name, node.op_type, "integer", runs.op_type, integer_note(node))
