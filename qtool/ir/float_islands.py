@@ -26,8 +26,9 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 REQUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _remove(model: ir.Model, nodes: list[ir.Node]) -> None:
-    for node in nodes:
+def remove_nodes(model: ir.Model, nodes: list[ir.Node]) -> None:
+    """Disconnect `nodes` (whose outputs nothing reads any more) and take them out of the graph."""
+    for node in reversed(nodes):
         for index in range(len(node.inputs)):
             node.replace_input_with(index, None)
     model.graph.remove(nodes, safe=True)
@@ -75,7 +76,7 @@ def float_constants(model: ir.Model, is_float: set[int]) -> int:
             touched.append(dq)
             count += 1
     unused = {id(dq): dq for dq in touched if not dq.outputs[0].consumers() and not dq.outputs[0].is_graph_output()}
-    _remove(model, list(unused.values()))
+    remove_nodes(model, list(unused.values()))
     return count
 
 

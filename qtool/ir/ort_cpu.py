@@ -46,7 +46,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qtool.encodings.encoding_set import EncodingSet
-from qtool.ir.float_islands import drop_unused_initializers
+from qtool.ir.float_islands import drop_unused_initializers, remove_nodes
 from qtool.ir.graph import add_initializer, clone, constant_array, ensure_opset, hand_over, unique_name, value_by_name
 from qtool.ir.hard_swish import LINEAR, HardSwish, hard_swishes
 from qtool.quant import Encoding, QuantSpec, compute_encoding, quantize_dequantize
@@ -102,7 +102,8 @@ def _explicit_pads(conv: ir.Node) -> bool:
 def fold_pads(model: ir.Model, encs: EncodingSet) -> int:
     """A zero Pad read only by Convs (EfficientNet's "same" padding) becomes the Convs' own pads:
     onnxruntime has no integer Pad, and the tensor before it, left without a quantizer, kept the
-    Conv that computes it float. The Pad's grid moves to its input (exact: 0 is on every grid)."""
+    Conv that computes it float. The Pad's grid moves to its input (exact: 0 is on every grid),
+    unless the input has a grid of its own or other readers the grid would change."""
     count = 0
     for pad in [node for node in model.graph if node.op_type == "Pad"]:
         spatial, source, out = _zero_spatial_pads(pad), pad.inputs[0], pad.outputs[0]
@@ -110,7 +111,8 @@ def fold_pads(model: ir.Model, encs: EncodingSet) -> int:
         enc, before = encs.activations.get(out.name), encs.activations.get(source.name)
         if (spatial is None or not convs or out.is_graph_output() or any(
                 not _explicit_pads(conv) or conv.inputs[0] is not out for conv in convs)
-                or (before is not None and (enc is None or not before.same_as(enc)))):
+                or (before is not None and (enc is None or not before.same_as(enc)))
+                or (before is None and enc is not None and (len(source.consumers()) > 1 or source.is_graph_output()))):
             continue
         for conv in convs:
             old = conv.attributes.get("pads")
@@ -122,13 +124,6 @@ def fold_pads(model: ir.Model, encs: EncodingSet) -> int:
         model.graph.remove(pad, safe=True)
         count += 1
     return count
-
-
-def _detach(model: ir.Model, nodes: list[ir.Node]) -> None:
-    for node in reversed(nodes):
-        for index in range(len(node.inputs)):
-            node.replace_input_with(index, None)
-    model.graph.remove(nodes, safe=True)
 
 
 def _inverse(y: float) -> float:
@@ -246,7 +241,7 @@ def _drop_identities(model: ir.Model, nodes: list[ir.Node]) -> None:
     quantizer and no reader outside it)."""
     for node in nodes:
         node.outputs[0].replace_all_uses_with(node.inputs[0])
-        _detach(model, [node])
+        remove_nodes(model, [node])
 
 
 def derive_sigmoid_gates(model: ir.Model, encs: EncodingSet) -> int:
@@ -289,7 +284,7 @@ def hard_swish_ops(model: ir.Model, encs: EncodingSet) -> int:
         for node in nodes:
             node.outputs[0].dtype, node.outputs[0].shape = result.dtype, result.shape
         hand_over(result, out)
-        _detach(model, list(match.nodes))
+        remove_nodes(model, list(match.nodes))
         count += 1
     drop_unused_initializers(model)
     names = {value.name for value in value_by_name(model).values() if value.uses() or value.is_graph_output()}
