@@ -5,6 +5,7 @@ kernel report shows the kernels the rewrite is for."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,12 @@ def test_target_is_checked_and_plain_export_is_unchanged(hard_swish, tmp_path, c
     code, out, err = run_main(["export", hard_swish["model"], "-o", tmp_path / "x", "--target", "gpu"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--target" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+    code, out, err = run_main(["export", hard_swish["model"], "--encodings", hard_swish["plain"].parent / "m.encodings",
+                               "-o", tmp_path / "cli", "--target", "ort-cpu", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["target"] == "ort-cpu" and summary["rewrites"]["hard_swish"] == 1
+    assert "1 of 2 Conv on integer kernels" in summary["onnxruntime"]
     digest = hashlib.sha256(hard_swish["plain"].read_bytes()).hexdigest()
     again = _export(hard_swish["model"], tmp_path / "again")
     assert hashlib.sha256(again.read_bytes()).hexdigest() == digest  # the default target is the plain QDQ model
