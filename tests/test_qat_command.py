@@ -143,3 +143,14 @@ def test_an_interrupted_run_resumes_to_the_same_state(work, capsys, monkeypatch)
         assert (work / f"cut{suffix}").read_bytes() == (work / f"whole{suffix}").read_bytes(), suffix
     before, line = _one_line(work, capsys, [*args, "--resume", "-o", work / "none"], "no checkpoint to resume from")
     assert "none.qat-checkpoint.pt" in line
+
+
+def test_block_wise_reconstruction_lowers_the_error(work, capsys):
+    code, out, err = run_main(["qat", work / "ptq.onnx", "--data", work / "train.npz", "--eval-data", work / "eval.npz",
+                               "--samples", "16", "--batch-size", "8", "--lr", "3e-3", "--mode", "blocks",
+                               "--block-layers", "4", "--json", "-o", work / "blocks"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    curve = [record["eval_sqnr_db"] for record in summary["epochs"]]
+    assert summary["mode"] == "blocks" and len(curve) >= 3 and "block 1/" in err
+    assert curve[-1] > curve[0] + 1.0 and summary["best_epoch"] == len(curve) - 1, curve

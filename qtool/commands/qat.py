@@ -32,6 +32,10 @@ class QatOptions(DataOptions):
     lr_step: int = option(5, "Divide the learning rates by 10 every N epochs (white paper 5.2).", bounds=(1, None))
     loss: str = option("kd", "kd: distillation from the float model's own outputs (KL on Softmax outputs, relative "
                              "MSE on others; no labels); mse: relative MSE on every output.", choices=LOSSES)
+    mode: str = option("full", "full: end-to-end QAT of the whole model; blocks: block-wise reconstruction, each block "
+                               "of --block-layers layers trained in turn to match the float model's tensors at its end "
+                               "(BRECQ / AdaScale style: less memory; --epochs per block).", choices=("full", "blocks"))
+    block_layers: int = option(4, "--mode blocks: Conv/Gemm/MatMul layers per block.", bounds=(1, None))
     resume: bool = option(False, "Continue an interrupted run from PREFIX.qat-checkpoint.pt, which every epoch "
                                  "writes (and a finished run removes); --epochs may be raised to train on.")
     config: str = option("default", "Runtime config whose fixed ranges (encoding_constraints) stay fixed with "
@@ -60,6 +64,8 @@ def qat(model: str | os.PathLike, output: str | os.PathLike, options: QatOptions
     graph, encodings, source = load_pair(model, options.encodings)
     prefix = output_prefix(output)
     checkpoint = Path(f"{prefix}.qat-checkpoint.pt")
+    if options.resume and options.mode == "blocks":
+        raise QtoolError("--resume: only --mode full writes checkpoints", "rerun --mode blocks from the start")
     if options.resume and not checkpoint.is_file():
         raise QtoolError(f"{checkpoint}: no checkpoint to resume from", "run without --resume to start")
     result = qat_model(graph, encodings, options, str(model), progress, checkpoint)
@@ -103,21 +109,25 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
     result = train_pair(graph, encodings, lambda: (dict(b) for b in data.batches(options.batch_size)), eval_feeds,
                         params, learn_ranges=options.range_learning, fixed=fixed, source=source, progress=bar_.detail,
                         reference=load_model(options.reference) if options.reference else None,
-                        checkpoint=checkpoint, resume=options.resume)
+                        checkpoint=checkpoint, resume=options.resume, mode=options.mode,
+                        layers_per_block=options.block_layers)
     bar_(options.epochs, options.epochs)
     return result
 
 
 def qat_report(result) -> Report:
-    """The curve (eval SQNR per epoch, epoch 0 = the PTQ start), the best epoch, time and device."""
+    """The curve (eval SQNR per epoch, or per block with --mode blocks; 0 = the PTQ start), the
+    best one, time and device."""
     training = result.training
-    summary = {"seconds": round(training.seconds, 2), "device": result.device, "steps": training.steps,
+    summary = {"seconds": round(training.seconds, 2), "device": result.device, "mode": result.mode,
+               "steps": training.steps,
                "best_epoch": training.best_epoch,
                "epochs": [{"epoch": r.epoch, "loss": r.loss, "eval_sqnr_db": round(r.eval_sqnr_db, 3),
                            "seconds": round(r.seconds, 2)} for r in training.history]}
     first, best = training.history[0], training.best
-    lines = [f"qat: {len(training.history) - 1} epoch(s), {training.steps} steps in {training.seconds:.1f}s on "
+    unit = "block" if result.mode == "blocks" else "epoch"
+    lines = [f"qat: {len(training.history) - 1} {unit}(s), {training.steps} steps in {training.seconds:.1f}s on "
              f"{result.device}: eval SQNR {first.eval_sqnr_db:.2f} dB (PTQ) -> {best.eval_sqnr_db:.2f} dB "
-             f"(epoch {best.epoch}, kept)", *[f"  {note}" for note in result.notes]]
-    lines += [f"  epoch {r.epoch}: loss {r.loss:.4g}, eval SQNR {r.eval_sqnr_db:.2f} dB" for r in training.history[1:]]
+             f"({unit} {best.epoch}, kept)", *[f"  {note}" for note in result.notes]]
+    lines += [f"  {unit} {r.epoch}: loss {r.loss:.4g}, eval SQNR {r.eval_sqnr_db:.2f} dB" for r in training.history[1:]]
     return Report(summary, lines)

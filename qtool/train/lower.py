@@ -141,13 +141,24 @@ class LoweredModel(torch.nn.Module):
     def forward(self, feeds: dict[str, torch.Tensor], tap=None) -> dict[str, torch.Tensor]:
         """The graph's outputs for `feeds`. `tap(name, value) -> value`, when given, sees every
         computed tensor before its quantizer and may replace it (tests feed onnxruntime's values
-        in, to compare op by op; block-wise training reads block outputs)."""
+        in, to compare op by op)."""
+        env = self.run_steps(self.start(feeds), 0, len(self.program), tap)
+        return {name: env[name] if name in env else self.constant(name) for name in self.outputs}
+
+    def start(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The environment before the first node: the (quantized) graph inputs."""
         env: dict[str, torch.Tensor] = {}
         for name in self.inputs:
             if name not in feeds:
                 raise QtoolError(f"input '{name}' is missing from the data", f"the model takes {self.inputs}")
             env[name] = self._quantize(name, feeds[name])
-        for step, (function, attrs, inputs, outputs) in enumerate(self.program):
+        return env
+
+    def run_steps(self, env: dict[str, torch.Tensor], first: int, stop: int, tap=None) -> dict[str, torch.Tensor]:
+        """Nodes first..stop-1 of the graph on `env` (the tensors alive before node `first`), in
+        place; tensors no later node reads are dropped, so what is left is alive after `stop`."""
+        for step in range(first, stop):
+            function, attrs, inputs, outputs = self.program[step]
             args = []
             for name in inputs:
                 if not name:
@@ -159,8 +170,9 @@ class LoweredModel(torch.nn.Module):
             result = function(attrs, *args)
             results = result if isinstance(result, tuple) else (result,)
             for name, value in zip(outputs, results):
-                env[name] = self._quantize(name, tap(name, value) if tap is not None else value)
+                if name in self._last_use:  # an output nothing reads is not kept
+                    env[name] = self._quantize(name, tap(name, value) if tap is not None else value)
             for name in inputs:
                 if name in env and self._last_use.get(name) == step:
                     del env[name]
-        return {name: env[name] if name in env else self.constant(name) for name in self.outputs}
+        return env

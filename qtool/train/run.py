@@ -22,6 +22,7 @@ class QatResult:
     training: TrainResult
     notes: list[str] = field(default_factory=list)
     device: str = "cpu"
+    mode: str = "full"
     diverged: str | None = None  # why training stopped early (the pair holds the best state before it)
 
 
@@ -35,7 +36,7 @@ def train_pair(model: ir.Model, encodings: EncodingSet, batches: Callable[[], It
                eval_feeds: list[dict[str, np.ndarray]], params: TrainParams, *, learn_ranges: bool = False,
                fixed: frozenset[str] = frozenset(), source: str = "model",
                progress: Callable[[str], None] = lambda note: None, reference: ir.Model | None = None,
-               checkpoint=None, resume: bool = False) -> QatResult:
+               checkpoint=None, resume: bool = False, mode: str = "full", layers_per_block: int = 4) -> QatResult:
     """Train `model`'s weights (and with `learn_ranges` its quantizers' ranges, except `fixed` and
     frozen ones) to match the float outputs of `reference` (default: its own); BatchNorms are
     folded first. `checkpoint`: a file the state is saved to after every epoch (`resume`: continue
@@ -52,16 +53,23 @@ def train_pair(model: ir.Model, encodings: EncodingSet, batches: Callable[[], It
         _check_interface(reference, folded, source)
     teacher = LoweredModel(reference or folded, None, source=source).to(device)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    from qtool.train.blocks import BlockTrainer
     from qtool.train.loop import Trainer
 
-    trainer = Trainer(student, teacher, output_kinds(folded), params, device)
+    extra = {}
+    if mode == "blocks":
+        trainer = BlockTrainer(student, teacher, output_kinds(folded), params, device)
+        trainer.block_teacher = teacher if reference is None else LoweredModel(folded, None, source=source).to(device)
+        extra = {"layers_per_block": layers_per_block}
+    else:
+        trainer = Trainer(student, teacher, output_kinds(folded), params, device)
     diverged = None
     try:
-        result = trainer.run(batches, eval_feeds, progress, checkpoint, resume)
+        result = trainer.run(batches, eval_feeds, progress, checkpoint, resume, **extra)
     except Diverged as stop:
         result, diverged = stop.result, str(stop)
     out_model, out_encodings = trained_pair(folded, encodings, student)
-    return QatResult(out_model, out_encodings, result, notes, device, diverged)
+    return QatResult(out_model, out_encodings, result, notes, device, mode, diverged)
 
 
 def _check_interface(reference: ir.Model, model: ir.Model, source: str) -> None:
