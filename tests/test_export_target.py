@@ -116,6 +116,10 @@ def test_target_is_checked_and_plain_export_is_unchanged(hard_swish, tmp_path, c
     code, out, err = run_main(["export", hard_swish["model"], "-o", tmp_path / "x", "--target", "gpu"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--target" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+    code, out, err = run_main(["export", hard_swish["model"], "-o", tmp_path / "x", "--fused-activations", "integer"],
+                              capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--fused-activations" in err and "--target" in err
+    assert not (tmp_path / "x").exists()
     code, out, err = run_main(["export", hard_swish["model"], "--encodings", hard_swish["plain"].parent / "m.encodings",
                                "-o", tmp_path / "cli", "--target", "ort-cpu", "--json"], capsys)
     assert code == 0, err

@@ -37,13 +37,23 @@ def export(model: str | os.PathLike, output: str | os.PathLike, options: ExportO
     Example: qtool export out/model.onnx -o deploy --prefix mynet --target ort-cpu
     """
     from qtool.commands.inputs import load_pair
-    from qtool.files.safe_paths import check_file_stem
     from qtool.ir.external_data import copy_model_file
 
-    check_file_stem(options.prefix, "--prefix")
+    _check(options)
     graph, enc_set, enc_source = load_pair(model, options.encodings)
     return write_export(graph, enc_set, enc_source, output, options,
                         lambda path: copy_model_file(model, path))
+
+
+def _check(options: ExportOptions) -> None:
+    """The options alone, before any file is read."""
+    from qtool.errors import QtoolError
+    from qtool.files.safe_paths import check_file_stem
+
+    check_file_stem(options.prefix, "--prefix")
+    if options.target != "ort-cpu" and options.fused_activations != "bounded":
+        raise QtoolError(f"--fused-activations {options.fused_activations}: applies to --target ort-cpu only",
+                         "add --target ort-cpu (the plain QDQ model keeps the encodings' placement)")
 
 
 def write_export(graph, encodings, source: str, output: str | os.PathLike, options: ExportOptions,
@@ -52,12 +62,11 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
     model file for the command, a save for the Python API)."""
     from qtool.encodings.write import save_encodings
     from qtool.files.atomic import StagedOutputs
-    from qtool.files.safe_paths import check_file_stem
     from qtool.ir.graph import save_model
     from qtool.runtime.kernels import kernel_summary
     from qtool.steps.export import export as export_step
 
-    check_file_stem(options.prefix, "--prefix")
+    _check(options)
     result = export_step(graph, encodings, source=source, target=options.target,
                          fused=options.fused_activations)
     folder, prefix = Path(output), options.prefix
