@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--analyze-samples", type=int, default=8, help="analyze --eval-samples (default 8)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--skip-accuracy", action="store_true", help="no encodings/SQNR comparison with the reference path")
+    ap.add_argument("--accuracy-json", type=Path, help="take the accuracy rows of the models in this JSON file "
+                    "({model: rows}, what `--accuracy MODEL` prints) instead of computing them again")
     ap.add_argument("--float-pass", nargs=3, metavar=("MODEL", "DATA", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--accuracy", metavar="MODEL", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -317,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     start, load = time.time(), os.getloadavg()
     results = {key: bench_model(key, args, env) for key in keys}
     if not args.skip_accuracy and not args.qtool_path:
+        given = json.loads(args.accuracy_json.read_text()) if args.accuracy_json else {}
         for key in keys:
+            if key in given:
+                results[key]["accuracy"] = given[key]
+                continue
             row = child([sys.executable, str(HERE / "bench_speed.py"), "--accuracy", key], env, f"{key}.accuracy")
             results[key]["accuracy"] = row["json"]
     text = table(results)
