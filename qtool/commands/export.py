@@ -28,7 +28,8 @@ class ExportOptions:
                                                "with float weights); 'bounded' a Conv output before a relu6 and a "
                                                "SiLU's gate (off by at most one step of a grid the encodings hold); "
                                                "'integer' also a Conv output before a hard-swish (a new per-tensor "
-                                               "grid: measured per model in docs/deploy.md).", choices=FUSED_ACTIVATIONS)
+                                               "grid: measured per model in docs/deploy.md).",
+                                    choices=FUSED_ACTIVATIONS)
 
 
 def export(model: str | os.PathLike, output: str | os.PathLike, options: ExportOptions) -> Report:
@@ -80,11 +81,12 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
     lines = ["wrote " + ", ".join(files), kernels]
     if result.rewrites:
         summary["rewrites"] = result.rewrites
-        lines.insert(1, "ort-cpu forms: " + ", ".join(f"{REWRITES.get(k, k)} {n}" for k, n in result.rewrites.items() if n))
+        done = [f"{REWRITES.get(key, key)} {count}" for key, count in result.rewrites.items() if count]
+        lines.insert(1, "ort-cpu forms: " + (", ".join(done) or "none applied"))
     return Report(summary, lines)
 
 
-REWRITES = {"pads": "Pads folded into Convs", "derived": "hard-swish Convs given an output grid", "clipped": "clipped Convs given an output grid",
-            "gates": "sigmoid gates given the grid [0, 1]",
+REWRITES = {"pads": "Pads folded into Convs", "derived": "hard-swish Convs given an output grid",
+            "clipped": "clipped Convs given an output grid", "gates": "sigmoid gates given the grid [0, 1]",
             "hard_swish": "HardSwish ops", "same_grid": "outputs on their input's grid",
-            "uint8": "int8 grids as uint8",  "float_constants": "constants of float nodes stored in float"}
+            "uint8": "int8 grids as uint8", "float_constants": "constants of float nodes stored in float"}

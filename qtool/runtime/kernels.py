@@ -31,8 +31,8 @@ import onnxruntime as ort
 
 from qtool.errors import QtoolError
 from qtool.ir.graph import save_model
-from qtool.runtime.kernel_reasons import (NO_OP, QDQ_OPS, UNRECOGNISED, float_reason, integer_note, removed_reason, shape_only,
-                                          short_reason)
+from qtool.runtime.kernel_reasons import (NO_OP, QDQ_OPS, UNRECOGNISED, float_reason, integer_note, removed_reason,
+                                          shape_only, short_reason)
 
 INTEGER_KERNELS = ("QGemm", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "DynamicQuantizeMatMul",
                    "QAttention", "QEmbedLayerNormalization", "MatMulNBits", "QOrderedMatMul")

@@ -65,4 +65,5 @@ def _float_nodes(qdq: ir.Model, report) -> set[int]:
     from qtool.runtime.kernel_reasons import QDQ_OPS
 
     nodes = [node for node in qdq.graph if node.op_type not in QDQ_OPS]
-    return {id(node) for node, kernel in zip(nodes, report.nodes, strict=True) if kernel.runs_float or kernel.kind == "shape"}
+    return {id(node) for node, kernel in zip(nodes, report.nodes, strict=True)
+            if kernel.runs_float or kernel.kind == "shape"}
