@@ -94,3 +94,15 @@ def test_cuda_gives_the_cpu_encodings(data_dir, tmp_path, capsys):
         reports[device] = json.loads(out)["outputs"]
     for name, row in reports["cpu"].items():
         assert abs(row["sqnr_db"] - reports["cuda"][name]["sqnr_db"]) < 0.5, name
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has a CUDA provider")
+def test_the_python_api_does_not_ignore_the_device(monkeypatch):
+    import qtool
+
+    monkeypatch.delenv(dev.ENV, raising=False)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(QtoolError, match="--device cuda"):
+        qtool.calibrate(str(SAMPLES / "conv_bn_relu.onnx"), {"input": x}, device="cuda")
+    assert qtool.calibrate(str(SAMPLES / "conv_bn_relu.onnx"), {"input": x}, device="cpu").encodings.activations
+    assert os.environ[dev.ENV] == "cpu"

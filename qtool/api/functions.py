@@ -20,7 +20,12 @@ from qtool.commands.report import Report, bar, quiet
 def _options(command: str, **values: Any) -> Any:
     from qtool.commands.registry import COMMANDS
 
-    return COMMANDS[command].make_options(values)
+    options = COMMANDS[command].make_options(values)
+    if "device" in values:  # the in-memory halves run outside Command.__call__: the choice holds from here on
+        from qtool.runtime.device import set_device
+
+        set_device(options.device)
+    return options
 
 
 def _progress(show: bool) -> Any:

@@ -60,18 +60,24 @@ def check_session(session, device: str | None = None) -> None:
                          "libraries)")
 
 
+def set_device(device: str) -> None:
+    """Sessions made from now on, in this process and the workers it starts, run on `device`
+    (the Python API: `qtool.calibrate(..., device="cuda")`)."""
+    device = device.strip().lower()
+    if device not in DEVICES:
+        raise QtoolError(f"--device {device}: unknown device", f"use one of {', '.join(DEVICES)}")
+    check_available(device)
+    os.environ[ENV] = device
+
+
 @contextmanager
 def use_device(device: str | None) -> Iterator[None]:
     """Run sessions made inside on `device` (None: leave the current choice)."""
     if device is None:
         yield
         return
-    device = device.strip().lower()
-    if device not in DEVICES:
-        raise QtoolError(f"--device {device}: unknown device", f"use one of {', '.join(DEVICES)}")
-    check_available(device)
     old = os.environ.get(ENV)
-    os.environ[ENV] = device
+    set_device(device)
     try:
         yield
     finally:
