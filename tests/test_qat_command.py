@@ -44,7 +44,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def _qat(work, capsys, out: str, *extra):
     return run_main(["qat", work / "ptq.onnx", "--data", work / "train.npz", "--eval-data", work / "eval.npz",
-                     "--batch-size", "8", "--epochs", "2", "--lr", "3e-3", "--json", "-o", work / out, *extra], capsys)
+                     "--samples", "16", "--batch-size", "8", "--epochs", "2", "--lr", "3e-3", "--json", "-o", work / out,
+                     *extra], capsys)
 
 
 @pytest.mark.parametrize("extra", [(), ("--range-learning",)], ids=["fixed-ranges", "range-learning"])
@@ -122,7 +123,7 @@ def test_an_interrupted_run_resumes_to_the_same_state(work, capsys, monkeypatch)
     from qtool.train import losses
 
     args = ["-q", "qat", work / "ptq.onnx", "--data", work / "train.npz", "--eval-data", work / "eval.npz",
-            "--samples", "16", "--batch-size", "8", "--epochs", "2", "--lr", "3e-3", "--range-learning"]
+            "--samples", "8", "--batch-size", "4", "--epochs", "2", "--lr", "3e-3", "--range-learning"]
     assert run_main([*args, "-o", work / "whole"], capsys)[0] == 0
     assert not (work / "whole.qat-checkpoint.pt").exists()  # a finished run leaves no checkpoint
     real, calls = losses.loss, []

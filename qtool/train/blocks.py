@@ -80,11 +80,8 @@ class BlockTrainer(Trainer):
                     value = _block_loss(self.student.run_steps(dict(student_in), first, stop), teacher_env)
                     if value is None:  # a block of shape arithmetic only
                         break
-                    self.optimizer.zero_grad(set_to_none=True)
-                    value.backward()
-                    self.optimizer.step()
-                    self._check(value.item(), epoch, step, result)
-                    total, count, result.steps = total + value.item(), count + 1, result.steps + 1
+                    total += self.step(value, f"block {index}, epoch {epoch}, step {step}", result)
+                    count += 1
                     progress(f"block {index}/{len(bounds)} epoch {epoch} step {step}, loss {total / count:.4g}")
             record = EpochRecord(index, total / max(count, 1), self.evaluate(feeds, targets),
                                  time.perf_counter() - block_start)

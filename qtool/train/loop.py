@@ -105,8 +105,16 @@ class Trainer:
         names = [n for n, t in targets[0].items() if t.is_floating_point()]
         return float(np.mean([losses.sqnr_db([o[n] for o in outputs], [t[n] for t in targets]) for n in names]))
 
-    def _check(self, value: float, epoch: int, step: int, result: TrainResult) -> None:
-        where = f"epoch {epoch}, step {step}"
+    def step(self, loss: torch.Tensor, where: str, result: TrainResult) -> float:
+        """One optimisation step on `loss`, then the guards; the loss's value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self._check(loss.item(), where, result)
+        result.steps += 1
+        return loss.item()
+
+    def _check(self, value: float, where: str, result: TrainResult) -> None:
         if not np.isfinite(value):
             self._stop(f"the loss became {value} at {where}", result)
         for key, start in self.initial_scales.items():
@@ -173,12 +181,9 @@ class Trainer:
                 inputs = to_torch(batch, self.device)
                 with torch.no_grad():
                     target = self.teacher(inputs)
-                value = losses.loss(self.params.loss, self.student(inputs), target, self.kinds)
-                self.optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                self.optimizer.step()
-                self._check(value.item(), epoch, step, result)
-                total, count, result.steps = total + value.item(), count + 1, result.steps + 1
+                value = self.step(losses.loss(self.params.loss, self.student(inputs), target, self.kinds),
+                                  f"epoch {epoch}, step {step}", result)
+                total, count = total + value, count + 1
                 progress(f"epoch {epoch}/{self.params.epochs} step {step}, loss {total / count:.4g}")
             self.schedule.step()
             record = EpochRecord(epoch, total / max(count, 1), self.evaluate(feeds, targets),
