@@ -63,6 +63,16 @@ def _export(folder: Path, name: str, out: Path, options: dict) -> dict:
             "rewrites": report.summary.get("rewrites", {})}
 
 
+def _snapshot(folder: Path, name: str, to: Path) -> Path:
+    """A copy of the pair (NAME.onnx, NAME.encodings), so that every variant comes from the same one."""
+    import shutil
+
+    to.mkdir(parents=True, exist_ok=True)
+    for suffix in (".onnx", ".encodings"):
+        shutil.copyfile(folder / f"{name}{suffix}", to / f"{name}{suffix}")
+    return to
+
+
 def _samples(data: Path) -> list[dict[str, np.ndarray]]:
     """The first eval samples, one feed each: from one npz, or a folder of one-sample npz files."""
     if data.is_dir():
@@ -112,6 +122,7 @@ def bench_model(key: str, repeat: int, batch: int) -> dict | None:
     if not (folder / f"{name}.encodings").exists() or not data.exists():
         print(f"{key}: no pair at {folder} (run `make demo` / `make bench-zoo` first): skipped")
         return None
+    folder = _snapshot(folder, name, WORK / key / "pair")  # other runs may rewrite the zoo's pairs meanwhile
     samples = _samples(data)
     float_path = str(folder / f"{name}.onnx")
     reference = _outputs(float_path, samples)
