@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 torch = pytest.importorskip("torch", reason="qtool[train] (torch) is not installed: QAT is an optional extra")
@@ -76,7 +77,8 @@ def test_real_models_op_by_op(path):
     graph, encodings = calibrated(path, feeds)
     reference = qdq_outputs(graph, encodings, feeds, every=True)
     errors = op_by_op(LoweredModel(graph, encodings), feeds, reference)
-    assert len(errors) > 0.5 * len(list(graph.graph))
+    floats = [n for n in graph.graph if n.outputs[0].dtype == ir.DataType.FLOAT and n.outputs[0].name in reference]
+    assert len(errors) >= len(floats)  # every float tensor compared (shape arithmetic is int64)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-4, (worst, errors[worst])
 
@@ -191,3 +193,24 @@ def test_import_qtool_and_the_cli_load_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("shape,ceil", [((1, 2, 1, 5), 0), ((1, 2, 3, 7), 0), ((1, 2, 3, 7), 1)])
+def test_max_pool_sizes_as_onnxruntime(tmp_path, shape, ceil):
+    """onnxruntime sizes floor-mode pooling with C++'s truncating division: a row shorter than
+    the kernel still gives one window (torch refuses it; the PP-OCR classifier on small inputs)."""
+    from onnx import TensorProto, helper
+
+    from qtool.ir.graph import load_model
+    from qtool.runtime.sessions import make_session
+
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=ceil)
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "pool.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+                     .SerializeToString())
+    model = load_model(path)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = make_session(model, simulate=True).run(["y"], {"x": x})[0]
+    assert np.array_equal(_torch_outputs(LoweredModel(model, None), {"x": x})["y"], expected)

@@ -91,11 +91,15 @@ def max_pool(at: Attrs, x):
     if at.outputs > 1:
         raise at.unsupported("MaxPool's Indices output")
     x, kernel, strides, dilations, padding, ceil = _pool_setup(at, x, float("-inf"))
-    rounding = math.ceil if ceil else math.floor
-    sizes = [rounding((n + 2 * p - d * (k - 1) - 1) / s + 1)
-             for n, p, d, k, s in zip(x.shape[2:], padding, dilations, kernel, strides)]
+    spans = [n + 2 * p - d * (k - 1) - 1 for n, p, d, k in zip(x.shape[2:], padding, dilations, kernel)]
+    # onnxruntime sizes floor-mode outputs with C++ division, which truncates towards zero: an
+    # input up to a stride shorter than the kernel still gives one window (over what there is)
+    sizes = [math.ceil(m / s) + 1 if ceil else int(m / s) + 1 for m, s in zip(spans, strides)]
     if min(sizes) <= 0:  # onnxruntime returns an empty tensor where torch refuses
         return x.new_empty((*x.shape[:2], *[max(n, 0) for n in sizes]))
+    short = [max(-m, 0) if not ceil else 0 for m in spans]
+    if any(short):
+        x = F.pad(x, [p for extra in reversed(short) for p in (0, extra)], value=float("-inf"))
     return _MAX_POOL[len(kernel)](x, kernel, strides, padding, dilations, ceil)
 
 
