@@ -215,10 +215,12 @@ def _diverge_one(case: dict, samples: list[dict]) -> dict:
                 s["rounded_apart"] += _rounded_apart(ours[t], *scales[t])
     born = [{"tensor": t, **s} for t, s in stats.items() if s["differ"] and not s["inputs_differ"]]
     return {"quantizers_compared": len(stats), "quantizers_differ": sum(1 for s in stats.values() if s["differ"]),
-            "values": sum(s["values"] for s in stats.values()), "rounded_apart": sum(s["rounded_apart"] for s in stats.values()),
+            "values": sum(s["values"] for s in stats.values()),
+            "rounded_apart": sum(s["rounded_apart"] for s in stats.values()),
             "born": born, "born_explained": sum(1 for b in born if b["rounded_apart"] == b["differ"]),
             "not_compared": sorted({t for t, _ in quantizers} - set(stats))[:20],
-            "weights_compared": len(weights_differ), "weights_differ": {k: v for k, v in sorted(weights_differ.items()) if v}}
+            "weights_compared": len(weights_differ),
+            "weights_differ": {k: v for k, v in sorted(weights_differ.items()) if v}}
 
 
 def job_diverge(args) -> None:

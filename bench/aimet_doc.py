@@ -273,8 +273,9 @@ def zoo_table(runs: list[dict]) -> str:
             explained = "; ".join(f"{d['born_explained']} of {len(d['born'])}" for d in
                                   (r.get("diverge", {}).get(x) for x in ("forward", "reverse")) if d is not None)
             model, config = key.split("/", 1)
+            back = r.get("reverse", {}).get("1.0.0", {}).get("sqnr_db")
             lines.append(f"| {model} | {config} | {c['aimet_enabled']} | {c.get('differences', '-')} | {strict} "
-                         f"| {_db(first.get('sqnr_db_vs_qdq'))} | {_db(r.get('reverse', {}).get('1.0.0', {}).get('sqnr_db'))} "
-                         f"| {_db(first.get('sqnr_db_aimet_qdq_vs_qdq'))} | {_db(same.get('sqnr_db'))} | {explained or '-'} "
+                         f"| {_db(first.get('sqnr_db_vs_qdq'))} | {_db(back)} | {_db(first.get('sqnr_db_aimet_qdq_vs_qdq'))} "
+                         f"| {_db(same.get('sqnr_db'))} | {explained or '-'} "
                          f"| {_db(r.get('qdq_vs_float_db'))} |")
     return "\n".join(lines) + "\n"

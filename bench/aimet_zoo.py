@@ -54,6 +54,7 @@ def prepare(sh, work: Path, keys: list[str]) -> tuple[list[dict], dict[str, dict
         paths = {"calib": _stacked(Path(split.calib), folder / f"{spec.key}_calib.npz", CALIB),
                  "eval": _stacked(Path(split.eval), folder / f"{spec.key}_eval.npz", EVAL)}
         paths["probe"] = _stacked(Path(split.eval), folder / f"{spec.key}_probe.npz", 1)
-        models.append({"name": spec.key, "path": str(folded), "made_by": f"qtool fold {Path(source).name} ({spec.source})"})
+        made_by = f"qtool fold {Path(source).name} ({spec.source})"
+        models.append({"name": spec.key, "path": str(folded), "made_by": made_by})
         data[spec.key] = paths
     return models, data

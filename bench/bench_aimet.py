@@ -259,9 +259,10 @@ def main() -> None:
                 aimet = tables[(model["name"], config)] = json.loads(table_path.read_text())
                 plan = qtool_plan(Path(model["path"]), config_dir / config, Path(tmp), cache)
                 comparisons[(model["name"], config)] = aimet_report.compare(aimet, plan, producers)
-        probes = ({"keys": [], "names": {}} if args.zoo else
-                  aimet_report.schema_probes(meta, config_dir, lambda cfg: qtool_info(Path(models[-1]["path"]), cfg)[1], Path(tmp)))
-    markdown, summary = aimet_doc.render_markdown(versions, meta, tables, comparisons, loads, probes, [m["name"] for m in models])
+        ask = lambda cfg: qtool_info(Path(models[-1]["path"]), cfg)[1]  # noqa: E731
+        probes = {"keys": [], "names": {}} if args.zoo else aimet_report.schema_probes(meta, config_dir, ask, Path(tmp))
+    names = [m["name"] for m in models]
+    markdown, summary = aimet_doc.render_markdown(versions, meta, tables, comparisons, loads, probes, names)
     print(summary)
     (WORK / "summary.md").write_text(markdown)
     if not args.no_fixtures:
