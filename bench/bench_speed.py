@@ -294,13 +294,7 @@ def table(results: dict) -> str:
 
 def write_doc(text: str) -> None:
     """Replace the generated section of docs/benchmarks.md (appended when it has none)."""
-    old = DOC.read_text() if DOC.exists() else ""
-    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(new)
+    docs_page.write_section(DOC, BEGIN, END, text)
 
 
 def main(argv: list[str] | None = None) -> int:
