@@ -151,3 +151,12 @@ def test_fused_activations_bounded_quantizes_silu_gates_and_relu6_convs(tmp_path
     reference = ort.InferenceSession(str(tmp_path / "ours" / "m.onnx"), providers=["CPUExecutionProvider"]).run(
         None, DATA)[0]
     assert _sqnr(reference, _run(ours)) > _sqnr(reference, _run(plain)) - 3  # one rounding more: within 3 dB
+
+
+def test_plain_export_with_float_nodes_points_to_the_ort_cpu_target(hard_swish, tmp_path):
+    plain = qtool.export(qtool.calibrate(str(hard_swish["model"]), DATA, scheme="minmax"), str(tmp_path / "p"), prefix="m")
+    assert "stay float" in plain.summary["onnxruntime"]
+    assert any("--target ort-cpu" in line for line in plain.lines)
+    fast = qtool.export(qtool.calibrate(str(hard_swish["model"]), DATA, scheme="minmax"), str(tmp_path / "f"), prefix="m",
+                        target="ort-cpu")
+    assert not any("--target ort-cpu writes" in line for line in fast.lines)

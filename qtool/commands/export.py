@@ -83,6 +83,9 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
         summary["rewrites"] = result.rewrites
         done = [f"{REWRITES.get(key, key)} {count}" for key, count in result.rewrites.items() if count]
         lines.insert(1, "ort-cpu forms: " + (", ".join(done) or "none applied"))
+    elif options.target == "qdq" and " stay float" in kernels:
+        lines.append("  to run on onnxruntime's CPU provider, --target ort-cpu writes forms it fuses "
+                     "(docs/deploy.md); `qtool bench` times it against float")
     return Report(summary, lines)
 
 
