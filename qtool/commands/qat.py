@@ -6,16 +6,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from qtool.commands.fields import DataArg, option
+from qtool.commands.fields import DataArg, LabelsArg, option
 from qtool.commands.options import CONFIG_HELP, ENCODINGS_HELP, DataOptions, encoding_version
 from qtool.commands.report import ProgressFactory, Report, bar
 
-LOSSES = ("kd", "mse")
+LOSSES = ("kd", "ce", "mse")
 
 
 @dataclass(frozen=True, kw_only=True)
 class QatOptions(DataOptions):
-    data: DataArg = option(help="Training data (no labels), in any form calibrate --data takes.")
+    data: DataArg = option(help="Training data, in any form calibrate --data takes.")
+    labels: LabelsArg = option(None, "Integer class labels of --data (.npy or .txt, one per sample, as simulate "
+                                     "--labels reads them) for --loss ce, which they make the default.")
     encodings: str | None = option(None, ENCODINGS_HELP)
     batch_size: int = option(8, "Samples per training step.", bounds=(1, None))
     reference: str | None = option(None, "Float model to distil from and evaluate against (default: MODEL itself); "
@@ -30,8 +32,13 @@ class QatOptions(DataOptions):
                                          "calibrated encodings; fixed ranges and frozen encodings stay.")
     range_lr: float = option(1e-4, "Learning rate of the scales and offsets with --range-learning.", bounds=(0, None))
     lr_step: int = option(5, "Divide the learning rates by 10 every N epochs (white paper 5.2).", bounds=(1, None))
-    loss: str = option("kd", "kd: distillation from the float model's own outputs (KL on Softmax outputs, relative "
-                             "MSE on others; no labels); mse: relative MSE on every output.", choices=LOSSES)
+    loss: str | None = option(None, "kd (the default without --labels): distillation from the float model's own "
+                                    "outputs (KL on Softmax outputs, relative MSE on others; no labels); ce (the "
+                                    "default with --labels): cross-entropy against the labels on the classifier "
+                                    "output; mse: relative MSE on every output.", choices=LOSSES)
+    temperature: float = option(1.0, "kd: soften the Softmax outputs' distributions at this temperature (KL scaled by "
+                                     "T^2, Hinton et al. 2015); other outputs keep the relative MSE.",
+                                bounds=(1e-3, None))
     mode: str = option("full", "full: end-to-end QAT of the whole model; blocks: block-wise reconstruction, each block "
                                "of --block-layers layers trained in turn to match the float model's tensors at its end "
                                "(BRECQ / AdaScale style: less memory; --epochs per block).", choices=("full", "blocks"))
@@ -96,6 +103,7 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
     from qtool.train.run import train_pair
 
     data = open_model_data(graph, options.data, **options.reading())
+    loss, labels = _loss_and_labels(graph, data, options)
     if options.eval_data is not None:
         evaluation = open_model_data(graph, options.eval_data, **{**options.reading(), "samples": options.eval_samples})
     else:
@@ -103,16 +111,49 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
     eval_feeds = [dict(batch) for batch in evaluation.batches(options.batch_size)]
     plan = build_plan(graph, load_config(options.config), PlanOptions())
     fixed = frozenset(name for name, tensor in plan.all().items() if tensor.fixed_range is not None)
-    params = TrainParams(options.epochs, options.lr, options.range_lr, options.lr_step, options.loss, seed=options.seed)
+    params = TrainParams(options.epochs, options.lr, options.range_lr, options.lr_step, loss, options.temperature,
+                         seed=options.seed)
     bar_ = progress("qat", unit="epochs")
     bar_(0, options.epochs)
-    result = train_pair(graph, encodings, lambda: (dict(b) for b in data.batches(options.batch_size)), eval_feeds,
+    result = train_pair(graph, encodings, lambda: (_labelled(b, labels) for b in data.batches(options.batch_size)),
+                        eval_feeds,
                         params, learn_ranges=options.range_learning, fixed=fixed, source=source, progress=bar_.detail,
                         reference=load_model(options.reference) if options.reference else None,
                         checkpoint=checkpoint, resume=options.resume, mode=options.mode,
                         layers_per_block=options.block_layers)
     bar_(options.epochs, options.epochs)
     return result
+
+
+def _loss_and_labels(graph, data, options: QatOptions):
+    """The loss (`ce` by default with --labels, else `kd`) and the labels of --data (None without
+    them), checked as simulate checks them: one per sample, integers inside the classifier's classes."""
+    from qtool.commands.inputs import load_labels
+    from qtool.errors import QtoolError
+
+    loss = options.loss or ("ce" if options.labels is not None else "kd")
+    if options.labels is None:
+        if loss == "ce":
+            raise QtoolError("--loss ce: needs --labels (one class id per --data sample)", "or use --loss kd")
+        return loss, None
+    where = "labels" if not isinstance(options.labels, (str, os.PathLike)) else os.fspath(options.labels)
+    if loss != "ce":
+        raise QtoolError(f"{where}: --labels are used by --loss ce only, not --loss {loss}",
+                         "drop --labels, or use --loss ce")
+    if options.mode == "blocks":
+        raise QtoolError(f"{where}: --labels (--loss ce) train the whole model; --mode blocks matches each block "
+                         "to the float model's tensors", "use --mode full, or drop --labels")
+    try:
+        return loss, load_labels(options.labels, graph, data)
+    except QtoolError as error:
+        raise QtoolError(error.message, f"--labels: {error.hint or 'one class id per --data sample'}") from None
+
+
+def _labelled(batch, labels) -> dict:
+    """A training batch's feeds, with its samples' labels under qtool.train.loop.LABELS."""
+    from qtool.train.loop import LABELS
+
+    return dict(batch) if labels is None else {**batch, LABELS: labels[batch.indices]}
 
 
 def qat_report(result) -> Report:

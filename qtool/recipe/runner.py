@@ -133,7 +133,7 @@ def _arguments(step: PlannedStep, state: ChainState, recipe: Recipe, folder: Pat
             kwargs["input_shape"] = recipe_input_shapes(recipe.data["input_shapes"])
     if step.name in ("simulate", "qat"):
         kwargs["reference"] = str(recipe.model)  # the drop is measured (qat: distilled) against the original float model
-    if "labels" in recipe.data and "labels" in kwargs:
+    if "labels" in recipe.data and "labels" in kwargs and step.name != "qat":  # qat's labels would be of its data
         kwargs["labels"] = recipe.data["labels"]
     if "eval_data" in kwargs and "evaluation" in recipe.data:
         kwargs["eval_data"] = recipe.data["evaluation"]

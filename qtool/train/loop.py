@@ -38,6 +38,8 @@ from qtool.train import losses
 
 log = logging.getLogger(__name__)
 
+LABELS = "qtool.labels"  # the key of a training batch's labels (for --loss ce), beside its inputs
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -46,6 +48,7 @@ class TrainParams:
     range_lr: float = 1e-4
     lr_step: int = 5
     loss: str = "kd"
+    temperature: float = 1.0
     max_scale_change: float = 1e3
     seed: int = 0
 
@@ -178,10 +181,13 @@ class Trainer:
         for epoch in range(done + 1, self.params.epochs + 1):
             epoch_start, total, count = time.perf_counter(), 0.0, 0
             for step, batch in enumerate(batches(), 1):
+                labels = batch.pop(LABELS, None)
                 inputs = to_torch(batch, self.device)
                 with torch.no_grad():
                     target = self.teacher(inputs)
-                value = self.step(losses.loss(self.params.loss, self.student(inputs), target, self.kinds),
+                labels = None if labels is None else torch.from_numpy(labels.astype(np.int64)).to(self.device)
+                value = self.step(losses.loss(self.params.loss, self.student(inputs), target, self.kinds,
+                                              self.params.temperature, labels),
                                   f"epoch {epoch}, step {step}", result)
                 total, count = total + value, count + 1
                 progress(f"epoch {epoch}/{self.params.epochs} step {step}, loss {total / count:.4g}")
