@@ -76,7 +76,7 @@ def sha(path: Path) -> str:
 def test_every_ready_recipe_runs_green_on_the_bundled_classifier(recipe, cls_data, tmp_path, capsys):
     sets = [f"data.{key}={path}" for key, path in cls_data.items()]
     sets += ["data.samples=64", f"output={tmp_path / 'out'}", f"model={CLS}"]
-    if recipe.stem == "w4a8-adaround":
+    if recipe.stem in ("w4a8-adaround", "w4a8-qat"):
         # 200 iterations instead of 2000 keep the suite fast and still meet the recipe's own gate
         # (3 points; 100% -> 100%, 20 dB on these 64 lines; 30 iterations, about nearest: -16 points)
         sets += ["adaround.iterations=200", "adaround.rows=256"]
