@@ -3,6 +3,7 @@ and the op-by-op comparison of the torch lowering against it."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,14 @@ def float_model(path: Path) -> ir.Model:
 
 def _fixed(dim) -> bool:
     return isinstance(dim, int) and dim > 0
+
+
+def w4a8_block_pair(folder: Path, samples: int, seed: int) -> np.random.Generator:
+    """mobilenet_block (BatchNorms unfolded, copied to folder/m.onnx) calibrated to per-tensor W4A8 on
+    `samples` Gaussian inputs (folder/train.npz -> folder/ptq.onnx + ptq.encodings.json); returns the
+    generator for the caller's further draws."""
+    rng = np.random.default_rng(seed)
+    np.savez(folder / "train.npz", input=rng.standard_normal((samples, 3, 32, 32)).astype(np.float32))
+    shutil.copy(ROOT / "sample_models" / "mobilenet_block.onnx", folder / "m.onnx")
+    qtool.calibrate(folder / "m.onnx", folder / "train.npz", param_bw=4, per_channel=False).save(folder / "ptq")
+    return rng

@@ -12,9 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="qtool[train] (torch) is not installed: QAT is an optional extra")
 
-import qtool  # noqa: E402
 from conftest import run_main  # noqa: E402
-from qat_helpers import ROOT  # noqa: E402
+from qat_helpers import w4a8_block_pair  # noqa: E402
 
 from qtool.train import losses  # noqa: E402
 
@@ -23,11 +22,8 @@ from qtool.train import losses  # noqa: E402
 def work(tmp_path_factory):
     """mobilenet_block (10 logits) calibrated to per-tensor W4A8 (Python API), 16 samples and labels."""
     folder = tmp_path_factory.mktemp("qat_loss")
-    rng = np.random.default_rng(1)
-    np.savez(folder / "train.npz", input=rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
+    rng = w4a8_block_pair(folder, samples=16, seed=1)
     np.save(folder / "labels.npy", rng.integers(0, 10, 16))
-    qtool.calibrate(ROOT / "sample_models" / "mobilenet_block.onnx", folder / "train.npz", param_bw=4,
-                    per_channel=False).save(folder / "ptq")
     return folder
 
 
