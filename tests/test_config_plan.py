@@ -70,7 +70,7 @@ EXPECTED_BUILTIN = {
 
 
 def test_builtin_names():
-    assert set(BUILTIN_CONFIGS) == set(EXPECTED_BUILTIN) | {"fp16"}
+    assert set(BUILTIN_CONFIGS) == set(EXPECTED_BUILTIN) | {"fp16", "w4a16", "w4-weight-only"}  # block-wise: test_blockwise_cli
 
 
 def test_fp16_config_rounds_everything_to_float16():

@@ -56,7 +56,7 @@ def calibrate(model: Any, data: Any, *, progress: bool = False, **options: Any) 
     pair = _pair(model, options.pop("encodings", None), sibling=False)
     opts = _options("calibrate", data=data, **options)
     result = calibrate_model(pair.model, opts, pair.encodings, _progress(progress))
-    return Pair(pair.model, result.encodings, pair.path, f"{pair.label} (calibrated)",
+    return Pair(getattr(result, "model", pair.model), result.encodings, pair.path, f"{pair.label} (calibrated)",
                 calibration_report(pair.model, result, opts))
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from qtool.commands.blockwise import BlockOptions, apply_block_options, check_block_options
 from qtool.commands.fields import option
 from qtool.commands.options import CONFIG_HELP, OVERRIDES_HELP, DataOptions, encoding_version
 from qtool.commands.report import ProgressFactory, Report, bar
@@ -13,7 +14,7 @@ from qtool.quant.observers import ACTIVATION_SCHEMES, SCHEMES, SQNR_GAMMA
 
 
 @dataclass(frozen=True, kw_only=True)
-class CalibrateOptions(DataOptions):
+class CalibrateOptions(BlockOptions, DataOptions):
     config: str = option("default", CONFIG_HELP)
     scheme: str = option("sqnr", "Activation range setting: minmax (AIMET tf), sqnr (tf_enhanced), percentile, mse, "
                                  "or auto: all four from one pass, keep the one whose simulated outputs are closest "
@@ -48,13 +49,17 @@ def calibrate(model: str | os.PathLike, output: str | os.PathLike | None, option
     from qtool.encodings.write import save_encodings
     from qtool.files.atomic import StagedOutputs
     from qtool.ir.external_data import copy_model_file
-    from qtool.ir.graph import load_model
+    from qtool.ir.graph import load_model, save_model
 
+    check_block_options(options, output, options.encoding_version)
     prefix = pair_prefix(model, output)
     graph, frozen = (load_pair(model, options.encodings)[:2] if options.encodings else (load_model(model), None))
     result = calibrate_model(graph, options, frozen, progress)
     with StagedOutputs() as out:
-        copy_model_file(model, out.path(f"{prefix}.onnx"))
+        if getattr(result, "model", graph) is graph:
+            copy_model_file(model, out.path(f"{prefix}.onnx"))
+        else:  # --weight-rounding gptq changed the weights
+            save_model(result.model, out.path(f"{prefix}.onnx"))
         save_encodings(result.encodings, out.path(f"{prefix}.encodings.json"), options.encoding_version)
     report = calibration_report(graph, result, options)
     wrote = f"wrote {prefix}.onnx and {prefix}.encodings.json" if output is not None else \
@@ -78,8 +83,12 @@ def calibrate_model(graph, options: CalibrateOptions, frozen=None, progress: Pro
     source = open_model_data(graph, options.data, **options.reading())
     step = StepOptions(options.scheme.lower(), options.param_scheme.lower(), options.percentile, options.batch_size,
                        options.sqnr_gamma, options.auto_samples)
-    return calibrate_step(graph, plan, lambda: source.batches(options.batch_size), step, frozen=frozen,
-                          total=source.count(), progress=progress("calibrate"))
+    result = calibrate_step(graph, plan, lambda: source.batches(options.batch_size), step, frozen=frozen,
+                            total=source.count(), progress=progress("calibrate"))
+    if options.weight_block_size is not None or options.weight_rounding != "nearest":  # commands/blockwise.py
+        result.model, result.encodings, result.blocks = apply_block_options(
+            graph, result.encodings, options, lambda: source.batches(options.batch_size), progress)
+    return result
 
 
 def calibration_report(graph, result, options: CalibrateOptions) -> Report:
@@ -90,6 +99,7 @@ def calibration_report(graph, result, options: CalibrateOptions) -> Report:
         "kept_frozen": result.kept_frozen, "scheme": result.scheme,
         **({"scheme_scores": result.scheme_scores} if result.scheme_scores else {}),
         "mixed_joins": [dataclasses.asdict(join) for join in result.mixed_joins],
+        **getattr(result, "blocks", Report({}, [])).summary,
     }
     chosen = [f"scheme auto: {result.scheme} (on {options.auto_samples} samples: "
               + ", ".join(f"{k} {_scores_text(v)}" for k, v in result.scheme_scores.items()) + ")"] \
@@ -97,7 +107,8 @@ def calibration_report(graph, result, options: CalibrateOptions) -> Report:
     return Report(summary, [
         f"calibrated {result.samples} samples in {result.seconds:.1f}s: "
         f"{summary['activation_quantizers']} activation + {summary['param_quantizers']} param encodings",
-        *chosen, *(f"mixed ranges: {join.describe()}" for join in result.mixed_joins)])
+        *chosen, *(f"mixed ranges: {join.describe()}" for join in result.mixed_joins),
+        *getattr(result, "blocks", Report({}, [])).lines])
 
 
 def _scores_text(scores: dict[str, float]) -> str:

@@ -86,7 +86,10 @@ def check_encoding_shapes(encodings: EncodingSet, values: dict[str, ir.Value], s
                              "qtool quantizes activations per tensor: give it one scale and offset")
     for name, enc in encodings.params.items():
         tensor = values[name].const_value
-        if enc.is_float or enc.axis is None or tensor is None:
+        problem = enc.fits(tuple(tensor.shape)) if hasattr(enc, "block_size") and tensor is not None else None
+        if problem:  # a per-block encoding (qtool.quant.blockwise)
+            raise QtoolError(f"{source}: '{name}': {problem}", "were these encodings computed for another model?")
+        if enc.is_float or enc.axis is None or tensor is None or hasattr(enc, "block_size"):
             continue
         shape = tuple(tensor.shape)
         if not -len(shape) <= enc.axis < len(shape) or shape[enc.axis] != enc.scale.size:

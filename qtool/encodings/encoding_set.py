@@ -38,7 +38,8 @@ def resolve_axes(enc_set: EncodingSet, axis_of: Callable[[str], int]) -> Encodin
     """
 
     def fix(encs: dict[str, Encoding]) -> dict[str, Encoding]:
-        return {n: e if e.axis is None else replace(e, axis=axis_of(n)) for n, e in encs.items()}
+        return {n: e if e.axis is None or not isinstance(e, Encoding) else replace(e, axis=axis_of(n))
+                for n, e in encs.items()}  # per-block encodings (quant.blockwise) store their axis
 
     return EncodingSet(fix(enc_set.activations), fix(enc_set.params),
                        dict(enc_set.quantizer_args), list(enc_set.excluded))

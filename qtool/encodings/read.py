@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from qtool.encodings.blocks import BLOCK_KEYS, read_block_entry
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.encodings.formats import DTYPE_RE, ENCODING_VERSIONS, LEGACY_VERSIONS
 from qtool.errors import QtoolError
@@ -140,11 +141,11 @@ def _read_2_0_0(entry: dict, src: str, where: str) -> Encoding:
     match = DTYPE_RE.fullmatch(dtype)
     if not match:
         raise _bad(src, where, f"output_dtype {dtype!r} is not supported", "use int<N>, uint<N> or float16")
-    if "block_size" in entry or "per_block_int_scale" in entry:
-        raise _bad(src, where, "per-block encodings are not supported")
     signed, bw = match.group(1) == "", int(match.group(2))
     if not 2 <= bw <= 32:
         raise _bad(src, where, f"integer bit-width must be 2..32, not {bw}")
+    if any(key in entry for key in BLOCK_KEYS):  # per-block / LPBQ (qtool.encodings.blocks)
+        return read_block_entry(entry, src, where, signed, bw, _get(entry, "frozen", "bool", src, where, False))
     y_scale = _get(entry, "y_scale", "numbers", src, where)
     axis = _get(entry, "axis", "int", src, where, None)
     scales = _as_list(y_scale)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from qtool._version import __version__
+from qtool.encodings.blocks import block_entry, refuse_blocks
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.encodings.formats import ENCODING_VERSIONS
 from qtool.errors import QtoolError
@@ -63,6 +64,8 @@ def _entry_0_6_1(enc: Encoding) -> list[dict[str, Any]]:
 
 
 def _entry_2_0_0(name: str, enc: Encoding) -> dict[str, Any] | None:
+    if not isinstance(enc, Encoding):  # per-block / LPBQ (qtool.encodings.blocks)
+        return block_entry(name, enc)
     if enc.is_float:
         return None  # AIMET: "v2 encoding doesn't treat float16/bfloat16 as quantized dtypes"
     signed = enc.symmetric
@@ -87,6 +90,7 @@ def to_json_dict(enc_set: EncodingSet, version: str = "1.0.0") -> dict:
     both = enc_set.activations.keys() & enc_set.params.keys()
     if both:
         raise ValueError(f"tensors both activation and param: {sorted(both)}")
+    refuse_blocks(enc_set.params, version)
     for name, enc in enc_set.all().items():
         _check_writable(name, enc)
     acts, params = sorted(enc_set.activations.items()), sorted(enc_set.params.items())

@@ -21,8 +21,11 @@ import onnx_ir as ir
 
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
-from qtool.ir.graph import add_initializer, clone, ensure_opset, set_initializer, unique_name, value_by_name
+from qtool.ir.block_qdq import BLOCK_OPSET, block_param_quantizer, has_blocks, stored_array
+from qtool.ir.graph import (MIN_QDQ_OPSET, add_initializer, clone, ensure_opset, set_initializer, unique_name,
+                            value_by_name)
 from qtool.quant import Encoding, quantize, quantize_dequantize
+from qtool.quant.blockwise import BlockEncoding
 
 MS_DOMAIN = "com.microsoft"
 
@@ -30,7 +33,7 @@ MS_DOMAIN = "com.microsoft"
 def build_qdq_model(model: ir.Model, encodings: EncodingSet, *, integer_bias: bool = False,
                     source: str = "encodings") -> ir.Model:
     """A new model with quantizers inserted; `model` is not changed."""
-    qdq = ensure_opset(clone(model), source=source)
+    qdq = ensure_opset(clone(model), BLOCK_OPSET if has_blocks(encodings.params) else MIN_QDQ_OPSET, source=source)
     if "qtool.source" in model.meta:  # onnxruntime errors name the file the model came from
         qdq.meta["qtool.source"] = f"{model.meta['qtool.source']} (quantized with {source})"
     values = value_by_name(qdq)
@@ -86,6 +89,8 @@ def param_quantizer(qdq: ir.Model, value: ir.Value, enc: Encoding) -> tuple[list
     weights = value.const_value.numpy()
     if weights.dtype != np.float32:
         return None
+    if isinstance(enc, BlockEncoding):  # opset-21 DequantizeLinear with block_size (qtool.ir.block_qdq)
+        return block_param_quantizer(qdq, value, enc)
     if _fake_quantized(enc):
         return [], add_initializer(qdq, f"{value.name}_fakequant", quantize_dequantize(weights, enc))
     dtype, _ = _container(enc, 8)
@@ -116,7 +121,11 @@ def requantize_param(qdq: ir.Model, consumer: ir.Node, index: int, weights: np.n
     """Give an already-quantized parameter new float values (same encoding, same nodes): what
     `param_quantizer` would have built for `weights`, without rebuilding the model."""
     value = consumer.inputs[index]
-    if _fake_quantized(enc):
+    if isinstance(enc, BlockEncoding):
+        dequantize_node = value.producer()
+        stored = value if dequantize_node is None else dequantize_node.inputs[0]
+        array = stored_array(weights, enc)
+    elif _fake_quantized(enc):
         stored, array = value, quantize_dequantize(weights, enc)
     else:
         dequantize_node = value.producer()

@@ -35,7 +35,7 @@ from qtool.errors import QtoolError
 from qtool.files.input_text import load_json
 from qtool.plan.overrides import Override, parse_overrides
 
-BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16")
+BUILTIN_CONFIGS = ("default", "w8a8-per-channel", "w8a16", "w4a8", "fp16", "w4a16", "w4-weight-only")
 
 _SECTIONS = {"defaults", "params", "op_type", "supergroups", "supergroup_pass_list", "model_input", "model_output",
              "overrides", "mixed_ranges", "patterns", "placement"}

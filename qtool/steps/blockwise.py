@@ -1,0 +1,77 @@
+"""Per-block weight encodings for the MatMul / Gemm weights of a calibrated pair.
+
+Calibration plans and computes every encoding as usual (bit-width and symmetry from the config and
+--param-bw); this step then gives each MatMul / Gemm weight that has an integer encoding one
+scale per ``block_size`` inputs instead (`qtool.quant.blockwise`), blocks along the reduction
+axis: axis 0 of a MatMul weight [K, N] and of a Gemm weight without transB, axis 1 with transB.
+Other weights (convolutions, embeddings, norms) keep their encodings; a weight read by more than
+one layer, or as anything but input B of a plain MatMul/Gemm, is left alone and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from qtool.encodings.encoding_set import EncodingSet
+from qtool.ir.layers import attr_int
+from qtool.quant.blockwise import BlockEncoding, encode_blocks
+
+
+@dataclass
+class BlockResult:
+    encodings: EncodingSet
+    blocked: list[str] = field(default_factory=list)  # weights now per block
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (weight, why not)
+
+
+def reduction_axis(node: ir.Node) -> int | None:
+    """The input (reduction) axis of input 1 of a MatMul / Gemm, None for other layouts."""
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2:
+        return None
+    if node.op_type == "MatMul":
+        return 0
+    if node.op_type == "Gemm" and not attr_int(node, "transA", 0):
+        return 1 if attr_int(node, "transB", 0) else 0
+    return None
+
+
+def block_layers(model: ir.Model) -> dict[str, tuple[ir.Node, int]]:
+    """Weight name -> (its one MatMul/Gemm consumer, block axis), for weights that can be blocked."""
+    found: dict[str, tuple[ir.Node, int]] = {}
+    for node in model.graph:
+        axis = reduction_axis(node) if node.op_type in ("MatMul", "Gemm") else None
+        if axis is None:
+            continue
+        weight = node.inputs[1]
+        if len(weight.uses()) == 1 and not weight.is_graph_output():
+            found[weight.name] = (node, axis)
+    return found
+
+
+def block_encodings(model: ir.Model, encodings: EncodingSet, block_size: int, *, lpbq: bool = False) -> BlockResult:
+    """A copy of `encodings` whose MatMul / Gemm weight encodings are per block (min-max over
+    each block, the calibrated encoding's bit-width and symmetry). Frozen encodings are kept."""
+    out = encodings.copy()
+    result = BlockResult(out)
+    layers = block_layers(model)
+    for name, enc in encodings.params.items():
+        if isinstance(enc, BlockEncoding) or enc.is_float or enc.frozen:
+            continue
+        if name not in layers:
+            consumers = {node.op_type for node in _consumers(model, name)}
+            if consumers & {"MatMul", "Gemm"}:
+                result.skipped.append((name, "shared, transposed input A, or not 2-D"))
+            continue
+        node, axis = layers[name]
+        weights = node.inputs[1].const_value.numpy()
+        symmetric = enc.symmetric or lpbq
+        out.params[name] = encode_blocks(weights, axis, block_size, enc.bw, symmetric, lpbq=lpbq)
+        result.blocked.append(name)
+    return result
+
+
+def _consumers(model: ir.Model, name: str) -> list[ir.Node]:
+    return [node for node in model.graph if any(v is not None and v.name == name for v in node.inputs)]
