@@ -10,7 +10,7 @@ from qtool.commands.fields import option
 from qtool.commands.options import ENCODINGS_HELP, encoding_version
 from qtool.commands.report import Report
 
-TARGETS = ("qdq", "ort-cpu")  # as qtool.steps.export.TARGETS (not imported: the CLI stays light)
+TARGETS = ("qdq", "ort-cpu", "matmulnbits")  # as qtool.steps.export.TARGETS (not imported: the CLI stays light)
 FUSED_ACTIVATIONS = ("float", "bounded", "integer")  # as qtool.ir.ort_cpu.FUSED
 
 
@@ -21,7 +21,9 @@ class ExportOptions:
     encoding_version: str = encoding_version()
     target: str = option("qdq", "NAME_qdq.onnx for: 'qdq', the model the encodings describe (any runtime, "
                                 "accelerators); 'ort-cpu', the same model in the forms onnxruntime's CPU provider "
-                                "fuses (docs/deploy.md). NAME.encodings is the same for both.", choices=TARGETS)
+                                "fuses (docs/deploy.md); 'matmulnbits', per-block MatMul/Gemm weights as onnxruntime's "
+                                "4/8-bit MatMulNBits (docs/blockwise.md). NAME.encodings is the same for all.",
+                    choices=TARGETS)
     fused_activations: str = option("bounded", "--target ort-cpu: which tensors the encodings leave unquantized "
                                                "inside one fused activation get a grid, so that integer kernels run "
                                                "them: 'float' none (the encodings' numbers; those Convs run in float "
@@ -82,7 +84,7 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
     if result.rewrites:
         summary["rewrites"] = result.rewrites
         done = [f"{REWRITES.get(key, key)} {count}" for key, count in result.rewrites.items() if count]
-        lines.insert(1, "ort-cpu forms: " + (", ".join(done) or "none applied"))
+        lines.insert(1, f"{options.target} forms: " + (", ".join(done) or "none applied"))
     elif options.target == "qdq" and " stay float" in kernels:
         lines.append("  to run on onnxruntime's CPU provider, --target ort-cpu writes forms it fuses "
                      "(docs/deploy.md); `qtool bench` times it against float")
@@ -92,4 +94,5 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
 REWRITES = {"pads": "Pads folded into Convs", "derived": "hard-swish Convs given an output grid",
             "clipped": "clipped Convs given an output grid", "gates": "sigmoid gates given the grid [0, 1]",
             "hard_swish": "HardSwish ops", "same_grid": "outputs on their input's grid",
-            "uint8": "int8 grids as uint8", "float_constants": "constants of float nodes stored in float"}
+            "uint8": "int8 grids as uint8", "float_constants": "constants of float nodes stored in float",
+            "matmulnbits": "MatMulNBits layers", "blocks_kept": "per-block layers kept as DequantizeLinear"}

@@ -5,6 +5,7 @@ JSON, NAME_qdq.onnx a QDQ model with integer weights and int32 biases that onnxr
 its integer kernels (QDQ fusion allowed there, unlike in simulation).
 
 Targets of NAME_qdq.onnx: "qdq" (default) is the model the encodings describe, for any runtime;
+"matmulnbits" has per-block MatMul/Gemm weights as onnxruntime's MatMulNBits (`qtool.ir.matmulnbits`);
 "ort-cpu" is the form onnxruntime's CPU provider fuses best (`qtool.ir.ort_cpu` rewrites the pair
 before the build; then, from onnxruntime's own kernel report, `qtool.ir.float_islands` stores
 the weights of what it runs in float anyway in float). docs/deploy.md has what each rewrite costs and gains.
@@ -19,7 +20,7 @@ import onnx_ir as ir
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.ir.qdq import build_qdq_model
 
-TARGETS = ("qdq", "ort-cpu")
+TARGETS = ("qdq", "ort-cpu", "matmulnbits")
 
 
 @dataclass
@@ -36,6 +37,12 @@ def export(model: ir.Model, encodings: EncodingSet, *, source: str = "encodings"
     rewrites: dict[str, int] = {}
     if target == "ort-cpu":
         qdq, rewrites = ort_cpu_model(model, encodings, source, fused=fused)
+    elif target == "matmulnbits":  # per-block MatMul/Gemm weights as com.microsoft MatMulNBits
+        from qtool.ir.matmulnbits import matmulnbits_model
+
+        qdq, skipped = matmulnbits_model(model, encodings, source)
+        rewrites = {"matmulnbits": sum(node.op_type == "MatMulNBits" for node in qdq.graph),
+                    "blocks_kept": len(skipped)}
     else:
         qdq = build_qdq_model(model, encodings, integer_bias=True, source=source)
     qdq.producer_name = "qtool"
