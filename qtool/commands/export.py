@@ -70,6 +70,9 @@ def write_export(graph, encodings, source: str, output: str | os.PathLike, optio
     from qtool.steps.export import export as export_step
 
     _check(options)
+    from qtool.encodings.blocks import refuse_blocks
+
+    refuse_blocks(encodings.params, options.encoding_version)  # before any file is written
     result = export_step(graph, encodings, source=source, target=options.target,
                          fused=options.fused_activations)
     folder, prefix = Path(output), options.prefix
