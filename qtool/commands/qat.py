@@ -35,7 +35,9 @@ class QatOptions(DataOptions):
     loss: str | None = option(None, "kd (the default without --labels): distillation from the float model's own "
                                     "outputs (KL on Softmax outputs, relative MSE on others; no labels); ce (the "
                                     "default with --labels): cross-entropy against the labels on the classifier "
-                                    "output; mse: relative MSE on every output.", choices=LOSSES)
+                                    "output; mse: relative MSE on every output; file.py:function: your function of "
+                                    "(quantized outputs, float outputs or --labels), dicts of torch tensors by "
+                                    "output name (labels: a tensor), returning a scalar tensor (docs/qat.md).")
     temperature: float = option(1.0, "kd: soften the Softmax outputs' distributions at this temperature (KL scaled by "
                                      "T^2, Hinton et al. 2015); other outputs keep the relative MSE.",
                                 bounds=(1e-3, None))
@@ -102,6 +104,7 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
     from qtool.train.loop import TrainParams
     from qtool.train.run import train_pair
 
+    user_loss = _user_loss(options)
     data = open_model_data(graph, options.data, **options.reading())
     loss, labels = _loss_and_labels(graph, data, options)
     if options.eval_data is not None:
@@ -120,9 +123,25 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
                         params, learn_ranges=options.range_learning, fixed=fixed, source=source, progress=bar_.detail,
                         reference=load_model(options.reference) if options.reference else None,
                         checkpoint=checkpoint, resume=options.resume, mode=options.mode,
-                        layers_per_block=options.block_layers)
+                        layers_per_block=options.block_layers, user_loss=user_loss)
     bar_(options.epochs, options.epochs)
     return result
+
+
+def _user_loss(options: QatOptions):
+    """The function of `--loss file.py:function` (loaded, so a missing file or function fails
+    before any work), None for a built-in loss; unknown names are refused."""
+    from qtool.errors import QtoolError
+    from qtool.train import user_loss
+
+    if not user_loss.is_user_loss(options.loss):
+        if options.loss is not None and options.loss not in LOSSES:
+            raise QtoolError(f"--loss {options.loss}: expected one of {', '.join(LOSSES)} or file.py:function")
+        return None
+    if options.mode == "blocks":
+        raise QtoolError(f"--loss {options.loss}: --mode blocks trains each block on the relative error of its "
+                         "tensors, not on the model's outputs", "use --mode full with your loss")
+    return user_loss.load(options.loss)
 
 
 def _loss_and_labels(graph, data, options: QatOptions):
@@ -137,9 +156,9 @@ def _loss_and_labels(graph, data, options: QatOptions):
             raise QtoolError("--loss ce: needs --labels (one class id per --data sample)", "or use --loss kd")
         return loss, None
     where = "labels" if not isinstance(options.labels, (str, os.PathLike)) else os.fspath(options.labels)
-    if loss != "ce":
-        raise QtoolError(f"{where}: --labels are used by --loss ce only, not --loss {loss}",
-                         "drop --labels, or use --loss ce")
+    if loss != "ce" and loss in LOSSES:
+        raise QtoolError(f"{where}: --labels are used by --loss ce only (or your file.py:function), not "
+                         f"--loss {loss}", "drop --labels, or use --loss ce")
     if options.mode == "blocks":
         raise QtoolError(f"{where}: --labels (--loss ce) train the whole model; --mode blocks matches each block "
                          "to the float model's tensors", "use --mode full, or drop --labels")

@@ -2,8 +2,8 @@
 
 A recipe often arrives with a model from someone else, and `qtool run` must be safe to point at
 it. So, unless the user allows more on the command line:
-- no step option may name Python code (`metric: file.py:function` or `module:function`):
-  `--allow-code`. Built-in metric names stay allowed. Allowed code files resolve against the
+- no step option may name Python code (`metric: file.py:function` or `module:function`, qat's
+  `loss: file.py:function`): `--allow-code`. Built-in metric and loss names stay allowed. Allowed code files resolve against the
   recipe's folder, and the runner hashes their content into the step's key;
 - every path the recipe writes stays inside its `output:` folder (`..`, absolute paths and
   symlinks that lead out are refused): `--allow-outside`. A file-name stem (`export.prefix`)
@@ -20,7 +20,7 @@ from typing import Any
 
 from qtool.files.safe_paths import escapes, stem_problem
 
-CODE_OPTIONS = {"metric"}  # options whose value may name Python code (module:function, file.py:function)
+CODE_OPTIONS = {"metric", "loss"}  # options whose value may name Python code (module:function, file.py:function)
 WRITTEN_PATH_OPTIONS = {"write_overrides"}  # options naming a file the step writes, beside the wired outputs
 STEM_OPTIONS = {"prefix"}  # file-name stems of written files
 
@@ -38,9 +38,18 @@ def is_code(option: str, value: Any) -> bool:
     """Whether an option's value names Python code rather than a built-in."""
     if option not in CODE_OPTIONS or not isinstance(value, str):
         return False
+    return value not in built_ins(option)
+
+
+def built_ins(option: str) -> tuple[str, ...]:
+    """The built-in (code-free) values of a code option."""
+    if option == "loss":
+        from qtool.commands.qat import LOSSES
+
+        return LOSSES
     from qtool.analysis.metric import BUILTIN_METRICS  # numpy: only when a recipe sets a metric
 
-    return value not in BUILTIN_METRICS
+    return tuple(BUILTIN_METRICS)
 
 
 def confine_option(option: str, value: Any, label: str, base: Path, output: Path, policy: RunPolicy,
@@ -49,7 +58,7 @@ def confine_option(option: str, value: Any, label: str, base: Path, output: Path
     recipe's folder `base`, written paths against `output`), or None with a problem appended.
     `label` starts each problem ('recipe.yaml:12: analyze.metric')."""
     if is_code(option, value):
-        return _code(value, label, base, policy, problems)
+        return _code(value, label, base, policy, problems, built_ins(option))
     if option in STEM_OPTIONS and isinstance(value, str):
         problem = stem_problem(value)
         if problem:
@@ -66,16 +75,15 @@ def confine_option(option: str, value: Any, label: str, base: Path, output: Path
     return value
 
 
-def _code(spec: str, label: str, base: Path, policy: RunPolicy, problems: list[str]) -> str | None:
-    from qtool.analysis.metric import BUILTIN_METRICS
-
+def _code(spec: str, label: str, base: Path, policy: RunPolicy, problems: list[str],
+          builtin: tuple[str, ...]) -> str | None:
     if not policy.allow_code:
         problems.append(f"{label} {spec!r}: names Python code, and a recipe runs none unless you allow it: "
-                        f"qtool run --allow-code (or use a built-in: {', '.join(BUILTIN_METRICS)})")
+                        f"qtool run --allow-code (or use a built-in: {', '.join(builtin)})")
         return None
     module, sep, function = spec.rpartition(":")
     if not sep or not module or not function:
-        problems.append(f"{label} {spec!r}: expected one of {', '.join(BUILTIN_METRICS)}, module:function "
+        problems.append(f"{label} {spec!r}: expected one of {', '.join(builtin)}, module:function "
                         f"or file.py:function")
         return None
     if not module.endswith(".py"):

@@ -152,19 +152,20 @@ def _key(step: PlannedStep, kwargs: dict, previous_key: str, output: Path, hashe
         if isinstance(value, str) and Path(value).exists() and not Path(value).resolve().is_relative_to(
                 output.resolve()):
             inputs[option] = hashes(Path(value))
-    source = _metric_source(kwargs.get("metric"))
-    if source is not None:
-        inputs["metric"] = hashes(source)
+    for option in ("metric", "loss"):  # the files of code options (allowed by --allow-code)
+        source = _code_source(option, kwargs.get(option))
+        if source is not None:
+            inputs[option] = hashes(source)
     text = json.dumps({"previous": previous_key, "step": step.name, "options": kwargs, "inputs": inputs,
                        "qtool": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _metric_source(spec: Any) -> Path | None:
-    """The file of a code metric (allowed by --allow-code), so that editing it reruns the step."""
+def _code_source(option: str, spec: Any) -> Path | None:
+    """The file of a code metric or loss (allowed by --allow-code), so that editing it reruns the step."""
     from qtool.recipe.policy import is_code
 
-    if not is_code("metric", spec):
+    if not is_code(option, spec):
         return None
     from qtool.analysis.metric import metric_source
 

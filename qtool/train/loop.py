@@ -87,7 +87,10 @@ def to_torch(feeds: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
 
 
 class Trainer:
-    """One training run; `run()` returns a TrainResult and leaves the best state in `student`."""
+    """One training run; `run()` returns a TrainResult and leaves the best state in `student`.
+    `user_loss`: the user's loss function (qtool.train.user_loss), replacing `params.loss`'s."""
+
+    user_loss = None
 
     def __init__(self, student, teacher, kinds: dict[str, str], params: TrainParams, device="cpu") -> None:
         self.student, self.teacher, self.kinds, self.params, self.device = student, teacher, kinds, params, device
@@ -107,6 +110,15 @@ class Trainer:
             outputs = [self.student(f) for f in feeds]
         names = [n for n, t in targets[0].items() if t.is_floating_point()]
         return float(np.mean([losses.sqnr_db([o[n] for o in outputs], [t[n] for t in targets]) for n in names]))
+
+    def objective(self, outputs: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                  labels: torch.Tensor | None) -> torch.Tensor:
+        """The step's loss: the user's function (`--loss file.py:function`) or a built-in one."""
+        if self.user_loss is not None:
+            floats = {name: value for name, value in outputs.items() if value.is_floating_point()}
+            return self.user_loss(floats, labels if labels is not None else
+                                  {name: value for name, value in target.items() if value.is_floating_point()})
+        return losses.loss(self.params.loss, outputs, target, self.kinds, self.params.temperature, labels)
 
     def step(self, loss: torch.Tensor, where: str, result: TrainResult) -> float:
         """One optimisation step on `loss`, then the guards; the loss's value."""
@@ -186,8 +198,7 @@ class Trainer:
                 with torch.no_grad():
                     target = self.teacher(inputs)
                 labels = None if labels is None else torch.from_numpy(labels.astype(np.int64)).to(self.device)
-                value = self.step(losses.loss(self.params.loss, self.student(inputs), target, self.kinds,
-                                              self.params.temperature, labels),
+                value = self.step(self.objective(self.student(inputs), target, labels),
                                   f"epoch {epoch}, step {step}", result)
                 total, count = total + value, count + 1
                 progress(f"epoch {epoch}/{self.params.epochs} step {step}, loss {total / count:.4g}")

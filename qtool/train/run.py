@@ -36,11 +36,12 @@ def train_pair(model: ir.Model, encodings: EncodingSet, batches: Callable[[], It
                eval_feeds: list[dict[str, np.ndarray]], params: TrainParams, *, learn_ranges: bool = False,
                fixed: frozenset[str] = frozenset(), source: str = "model",
                progress: Callable[[str], None] = lambda note: None, reference: ir.Model | None = None,
-               checkpoint=None, resume: bool = False, mode: str = "full", layers_per_block: int = 4) -> QatResult:
+               checkpoint=None, resume: bool = False, mode: str = "full", layers_per_block: int = 4,
+               user_loss=None) -> QatResult:
     """Train `model`'s weights (and with `learn_ranges` its quantizers' ranges, except `fixed` and
-    frozen ones) to match the float outputs of `reference` (default: its own); BatchNorms are
-    folded first. `checkpoint`: a file the state is saved to after every epoch (`resume`: continue
-    from it; qtool.train.loop)."""
+    frozen ones) to match the float outputs of `reference` (default: its own), or to minimise
+    `user_loss` (qtool.train.user_loss); BatchNorms are folded first. `checkpoint`: a file the
+    state is saved to after every epoch (`resume`: continue from it; qtool.train.loop)."""
     torch = require_torch()
     from qtool.train.losses import output_kinds
     from qtool.train.lower import LoweredModel
@@ -63,6 +64,7 @@ def train_pair(model: ir.Model, encodings: EncodingSet, batches: Callable[[], It
         extra = {"layers_per_block": layers_per_block}
     else:
         trainer = Trainer(student, teacher, output_kinds(folded), params, device)
+        trainer.user_loss = user_loss
     diverged = None
     try:
         result = trainer.run(batches, eval_feeds, progress, checkpoint, resume, **extra)
