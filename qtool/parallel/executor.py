@@ -18,6 +18,7 @@ merges the results in submission order, so a run is deterministic whatever finis
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from qtool.errors import QtoolError
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = "pip install 'qtool[ray]'"
 PACKAGE = Path(__file__).resolve().parents[1]  # qtool/, shipped to the workers
+RUNTIME_ENV = {"py_modules": [str(PACKAGE)]}  # ray.init's runtime_env: the workers import this qtool
 CONNECT_SECONDS = 5.0  # Ray itself retries an address that does not answer for minutes
 
 
@@ -79,22 +81,19 @@ class RayExecutor(Executor):
             check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False, runtime_env={"py_modules": [str(PACKAGE)]})
+                         log_to_driver=False, runtime_env=RUNTIME_ENV)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise QtoolError(f"--ray-address {address}: cannot connect to a Ray cluster "
                                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                                  "start one with 'ray start --head', or give the address it printed") from exc
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._remote: dict[Callable, Any] = {}
+        self._task = ray.remote(num_cpus=1)(_one_thread)
 
     def share(self, value: Any) -> Any:
         return self.ray.put(value)
 
     def map(self, function: Callable, calls: Sequence[tuple], done: Callable[[int], None] | None = None) -> list:
-        remote = self._remote.get(function)
-        if remote is None:
-            remote = self._remote[function] = self.ray.remote(num_cpus=1)(function)
-        refs = [remote.remote(*args) for args in calls]
+        refs = [self._task.remote(function, *args) for args in calls]
         place = {ref: index for index, ref in enumerate(refs)}
         results: dict[int, Any] = {}
         pending = list(refs)
@@ -111,6 +110,13 @@ class RayExecutor(Executor):
             if done is not None:
                 done(len(results))
         return [results[index] for index in range(len(refs))]
+
+
+def _one_thread(function: Callable, *args: Any) -> Any:
+    """A task in a Ray worker: onnxruntime gets one thread (the task holds one CPU; its default,
+    every core, would make the tasks of a node fight over them)."""
+    os.environ.setdefault("QTOOL_THREADS", "1")
+    return function(*args)
 
 
 def import_ray():
