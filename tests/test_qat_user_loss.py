@@ -33,6 +33,13 @@ def vector(quantized, target):
 
 def constant(quantized, target):
     return torch.tensor(1.0)
+
+CALLS = []
+
+def nan_in_epoch_2(quantized, target):  # 2 steps an epoch: the third call is epoch 2, step 1
+    CALLS.append(1)
+    error = sum(((quantized[n] - target[n]) ** 2).mean() for n in target)
+    return error * float("nan") if len(CALLS) == 3 else error
 """
 
 
@@ -93,3 +100,16 @@ def test_a_recipe_names_a_loss_file_only_with_allow_code(work, capsys, tmp_path)
     assert not (tmp_path / "executed").exists()  # a dry run imports nothing
     recipe.write_text(recipe.read_text().replace("l.py:f", "kd"))
     assert run_main(["run", recipe, "--dry-run"], capsys)[0] == 0  # built-in losses need no flag
+
+
+def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(work, capsys, tmp_path):
+    code, out, err = _qat(work, capsys, tmp_path / "q", "--epochs", "3", "--loss",
+                          f"{work / 'losses.py'}:nan_in_epoch_2")
+    lines = [line for line in err.strip().splitlines() if line.startswith("qtool: error: ")]  # (and progress)
+    assert code == 2 and len(lines) == 1 and err.strip().endswith(lines[0]) and "Traceback" not in err, err
+    assert "training diverged: the loss became nan at epoch 2, step 1" in lines[0], lines[0]
+    assert "was written to" in lines[0] and str(tmp_path / "q.onnx") in lines[0]
+    assert (tmp_path / "q.onnx").is_file() and (tmp_path / "q.encodings.json").is_file()
+    state = torch.load(tmp_path / "q.qat-checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1  # epoch 1's checkpoint is kept: the run can be resumed from there
+    assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())

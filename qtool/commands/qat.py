@@ -124,7 +124,8 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
                         reference=load_model(options.reference) if options.reference else None,
                         checkpoint=checkpoint, resume=options.resume, mode=options.mode,
                         layers_per_block=options.block_layers, user_loss=user_loss)
-    bar_(options.epochs, options.epochs)
+    if not result.diverged:
+        bar_(options.epochs, options.epochs)
     return result
 
 
