@@ -46,6 +46,8 @@ def check_weights(model: ir.Model, source: str | os.PathLike) -> None:
         array = np.asarray(tensor.numpy(), np.float32 if tensor.dtype == ir.DataType.BFLOAT16 else None)
         finite = np.isfinite(array)
         if finite.all():
+            del array, finite
+            _unmap(tensor)
             continue
         nan = int(np.count_nonzero(np.isnan(array)))
         if not nan:
@@ -58,6 +60,15 @@ def check_weights(model: ir.Model, source: str | os.PathLike) -> None:
         raise QtoolError(f"{source}: weight tensor '{name}' holds {bad:,} {kind} value(s) (first at index "
                          f"{tuple(int(i) for i in where)})",
                          "the model is broken: re-export it from a checkpoint whose weights are finite")
+
+
+def _unmap(tensor: ir.TensorProtocol) -> None:
+    """Unmap a memory-mapped weight once checked: a large model's pages do not stay resident."""
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:  # an array made from it is still alive
+            pass
 
 
 def custom_nodes(model: ir.Model) -> list[ir.Node]:

@@ -13,18 +13,22 @@ so the pair is complete and never points at another `.data` file that happens to
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from contextlib import contextmanager
+from typing import BinaryIO
+
 import onnx
+import onnx_ir as ir
 
 from qtool.errors import QtoolError
 from qtool.files.atomic import (StagedOutputs, atomic_write_bytes, copies_onto_itself, copy_file_atomic, final_path,
                                 staged_companion)
 from qtool.files.output_guard import register_input
+from qtool.ir.tensor_files import (CHUNK, SIZE_THRESHOLD, external_stand_in, is_large_tensor, proto_with, released,
+                                   tensor_chunks)
 
-# tensors smaller than this stay inside the .onnx file (onnx's own default threshold)
-SIZE_THRESHOLD = 1024
 ALIGNMENT = 64  # each tensor starts at a multiple of this in the data file
 
 
@@ -96,12 +100,10 @@ def external_data_files(proto: onnx.ModelProto, path: Path) -> list[Path]:
 
 def load_external_data(proto: onnx.ModelProto, path: Path) -> bool:
     """Check and read the external data of `proto` (read from `path` without it) into the proto.
-    Returns whether there was any; the files are registered as inputs of the running command."""
-    files = external_data_files(proto, path)
-    if not files:
+    Returns whether there was any; the files are registered as inputs of the running command.
+    Only for small models (`qtool.ir.graph.load_proto`): `load_model` keeps them memory-mapped."""
+    if not register_external_data(proto, path):
         return False
-    for file in files:
-        register_input(file)
     try:
         onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
@@ -110,60 +112,136 @@ def load_external_data(proto: onnx.ModelProto, path: Path) -> bool:
     return True
 
 
-def externalize(proto: onnx.ModelProto, location: str) -> bytes:
-    """Move the main graph's initializers of SIZE_THRESHOLD bytes or more out of `proto` (in
-    place) into one data blob named `location`; returns the blob (deterministic: graph order)."""
-    chunks: list[bytes] = []
-    offset = 0
-    for tensor in proto.graph.initializer:
-        if not tensor.HasField("raw_data") or len(tensor.raw_data) < SIZE_THRESHOLD:
-            continue
-        pad = -offset % ALIGNMENT
-        chunks.append(b"\0" * pad)
-        offset += pad
-        data = tensor.raw_data
-        del tensor.external_data[:]
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        tensor.ClearField("raw_data")
-        chunks.append(data)
-        offset += len(data)
-    return b"".join(chunks)
+def register_external_data(proto: onnx.ModelProto, path: Path) -> bool:
+    """Check the external data locations of `proto` (read from `path`) and register the files as
+    inputs of the running command (never written over); whether there are any."""
+    files = external_data_files(proto, path)
+    for file in files:
+        register_input(file)
+    return bool(files)
 
 
-def save_with_external_data(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write `proto` to `path` with its large weights in `<name>.data` beside it, where `<name>` is
-    the final output name (`path` may be a StagedOutputs temporary). Changes `proto`."""
+class _DataWriter:
+    """Appends tensors to an open data file, each at a multiple of ALIGNMENT, and says where."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.offset = handle, 0
+
+    def append(self, chunks: Iterable[bytes | memoryview]) -> tuple[int, int]:
+        pad = -self.offset % ALIGNMENT
+        self.handle.write(b"\0" * pad)
+        self.offset += pad
+        start = self.offset
+        for chunk in chunks:
+            self.handle.write(chunk)
+            self.offset += len(chunk)
+        return start, self.offset - start
+
+
+@contextmanager
+def _pair(path: str | os.PathLike) -> Iterator[tuple[Path, Path, str]]:
+    """(where the model goes, where its data goes, the data's location as the model names it):
+    staged together, renamed together (`path` may itself be a StagedOutputs temporary)."""
     final = final_path(path)
     name = f"{final.name}.data"
-    blob = externalize(proto, name)
-    serialised = proto.SerializeToString(deterministic=True)
-    if not blob:  # every tensor under the threshold: one self-contained file
-        atomic_write_bytes(path, serialised)
-        return
     companion = staged_companion(path, name)
     if companion is not None:
-        atomic_write_bytes(path, serialised)
-        atomic_write_bytes(companion, blob)
+        yield Path(path), companion, name
         return
     with StagedOutputs() as out:
-        atomic_write_bytes(out.path(final), serialised)
-        atomic_write_bytes(out.path(final.with_name(name)), blob)
+        yield out.path(final), out.path(final.with_name(name)), name
+
+
+def save_model_with_external_data(model: ir.Model, path: str | os.PathLike) -> None:
+    """Write `model` to `path` with its main graph's initializers of SIZE_THRESHOLD bytes or more
+    in `<name>.data` beside it, where `<name>` is the final output name, in graph order. Each
+    weight is streamed from where it lives (memory, or the memory-mapped input) to the data file,
+    and the .onnx file gets a proto of references: no copy of the weights is built in memory."""
+    large = [value for value in model.graph.initializers.values() if is_large_tensor(value.const_value)]
+    if not large:  # every tensor under the threshold: one self-contained file
+        atomic_write_bytes(path, proto_with(model, {}).SerializeToString(deterministic=True))
+        return
+    with _pair(path) as (model_path, data_path, location):
+        stand_ins = {}
+        with open(data_path, "wb") as handle:
+            writer = _DataWriter(handle)
+            for value in large:
+                with released(value.const_value) as tensor:
+                    offset, length = writer.append(tensor_chunks(tensor))
+                stand_ins[value] = external_stand_in(tensor, location, offset, length, data_path.parent)
+        atomic_write_bytes(model_path, proto_with(model, stand_ins).SerializeToString(deterministic=True))
+
+
+def _copy_chunks(file: Path, offset: int, length: int) -> Iterator[bytes]:
+    with open(file, "rb") as handle:
+        handle.seek(offset)
+        while length > 0:
+            chunk = handle.read(min(length, CHUNK))
+            if not chunk:
+                raise QtoolError(f"{file}: ends before byte {offset + length}", "is the data file truncated?")
+            length -= len(chunk)
+            yield chunk
+
+
+def _set_location(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+
+
+def _stored_bytes(src: Path, tensor: onnx.TensorProto) -> tuple[int, Callable[[], Iterator[bytes]]]:
+    """(length, chunks) of a tensor's raw bytes: in its external data file, or in raw_data."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        data = tensor.raw_data if tensor.HasField("raw_data") else b""
+        return len(data), lambda: iter((data,))
+    file = _check_location(src, tensor)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    offset = int(info.get("offset", "0"))
+    length = int(info["length"]) if "length" in info else file.stat().st_size - offset
+    return length, lambda: _copy_chunks(file, offset, length)
+
+
+def _inline(tensor: onnx.TensorProto, chunks: Callable[[], Iterator[bytes]]) -> None:
+    """An external tensor that stays in the .onnx file gets its bytes back (others stay as they are)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = b"".join(chunks())
 
 
 def copy_model_with_external_data(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
-    """Copy a model that stores its weights as external data to `dst` (data under dst's name);
-    False, writing nothing, when `src` has no external data (a byte copy is then exact)."""
+    """Copy a model that stores its weights as external data to `dst` (data under dst's name),
+    streaming each weight from the input's data file: the layout of `save_model_with_external_data`
+    (main-graph tensors of SIZE_THRESHOLD bytes or more in the data file, in graph order, the
+    others inline). False, writing nothing, when `src` has no external data (a byte copy is
+    then exact)."""
     src = Path(src)
     try:
         proto = onnx.load(str(src), load_external_data=False)
     except Exception as exc:
         raise QtoolError(f"{src}: not a readable ONNX model ({type(exc).__name__})") from exc
-    if not load_external_data(proto, src):
+    if not register_external_data(proto, src):
         return False
-    save_with_external_data(proto, dst)
+    main = len(proto.graph.initializer)  # model_tensors yields them first
+    tensors = [(tensor, _stored_bytes(src, tensor)) for tensor in model_tensors(proto)]
+    moved = [index < main and length >= SIZE_THRESHOLD for index, (_, (length, _)) in enumerate(tensors)]
+    if not any(moved):
+        for tensor, (_, chunks) in tensors:
+            _inline(tensor, chunks)
+        atomic_write_bytes(dst, proto.SerializeToString(deterministic=True))
+        return True
+    with _pair(dst) as (model_path, data_path, location):
+        with open(data_path, "wb") as handle:
+            writer = _DataWriter(handle)
+            for (tensor, (_, chunks)), move in zip(tensors, moved):
+                if move:
+                    _set_location(tensor, location, *writer.append(chunks()))
+                else:
+                    _inline(tensor, chunks)
+        atomic_write_bytes(model_path, proto.SerializeToString(deterministic=True))
     return True
 
 

@@ -22,7 +22,8 @@ from qtool.errors import QtoolError
 from qtool.files.atomic import atomic_write_bytes
 from qtool.files.output_guard import register_input
 from qtool.ir.checks import check_weights
-from qtool.ir.external_data import load_external_data, save_with_external_data
+from qtool.ir.external_data import load_external_data, register_external_data, save_model_with_external_data
+from qtool.ir.tensor_files import initializer_values, is_large, proto_with, spill
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,23 @@ FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.
 
 # model.meta key: the model was read with external data, so it is written with external data too
 EXTERNAL_DATA = "qtool.ir.external_data"
+SPILL_BYTES = 1 << 20  # a computed weight of a large model this big goes to a scratch file
 
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read and sanity-check an ONNX file; every failure names the file and what to do."""
-    return _read_proto(path)[0]
+    """Read and sanity-check an ONNX file, its external data read into the proto (for small
+    models; `load_model` keeps the weights memory-mapped); every failure names the file."""
+    path = Path(path)
+    proto, external = _read_proto(path)
+    if external:
+        load_external_data(proto, path)
+    return proto
 
 
 def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
-    """(the checked proto with its weights, whether they came from external data files).
-    External data locations are checked by qtool before onnx opens them (qtool.ir.external_data)."""
+    """(the checked proto without its external data, whether it has any). External data
+    locations are checked by qtool before onnx or onnxruntime open them (qtool.ir.external_data);
+    a model with external data is checked from its file, so no weight is read here."""
     path = Path(path)
     if not path.exists():
         raise QtoolError(f"{path}: no such file", "check the path to the ONNX model")
@@ -58,12 +66,12 @@ def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
         ) from exc
     if not proto.graph.node and not proto.graph.output:
         raise QtoolError(f"{path}: not an ONNX model (the file parsed to an empty graph)", "is it an .onnx file?")
-    external = load_external_data(proto, path)
+    external = register_external_data(proto, path)
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path) if external else proto)
     except Exception as exc:
         problem = str(exc).splitlines()[0][:200]
-        if not _runs_in_onnxruntime(proto):
+        if not _runs_in_onnxruntime(str(path) if external else proto.SerializeToString()):
             raise QtoolError(f"{path}: invalid ONNX model: {problem}") from exc
         # the checker is stricter than the runtime (e.g. graph outputs declared without a shape,
         # as several exporters write them): a model onnxruntime runs is one we can quantize
@@ -71,33 +79,39 @@ def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     return proto, external
 
 
-def _runs_in_onnxruntime(proto: onnx.ModelProto) -> bool:
+def _runs_in_onnxruntime(model: str | bytes) -> bool:
     import onnxruntime as ort
 
     try:
-        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     except Exception:
         return False
     return True
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load a model as onnx_ir with shapes inferred and float Constant nodes lifted to initializers."""
+    """Load a model as onnx_ir with shapes inferred and float Constant nodes lifted to initializers.
+    External data stays in its file, memory-mapped (onnx_ir ExternalTensor): a weight is read
+    when a step looks at it (qtool.ir.tensor_files)."""
+    path = Path(path)
     proto, external = _read_proto(path)
-    model = model_from_proto(proto, str(path))
+    model = model_from_proto(proto, str(path), base_dir=path.parent if external else None)
     if external:
         model.meta[EXTERNAL_DATA] = True
     return model
 
 
-def model_from_proto(proto: onnx.ModelProto, source: str) -> ir.Model:
+def model_from_proto(proto: onnx.ModelProto, source: str, base_dir: str | os.PathLike | None = None) -> ir.Model:
     """A model as qtool works on it (shapes inferred, Constants lifted, weights checked), from a
-    proto already in memory; `source` names it in messages."""
+    proto already in memory; `source` names it in messages; `base_dir` is the folder its
+    external data locations are relative to."""
     try:
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception as exc:  # shape inference is a help, not a requirement
         log.warning("%s: shape inference failed (%s); continuing without it", source, exc)
     model = ir.from_proto(proto)
+    if base_dir is not None:
+        ir.external_data.set_base_dir(model.graph, base_dir)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     model.meta["qtool.source"] = source  # for error messages further down
     check_weights(model, source)  # NaN/Inf weights: refused, naming the tensor (qtool.ir.checks)
@@ -105,33 +119,50 @@ def model_from_proto(proto: onnx.ModelProto, source: str) -> ir.Model:
 
 
 def model_to_proto(model: ir.Model) -> onnx.ModelProto:
-    return ir.to_proto(model)
+    """The model as one proto, weights inline (small models: the public API hands protos out)."""
+    return proto_with(model, {})
 
 
 def model_bytes(model: ir.Model) -> bytes:
-    """Serialised model for onnxruntime, deterministic."""
+    """Serialised model, deterministic, weights inline (small models only: onnxruntime sessions
+    use qtool.ir.tensor_files.session_source, which also takes models over 2 GB)."""
     return model_to_proto(model).SerializeToString(deterministic=True)
 
 
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:
-    """Save atomically and deterministically; a model read with external data is written with
-    its weights in `<name>.data` beside it (qtool.ir.external_data), the two files renamed together."""
-    if model.meta.get(EXTERNAL_DATA):
-        save_with_external_data(model_to_proto(model), path)
+    """Save atomically and deterministically; a model read with external data (or too large for
+    one protobuf) is written with its weights in `<name>.data` beside it, streamed tensor by
+    tensor (qtool.ir.external_data), the two files renamed together."""
+    if model.meta.get(EXTERNAL_DATA) or is_large(model):
+        save_model_with_external_data(model, path)
     else:
         atomic_write_bytes(path, model_bytes(model))
 
 
 def _keep_storage(source: ir.Model, copy: ir.Model) -> ir.Model:
-    """`copy` remembers that `source` came with external data (steps work on copies)."""
+    """`copy` remembers that `source` came with external data (steps work on copies), and shares
+    its memory-mapped weights (read-only, so sharing is safe) instead of copies of them."""
     if source.meta.get(EXTERNAL_DATA):
         copy.meta[EXTERNAL_DATA] = True
+    mapped = {value.name: value.const_value for value in initializer_values(source)
+              if isinstance(value.const_value, ir.ExternalTensor)}
+    if mapped:
+        for value in initializer_values(copy):
+            if value.name in mapped and isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value = mapped[value.name]
     return copy
 
 
+def _external_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto in which memory-mapped weights stay references (small whatever the
+    model's size); only for a round trip through _keep_storage, which maps them back."""
+    return ir.to_proto(model)
+
+
 def clone(model: ir.Model) -> ir.Model:
-    """A deep copy, so that a step never changes the model its caller holds."""
-    return _keep_storage(model, ir.from_proto(model_to_proto(model)))
+    """A deep copy, so that a step never changes the model its caller holds (memory-mapped
+    weights are shared: they cannot be changed in place)."""
+    return _keep_storage(model, ir.from_proto(_external_proto(model)))
 
 
 def opset(model: ir.Model) -> int:
@@ -147,8 +178,9 @@ def ensure_opset(model: ir.Model, minimum: int = MIN_QDQ_OPSET, source: str = "m
     if opset(model) >= minimum:
         return model
     try:
-        converted = onnx.version_converter.convert_version(model_to_proto(model), minimum)
-        onnx.checker.check_model(converted)
+        converted = onnx.version_converter.convert_version(_external_proto(model), minimum)
+        if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in converted.graph.initializer):
+            onnx.checker.check_model(converted)  # (the checker cannot follow references without a file)
     except Exception as exc:
         raise QtoolError(
             f"{source}: cannot convert from opset {opset(model)} to {minimum} for QDQ ({str(exc)[:150]})",
@@ -182,9 +214,19 @@ def node_label(node: ir.Node) -> str:
 
 def set_initializer(model: ir.Model, value: ir.Value, array: np.ndarray) -> None:
     """Replace an initializer's data in place (its name and consumers stay)."""
-    value.const_value = ir.tensor(array, name=value.name)
+    value.const_value = _stored(model, array, value.name)
     if value.name not in model.graph.initializers:
         model.graph.register_initializer(value)
+
+
+def _stored(model: ir.Model, array: np.ndarray, name: str | None) -> ir.TensorProtocol:
+    """A new weight as a tensor: in memory, or, in a model whose weights are in files (over
+    SPILL_BYTES), written to a scratch file and memory-mapped (qtool.ir.tensor_files.spill), so
+    that the weights a step computes for a large model do not pile up in RAM."""
+    tensor = ir.tensor(array, name=name)
+    if array.nbytes >= SPILL_BYTES and (model.meta.get(EXTERNAL_DATA) or is_large(model)):
+        return spill(tensor)
+    return tensor
 
 
 def hand_over(old: ir.Value, new: ir.Value, old_name: str | None = None) -> None:
@@ -200,7 +242,7 @@ def hand_over(old: ir.Value, new: ir.Value, old_name: str | None = None) -> None
 def add_initializer(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
     """A new initializer with a name unique in the graph."""
     name = unique_name(model, name)
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value = ir.Value(name=name, const_value=_stored(model, array, name))
     value.shape = ir.Shape(array.shape)
     value.dtype = value.const_value.dtype
     model.graph.register_initializer(value)

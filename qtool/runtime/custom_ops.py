@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from qtool.errors import QtoolError
 from qtool.ir.checks import custom_nodes
-from qtool.ir.graph import model_bytes
+from qtool.ir.tensor_files import session_source
 
 
 def custom_op_error(model: ir.Model, source: str) -> QtoolError | None:
@@ -36,6 +36,9 @@ def check_custom_ops(model: ir.Model, source: str) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        ort.InferenceSession(model_bytes(model), options, providers=["CPUExecutionProvider"])
+        serialised, folder = session_source(model)
+        if folder is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+        ort.InferenceSession(serialised, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise custom_op_error(model, source) from exc

@@ -31,7 +31,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from qtool._version import __version__
-from qtool.ir.graph import model_bytes
+from qtool.ir.tensor_files import update_digest
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ReferenceCache:
         digest = hashlib.blake2b(digest_size=16)
         for part in (__version__, ort.__version__, settings, os.environ.get("QTOOL_THREADS", "")):
             digest.update(part.encode() + b"\0")
-        digest.update(model_bytes(model))
+        update_digest(digest, model)  # weights hashed tensor by tensor (models over 2 GB too)
         self.folder, self.model_key = folder, digest.hexdigest()
         self.hits = self.misses = 0
         self.wrote = False

@@ -20,8 +20,8 @@ import onnxruntime as ort
 from qtool.data.inputs import InputInfo
 from qtool.data.sources import Batch, batch_size_of, slice_batch
 from qtool.errors import QtoolError
-from qtool.ir.graph import (add_initializer, clone, graph_inputs, model_bytes, numpy_dtype, shape_of, unique_name,
-                            value_by_name)
+from qtool.ir.graph import add_initializer, clone, graph_inputs, numpy_dtype, shape_of, unique_name, value_by_name
+from qtool.ir.tensor_files import session_source
 from qtool.runtime.device import check_session, current_device, providers
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,9 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
     source = model_source(model)
     device = current_device()
     try:
-        session = Session(model_bytes(model), options, providers=providers(device))
+        serialised, folder = session_source(model)
+        session = Session(serialised, _mapped_weights(options, folder), providers=providers(device),
+                          disabled_optimizers=None if folder is None else ["ConstantFolding"])
     except Exception as exc:
         from qtool.runtime.custom_ops import custom_op_error
 
@@ -153,6 +155,17 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
     check_session(session, device)
     session.source = source
     return session
+
+
+def _mapped_weights(options: ort.SessionOptions, folder: str | None) -> ort.SessionOptions:
+    """Options for a model whose weights are in files under `folder` (qtool.ir.tensor_files):
+    onnxruntime memory-maps them, and makes no copy of its own: no packed copy per weight
+    (prepacking), no folded one (constant folding turns a fake-quantized weight into a float
+    copy of it; disabled by the caller). Each run then recomputes the few constant nodes."""
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
 
 
 def with_taps(model: ir.Model, names: Iterable[str]) -> ir.Model:

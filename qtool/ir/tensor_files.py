@@ -1,0 +1,179 @@
+"""Weights that live in files: how qtool works on models of any size without one big protobuf.
+
+A model read with external data keeps its weights as onnx_ir ``ExternalTensor``s: memory-mapped
+from the input's ``.data`` file, read only where a step looks at them. Three things would
+otherwise pull every weight into memory (and fail past protobuf's 2 GB limit): serialising the
+model for onnxruntime, copying it (``clone``), and hashing it. Here:
+
+* ``proto_with`` serialises a model with some tensors swapped for stand-ins (an external
+  reference, or an inline copy), without ever building a proto that holds the large weights;
+* ``session_source`` gives onnxruntime a small proto whose large weights are external
+  references to the files that hold them (the input's ``.data`` file, or a scratch file for a
+  weight a step computed), and the folder they are relative to
+  (``session.model_external_initializers_file_folder_path``): onnxruntime memory-maps them
+  instead of copying them (measured: no anonymous memory for the weights, docs/large_models.md);
+* ``spill`` writes a computed weight of a large model to a scratch file of this process
+  (removed at exit) and hands back a memory-mapped ``ExternalTensor`` in its place, so that the
+  weights a step changes (fold, AdaRound, export's integer weights) do not accumulate in RAM;
+* ``update_digest`` hashes a model's structure and its weights' bytes tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+# tensors smaller than this stay inside the .onnx file (onnx's own default threshold)
+SIZE_THRESHOLD = 1024
+# a model whose weights in memory add up to more than this is handled like one read from external
+# data (sessions from files, computed weights spilled): one protobuf cannot exceed 2 GB
+LARGE_BYTES = 1 << 30
+CHUNK = 64 << 20  # bytes written or hashed at a time
+
+_scratch: dict[str, object] = {}
+
+
+def initializer_values(model: ir.Model) -> Iterator[ir.Value]:
+    """Initializers of the main graph, then of every subgraph (If/Loop bodies)."""
+    yield from model.graph.initializers.values()
+    for graph in model.graph.subgraphs():
+        yield from graph.initializers.values()
+
+
+def is_large(model: ir.Model) -> bool:
+    """Whether the model's weights are in files (read with external data or spilled) or add up to
+    more than LARGE_BYTES: such a model goes to onnxruntime by file, never as one protobuf."""
+    total = 0
+    for value in initializer_values(model):
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            return True
+        total += 0 if tensor is None or isinstance(tensor, ir.StringTensor) else tensor.nbytes
+    return total > LARGE_BYTES
+
+
+def is_large_tensor(tensor: ir.TensorProtocol | None) -> bool:
+    """Whether a tensor is big enough to be kept in a data file rather than in the .onnx file."""
+    return tensor is not None and not isinstance(tensor, ir.StringTensor) and tensor.nbytes >= SIZE_THRESHOLD
+
+
+def tensor_chunks(tensor: ir.TensorProtocol) -> Iterator[memoryview | bytes]:
+    """The tensor's bytes as ONNX stores them (little endian, 4-bit values packed), in pieces of
+    at most CHUNK bytes read straight from a memory-mapped file."""
+    if tensor.dtype.bitwidth < 8 or np.little_endian is False:
+        yield tensor.tobytes()
+        return
+    array = np.ascontiguousarray(tensor.numpy())
+    view = memoryview(array.reshape(-1).view(np.uint8))
+    for start in range(0, len(view), CHUNK):
+        yield view[start:start + CHUNK]
+
+
+def inline_copy(tensor: ir.TensorProtocol) -> ir.Tensor:
+    """An in-memory copy of a (small) tensor, serialised inside the .onnx file."""
+    return ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
+
+
+def external_stand_in(tensor: ir.TensorProtocol, location: str, offset: int, length: int,
+                      base_dir: str | os.PathLike) -> ir.ExternalTensor:
+    """An external reference to bytes of `tensor` at `location` (relative to `base_dir`)."""
+    return ir.ExternalTensor(location, offset, length, tensor.dtype, shape=tensor.shape, name=tensor.name,
+                             base_dir=base_dir)
+
+
+def proto_with(model: ir.Model, stand_ins: dict[ir.Value, ir.TensorProtocol]) -> onnx.ModelProto:
+    """The model as a proto with each value's tensor replaced by its stand-in while serialising
+    (the model is left as it was). Every other external tensor is inlined: a proto never
+    refers to a file it did not choose."""
+    swaps = dict(stand_ins)
+    for value in initializer_values(model):
+        if value not in swaps and isinstance(value.const_value, ir.ExternalTensor):
+            swaps[value] = inline_copy(value.const_value)
+    kept = {value: value.const_value for value in swaps}
+    try:
+        for value, tensor in swaps.items():
+            value.const_value = tensor
+        return ir.to_proto(model)
+    finally:
+        for value, tensor in kept.items():
+            value.const_value = tensor
+
+
+def _scratch_dir() -> str:
+    """This process's folder of spilled weights (under TMPDIR), removed at exit; files stay
+    readable through their memory maps until then."""
+    folder = _scratch.get("dir")
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="qtool-weights-")
+        _scratch["dir"], _scratch["count"] = folder, 0
+        atexit.register(shutil.rmtree, folder, True)
+    return str(folder)
+
+
+def spill(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
+    """Write a computed tensor to a scratch file and return a memory-mapped tensor of it."""
+    folder = _scratch_dir()
+    _scratch["count"] = int(_scratch["count"]) + 1  # type: ignore[call-overload]
+    location = f"{_scratch['count']}.bin"
+    length = 0
+    with open(os.path.join(folder, location), "wb") as handle:
+        for chunk in tensor_chunks(tensor):
+            handle.write(chunk)
+            length += len(chunk)
+    return external_stand_in(tensor, location, 0, length, folder)
+
+
+def spill_large(model: ir.Model) -> None:
+    """Replace every large in-memory initializer of a large model by a spilled copy (same values)."""
+    for value in initializer_values(model):
+        tensor = value.const_value
+        if is_large_tensor(tensor) and not isinstance(tensor, ir.ExternalTensor):
+            value.const_value = spill(tensor)
+
+
+def session_source(model: ir.Model) -> tuple[bytes, str | None]:
+    """What onnxruntime loads: (serialised model, None) for a small model; for a large one, a
+    proto whose large weights are external references, and the folder they are relative to
+    (the deepest folder holding every data file). Spills the model's computed large weights."""
+    if not is_large(model):
+        return ir.to_proto(model).SerializeToString(deterministic=True), None
+    spill_large(model)
+    external = {value: value.const_value for value in initializer_values(model)
+                if isinstance(value.const_value, ir.ExternalTensor)}
+    folder = os.path.commonpath([os.path.dirname(os.path.abspath(t.path)) for t in external.values()])
+    stand_ins = {value: external_stand_in(t, os.path.relpath(os.path.abspath(t.path), folder), t.offset or 0,
+                                          t.length if t.length is not None else t.nbytes, folder)
+                 for value, t in external.items()}
+    return proto_with(model, stand_ins).SerializeToString(deterministic=True), folder
+
+
+def update_digest(digest, model: ir.Model) -> None:  # noqa: ANN001 - any hashlib object
+    """Feed the model to a hashlib digest: its structure, then each weight's bytes, in order."""
+    external = {value: value.const_value for value in initializer_values(model) if is_large_tensor(value.const_value)}
+    stand_ins = {value: external_stand_in(t, "weights", 0, t.nbytes, "") for value, t in external.items()}
+    digest.update(proto_with(model, stand_ins).SerializeToString(deterministic=True))
+    for tensor in external.values():
+        for chunk in tensor_chunks(tensor):
+            digest.update(chunk)
+
+
+@contextmanager
+def released(tensor: ir.TensorProtocol) -> Iterator[ir.TensorProtocol]:
+    """Use a memory-mapped tensor, then unmap it, so the pages read do not stay in this process's
+    resident memory (a no-op for in-memory tensors, or while other arrays still view the map)."""
+    try:
+        yield tensor
+    finally:
+        if isinstance(tensor, ir.ExternalTensor):
+            try:
+                tensor.release()
+            except BufferError:  # an array made from it is still alive: the map stays
+                pass
