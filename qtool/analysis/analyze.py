@@ -36,6 +36,7 @@ from qtool.analysis.role_label import describe
 from qtool.analysis.switchable import build_switchable
 from qtool.analysis.tensors import activation_views, clip_bounds, param_view, statistic
 from qtool.encodings.encoding_set import EncodingSet
+from qtool.parallel.executor import Executor
 from qtool.progress import Progress, no_progress
 
 log = logging.getLogger("qtool")
@@ -55,6 +56,7 @@ class AnalyzeOptions:
     worst: int = 6  # groups whose tensors get statistics
     refine: int = 3  # blocks (by loss, and by gain) whose nodes are analysed one by one
     pool: int = 4  # nodes (by loss, and by gain) the suggestions choose from, with their blocks
+    executor: Executor | None = None  # where the sensitivity runs go (qtool.parallel; None: here)
 
 
 def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str, np.ndarray]],
@@ -65,7 +67,16 @@ def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str,
     start = time.perf_counter()
     all_encodings = {**encodings.activations, **encodings.params}
     switchable = build_switchable(model, {name: [enc] for name, enc in all_encodings.items()}, source=source)
-    evaluator = Evaluator(model, switchable, batches, options.metric, labels, options.jobs)
+    evaluator = Evaluator(model, switchable, batches, options.metric, labels, options.jobs, options.executor)
+    try:
+        return _analyze(model, encodings, options, labels, progress, source, model_path, start, switchable,
+                        evaluator, all_encodings)
+    finally:
+        evaluator.close()  # its sessions, and the files spilled beyond QTOOL_ANALYSIS_MB
+
+
+def _analyze(model, encodings, options, labels, progress, source, model_path, start, switchable, evaluator,
+             all_encodings) -> dict:
     groups = [g for g in quantizer_groups(model, encodings) if set(g.quantizers) & set(switchable.selectors)]
 
     log.info("analyze: %d quantizers in %d groups, %d samples; FP32 sanity and weights/activations split",
@@ -81,11 +92,13 @@ def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str,
     fix_switchable = build_switchable(
         model, {name: [enc] + ([fixes[name][0]] if name in fixes else []) for name, enc in all_encodings.items()},
         source=source)
-    fix_evaluator = Evaluator(model, fix_switchable, evaluator.batches, options.metric, labels, 1)
+    fix_evaluator = Evaluator(model, fix_switchable, evaluator.batches, options.metric, labels, 1,
+                              reference=evaluator.reference, spill=evaluator.spill)  # the float outputs once
     coarse = {block.name: block for block, _ in blocks(model, groups)}
     pool = _suggestion_pool(sensitivity, by_name, coarse, options.pool)
     log.info("analyze: suggestions from %d candidates (%.0fs so far)", len(pool), time.perf_counter() - start)
     suggestions = _suggest(fix_evaluator, pool, fixes, summary, sensitivity, options, encodings)
+    fix_evaluator.drop()
     return _without_sentinels({
         "model": model_path, "encodings": source, "qtool_version": __version__,
         "metric": {"name": options.metric.name, "unit": options.metric.unit, "higher_is_better": True},
@@ -172,6 +185,13 @@ def _sanity(evaluator: Evaluator) -> dict:
     longer a constant, and onnxruntime then runs Conv/MatMul through kernels that sum in another
     order (PP-OCRv4: 1.5e-6 of outputs near 1). Anything larger means the simulation is wrong."""
     outputs = evaluator.outputs(Setting.of(default=FLOAT))
+    try:
+        return _compare(outputs, evaluator)
+    finally:
+        evaluator.spill.release(list(outputs.values()))
+
+
+def _compare(outputs, evaluator: Evaluator) -> dict:
     pairs = [(out, ref) for n in evaluator.names  # per batch where an output's shape varies
              for out, ref in zip(pieces(outputs[n]), pieces(evaluator.reference[n]))
              if np.issubdtype(ref.dtype, np.floating)]

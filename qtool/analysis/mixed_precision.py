@@ -29,6 +29,7 @@ from qtool.analysis.metric import Metric
 from qtool.analysis.switchable import build_switchable
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
+from qtool.parallel.executor import Executor
 from qtool.progress import Progress, no_progress
 
 log = logging.getLogger("qtool")
@@ -77,16 +78,18 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
                     batches: list[dict[str, np.ndarray]], metric: Metric, *, labels: np.ndarray | None = None,
                     budget: float = 0.5, target: float | None = None, jobs: int = 1,
                     progress: Callable[[str], Progress] = lambda label: no_progress,
-                    finalize: Callable[[list[dict]], ir.Model] | None = None) -> dict:
+                    finalize: Callable[[list[dict]], ir.Model] | None = None,
+                    executor: Executor | None = None) -> dict:
     """The search; returns the curve, the chosen precision per block and the overrides.
     `finalize(overrides)` builds the QDQ model of the real pipeline (calibrate with the overrides)
-    so that its metric, not the search's estimate, is reported."""
+    so that its metric, not the search's estimate, is reported. `executor`: where the sensitivity
+    runs go (qtool.parallel; None: here)."""
     start = time.perf_counter()
     names = sorted(set(encodings[0].activations) | set(encodings[0].params))
     options = {n: [(e.activations.get(n) or e.params.get(n)) for e in encodings] for n in names}
     options = {n: encs for n, encs in options.items() if all(e is not None for e in encs)}
     switchable = build_switchable(model, options)
-    evaluator = Evaluator(model, switchable, batches, metric, labels, jobs)
+    evaluator = Evaluator(model, switchable, batches, metric, labels, jobs, executor)
     macs = layer_macs(model, batches[0])
     groups = [g for g in quantizer_groups(model, encodings[0]) if set(g.quantizers) & set(switchable.selectors)]
     block_list = []
@@ -151,6 +154,7 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
                                     f"{block_list[i].group.name} back to {candidates[0].name}"))
     overrides = _overrides(block_list, candidates, levels)
     final = evaluator.score_model(finalize(overrides)) if finalize is not None else None
+    evaluator.close()  # its sessions, and the files spilled beyond QTOOL_ANALYSIS_MB (an error: at exit)
     return {
         "metric": {"name": metric.name, "unit": metric.unit}, "float": float_score, "goal": goal,
         "candidates": [c.name for c in candidates], "samples": evaluator.samples,

@@ -79,19 +79,22 @@ def analyze_model(graph, options: AnalyzeOptions, given_pair: Callable[[], tuple
     from qtool.plan.build import PlanOptions, build_plan
     from qtool.plan.config import load_config
     from qtool.steps.calibrate import calibrate
+    from qtool.steps.calibrate_shards import sharded
 
     calib = open_model_data(graph, options.data, **options.reading())
     evaluation = open_model_data(graph, options.eval_data if options.eval_data is not None else options.data,
                                  **{**options.reading(), "samples": options.eval_samples})
     labels = load_labels(options.labels, graph, evaluation) if options.labels is not None else None
     chosen = metric_for(options.metric, labels, graph)
+    executor = options.make_executor()
     pair = given_pair()
     if pair is None:
         plan = build_plan(graph, load_config(options.config), PlanOptions(overrides=read_overrides(options.overrides)))
         encodings = calibrate(graph, plan, lambda: calib.batches(options.batch_size), total=calib.count(),
-                              progress=progress("calibrate")).encodings
+                              progress=progress("calibrate"), observe=sharded(executor)).encodings
         pair = graph, encodings, f"{label} (calibrated with {options.config})"
-    step = StepOptions(chosen, options.jobs, options.target, options.budget, options.max_suggestions)
+    step = StepOptions(chosen, options.jobs, options.target, options.budget, options.max_suggestions,
+                       executor=executor)
     return analyze_step(pair[0], pair[1], list(evaluation.batches(options.batch_size)), step, labels=labels,
                         progress=lambda name: progress(name, unit="runs"), source=pair[2], model_path=label)
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 from qtool.commands.blockwise import BlockOptions, apply_block_options, check_block_options
 from qtool.commands.fields import option
-from qtool.commands.options import CONFIG_HELP, OVERRIDES_HELP, DataOptions, encoding_version
+from qtool.commands.options import CONFIG_HELP, OVERRIDES_HELP, DataOptions, ExecutorOptions, encoding_version
 from qtool.commands.report import ProgressFactory, Report, bar
 from qtool.quant.observers import ACTIVATION_SCHEMES, SCHEMES, SQNR_GAMMA
 
 
 @dataclass(frozen=True, kw_only=True)
-class CalibrateOptions(BlockOptions, DataOptions):
+class CalibrateOptions(ExecutorOptions, BlockOptions, DataOptions):
     config: str = option("default", CONFIG_HELP)
     scheme: str = option("sqnr", "Activation range setting: minmax (AIMET tf), sqnr (tf_enhanced), percentile, mse, "
                                  "or auto: all four from one pass, keep the one whose simulated outputs are closest "
@@ -76,15 +76,17 @@ def calibrate_model(graph, options: CalibrateOptions, frozen=None, progress: Pro
     from qtool.plan.config import load_config
     from qtool.steps.calibrate import CalibrateOptions as StepOptions
     from qtool.steps.calibrate import calibrate as calibrate_step
+    from qtool.steps.calibrate_shards import sharded
 
     plan = build_plan(graph, load_config(options.config),
                       PlanOptions(options.act_bw, options.param_bw, options.per_channel, options.symmetric_weights,
                                   read_overrides(options.overrides)))
     source = open_model_data(graph, options.data, **options.reading())
+    observe = sharded(options.make_executor())
     step = StepOptions(options.scheme.lower(), options.param_scheme.lower(), options.percentile, options.batch_size,
                        options.sqnr_gamma, options.auto_samples)
     result = calibrate_step(graph, plan, lambda: source.batches(options.batch_size), step, frozen=frozen,
-                            total=source.count(), progress=progress("calibrate"))
+                            total=source.count(), progress=progress("calibrate"), observe=observe)
     if options.weight_block_size is not None or options.weight_rounding != "nearest":  # commands/blockwise.py
         result.model, result.encodings, result.blocks = apply_block_options(
             graph, result.encodings, options, lambda: source.batches(options.batch_size), progress)

@@ -67,8 +67,10 @@ def mixed_precision_model(graph, options: MixedPrecisionOptions, progress: Progr
     from qtool.plan.config import load_config
     from qtool.plan.overrides import parse_overrides
     from qtool.steps.calibrate import CalibrateOptions, calibrate
+    from qtool.steps.calibrate_shards import sharded
 
     choices = parse_candidates(options.candidates)
+    executor = options.make_executor()
     calib = open_model_data(graph, options.data, **options.reading())
     evaluation = open_model_data(graph, options.eval_data if options.eval_data is not None else options.data,
                                  **{**options.reading(), "samples": options.eval_samples})
@@ -80,7 +82,7 @@ def mixed_precision_model(graph, options: MixedPrecisionOptions, progress: Progr
     def calibrated(param_bw: int, act_bw: int, overrides=()):
         plan = build_plan(graph, runtime_config, PlanOptions(act_bw, param_bw, overrides=tuple(overrides)))
         return calibrate(graph, plan, lambda: calib.batches(options.batch_size), calibrate_options,
-                         total=calib.count(), progress=progress(f"calibrate w{param_bw}a{act_bw}" + (" with the overrides" if overrides else ""))).encodings
+                         observe=sharded(executor), total=calib.count(), progress=progress(f"calibrate w{param_bw}a{act_bw}" + (" with the overrides" if overrides else ""))).encodings
 
     encodings = [calibrated(c.param_bw, c.act_bw) for c in choices]
     final: dict = {}
@@ -92,7 +94,7 @@ def mixed_precision_model(graph, options: MixedPrecisionOptions, progress: Progr
 
     result = search(graph, encodings, choices, list(evaluation.batches(options.batch_size)), chosen, labels=labels,
                     budget=options.budget, target=options.target, jobs=options.jobs,
-                    progress=lambda label: progress(label, unit="runs"), finalize=finalize)
+                    progress=lambda label: progress(label, unit="runs"), finalize=finalize, executor=executor)
     return result, final["encodings"]
 
 

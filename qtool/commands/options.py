@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from qtool.analysis.metric import BUILTIN_METRICS
 from qtool.commands.fields import DataArg, LabelsArg, option
 from qtool.encodings.formats import ENCODING_VERSIONS
+from qtool.parallel.executor import EXECUTORS
 from qtool.plan.config import BUILTIN_CONFIGS
 
 DATA_HELP = ("Calibration data: .npz (arrays keyed by input name), .npy, a folder of those or of images, or "
@@ -76,7 +77,23 @@ class DataOptions(ShapeOptions, _Data):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluationOptions(DataOptions):
+class ExecutorOptions:
+    """Where the independent pieces of a command run (qtool.parallel, docs/ray.md)."""
+
+    executor: str = option("local", "Where independent pieces of work run: local (this process), or ray (tasks on a "
+                                    "Ray cluster, same results; pip install 'qtool[ray]').", choices=EXECUTORS)
+    ray_address: str | None = option(None, "--executor ray: the cluster, 'auto' (the one 'ray start --head' started "
+                                           "here) or host:port [a Ray started for this run].")
+
+    def make_executor(self):
+        """The executor these options ask for (a Ray connection is made here)."""
+        from qtool.parallel.executor import make_executor
+
+        return make_executor(self.executor, self.ray_address)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationOptions(ExecutorOptions, DataOptions):
     """The evaluation set and what is measured on it: analyze and mixed-precision."""
 
     eval_data: DataArg = option(None, "Evaluation data (default: --data).")
