@@ -58,16 +58,14 @@ def sharded(executor: Executor) -> Observe:
 
 def split_shards(batches: list[dict[str, np.ndarray]], count: int) -> list[list[dict[str, np.ndarray]]]:
     """Whole batches, in order, in `count` shards (fewer if there are fewer batches) of about
-    equal numbers of samples."""
+    equal numbers of samples: a batch goes to the shard its middle sample falls in."""
     sizes = [batch_size_of(batch) for batch in batches]
-    total, shards, current, done = sum(sizes), [], [], 0
+    total, done = max(sum(sizes), 1), 0
+    shards: list[list[dict[str, np.ndarray]]] = [[] for _ in range(count)]
     for batch, size in zip(batches, sizes):
-        current.append(batch)
+        shards[min(count - 1, (2 * done + size) * count // (2 * total))].append(batch)
         done += size
-        if done * count >= total * (len(shards) + 1) and len(shards) < count - 1:
-            shards.append(current)
-            current = []
-    return [shard for shard in [*shards, current] if shard]
+    return [shard for shard in shards if shard]
 
 
 def observe_shards(executor: Executor, model: ir.Model, observers: dict, batches: Iterable[dict[str, np.ndarray]],
