@@ -36,15 +36,7 @@ import numpy as np
 from qtool.quant.dyadic import DyadicHistogram
 from qtool.quant.encoding import Encoding, QuantSpec, compute_encoding, encode_tensor, float_encoding
 from qtool.quant.range_search import (  # noqa: F401  (_bin and _Hist: the tests use them)
-    _bin,
-    _check_percentile,
-    _Hist,
-    _initial_range,
-    _make_hist,
-    _percentile_range,
-    _rebin,
-    _search_range,
-)
+    _bin, _check_percentile, _Hist, _initial_range, _make_hist, _percentile_range, _rebin, _rebin_many, _search_range)
 
 SCHEMES = ("minmax", "sqnr", "percentile", "mse")
 # Activations may also use "auto": calibrate computes all four from one histogram pass and keeps the
@@ -326,9 +318,9 @@ def compute_all(observers: dict[str, Observer], specs: dict[str, QuantSpec], sch
                 scheme, spec, percentile=percentile, sqnr_gamma=sqnr_gamma)
     for (kind, value, spec, _), names in groups.items():
         unique = list({id(observers[n]): observers[n] for n in names}.values())
-        binned = [o._binned() for o in unique]
-        hist = _make_hist(np.stack([b[0] for b in binned]), *(np.array(v, np.float64) for v in (
-            [b[1] for b in binned], [b[2] for b in binned], [o._min for o in unique], [o._max for o in unique])))
+        counts, lo, width = _binned_all(unique)
+        hist = _make_hist(counts, lo, width, *(np.array(v, np.float64) for v in (
+            [o._min for o in unique], [o._max for o in unique])))
         tmin, tmax = (_percentile_range(hist, _check_percentile(value)) if kind == "percentile"
                       else _search_range(hist, spec, value))
         row = {id(o): i for i, o in enumerate(unique)}
@@ -336,6 +328,18 @@ def compute_all(observers: dict[str, Observer], specs: dict[str, QuantSpec], sch
             i = row[id(observers[name])]
             found[name] = compute_encoding(tmin[i], tmax[i], spec)
     return {name: found[name] for name in observers}
+
+
+def _binned_all(observers: list[HistogramObserver]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts (C, bins), lo, width) of each observer's `_binned`: streamed dyadic histograms of
+    one size are re-binned in one vectorized call."""
+    if any(o._dyadic is None for o in observers) or len({(o._dyadic.bins, o.num_bins) for o in observers}) > 1:
+        binned = [o._binned() for o in observers]
+        return np.stack([b[0] for b in binned]), *(np.array([b[i] for b in binned], np.float64) for i in (1, 2))
+    for o in observers:
+        o._dyadic.flush()
+    return _rebin_many(np.stack([o._dyadic.counts for o in observers]), *(np.array(v, np.float64) for v in zip(
+        *((o._dyadic.lo, o._dyadic.width, o._min, o._max) for o in observers))), observers[0].num_bins)
 
 
 def _check_scheme(scheme: str) -> None:

@@ -38,15 +38,31 @@ def _bin(values: np.ndarray, lo: np.ndarray, width: np.ndarray, bins: int, weigh
 def _rebin(counts: np.ndarray, lo: float, width: float, mn: float, mx: float, bins: int
            ) -> tuple[np.ndarray, float, float]:
     """(counts, lo, width) of `bins` bins over _initial_range(mn, mx), from a finer histogram
-    (lo, width) that covers [mn, mx]: its cumulative counts, linear inside each bin (edges clipped
-    to the data range, where its mass lies), read at the new edges."""
-    new_lo, new_hi = (float(v[0]) for v in _initial_range(np.array([mn]), np.array([mx])))
+    (lo, width) that covers [mn, mx] (one histogram of `_rebin_many`)."""
+    one = lambda v: np.array([v], np.float64)  # noqa: E731
+    new, new_lo, new_width = _rebin_many(np.asarray(counts, np.float64)[None], *map(one, (lo, width, mn, mx)), bins)
+    return new[0], float(new_lo[0]), float(new_width[0])
+
+
+def _rebin_many(counts: np.ndarray, lo: np.ndarray, width: np.ndarray, mn: np.ndarray, mx: np.ndarray,
+                bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row of `counts` (C, B), a fine histogram (lo, width) covering [mn, mx], re-binned
+    onto `bins` bins over _initial_range(mn, mx): its cumulative counts, linear inside each fine
+    bin (edges clipped to the data range, where its mass lies), read at the new edges. All rows
+    at once (the histograms of a model's tensors: one call instead of one np.interp each)."""
+    channels, fine = counts.shape
+    new_lo, new_hi = _initial_range(mn, mx)
     new_width = (new_hi - new_lo) / bins
-    edges = np.clip(lo + width * np.arange(counts.size + 1), mn, mx)
-    cum = np.concatenate([[0.0], np.cumsum(counts)])
-    at = np.interp(new_lo + new_width * np.arange(bins + 1), edges, cum)
-    at[-1] = cum[-1]  # every count lands in a bin, whatever float rounding did at the top edge
-    return np.maximum(np.diff(at), 0.0), new_lo, new_width
+    cum = np.concatenate([np.zeros((channels, 1)), np.cumsum(counts, axis=1)], axis=1)
+    at_x = new_lo[:, None] + new_width[:, None] * np.arange(bins + 1)  # the new edges
+    j = np.clip(np.floor((at_x - lo[:, None]) / width[:, None]), 0, fine - 1).astype(np.intp)  # fine bin of each
+    a = np.clip(lo[:, None] + width[:, None] * j, mn[:, None], mx[:, None])  # its clipped edges
+    b = np.clip(lo[:, None] + width[:, None] * (j + 1), mn[:, None], mx[:, None])
+    length = b - a
+    frac = np.clip(np.divide(at_x - a, length, out=(at_x >= b).astype(np.float64), where=length > 0), 0.0, 1.0)
+    at = np.take_along_axis(cum, j, axis=1) + np.take_along_axis(counts, j, axis=1) * frac
+    at[:, -1] = cum[:, -1]  # every count lands in a bin, whatever float rounding did at the top edge
+    return np.maximum(np.diff(at, axis=1), 0.0), new_lo, new_width
 
 
 class _Hist(NamedTuple):

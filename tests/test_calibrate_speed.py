@@ -1,0 +1,116 @@
+"""The fast paths of histogram calibration (issue 16) against the plain computations they replace:
+the sample positions inside the exact rows found from row ranges (stats_graph._split), a batch
+run in pieces (stats_graph.RUN_BYTES), the dyadic bins without a clip, and the re-binning of
+every tensor's histogram in one call (range_search._rebin_many) against np.interp per histogram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qtool.runtime.stats_graph as stats_graph
+from qtool.ir.graph import load_model
+from qtool.quant.dyadic import DyadicHistogram
+from qtool.quant.range_search import _initial_range, _rebin_many
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+
+
+def _split_by_rows(outputs, tap, rows, length, start):
+    """The old way: each sampled value's row, then a mask of the rows not taken whole."""
+    selected = np.zeros(rows, bool)
+    selected[outputs[tap.hi_index]] = True
+    fresh = ~selected[outputs[tap.lo_index]]
+    selected[outputs[tap.lo_index]] = True
+    exact = np.concatenate([outputs[tap.hi_rows].ravel(), outputs[tap.lo_rows][fresh].ravel()])
+    sample = outputs[tap.sample]
+    row_of = (start + tap.stride * np.arange(sample.size, dtype=np.int64)) // length
+    return exact, sample[~selected[row_of]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_matches_the_row_mask(seed):
+    rng = np.random.default_rng(seed)
+    rows, length = int(rng.integers(1, 300)), int(rng.integers(1, 200))
+    stride = int(rng.integers(1, 40))
+    start = int(rng.integers(0, stride))
+    values = rng.standard_normal((rows, length)).astype(np.float32)
+    k = int(rng.integers(1, rows + 1))
+    hi, lo = np.argsort(-values.max(1))[:k], np.argsort(values.min(1))[:k]
+    tap = stats_graph.SampledTap("t", stride, "shape", "hi", "hi_i", "lo", "lo_i", "sample", "offset")
+    outputs = {"hi": values[hi], "hi_i": hi, "lo": values[lo], "lo_i": lo, "sample": values.ravel()[start::stride]}
+    part = stats_graph._split(outputs, tap, rows, length, start)
+    exact, sample = _split_by_rows(outputs, tap, rows, length, start)
+    assert part.weight == stride
+    assert np.array_equal(part.exact, exact) and np.array_equal(part.sample, sample)
+
+
+def test_a_batch_run_in_pieces_counts_every_value(monkeypatch):
+    """16 samples at 5 a run go as 4 runs of 4; the sample stream continues across the runs. Each
+    run's tails are exact (so the extremes are those of the batch) and every other value stands
+    in the sample for `weight` values, as in one run."""
+    from qtool.runtime.sessions import make_session, with_taps
+
+    monkeypatch.setattr(stats_graph, "SMALL", 1024)
+    model = load_model(SAMPLES / "mobilenet_block.onnx")
+    x = np.random.default_rng(7).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    names = [v.name for node in model.graph for v in node.outputs][:4]
+    stats = stats_graph.SampledStats(model, names)
+    assert stats.run_samples >= 16 and stats.taps
+    stats.run_samples = 5
+    parts = stats({"input": x})
+    whole = dict(zip(names, make_session(with_taps(model, names)).run(names, {"input": x})))
+    for name in stats.taps:
+        part, values = parts[name], whole[name]
+        assert part.exact.max() == values.max() and part.exact.min() == values.min()
+        counted = part.exact.size + part.sample.size * part.weight
+        assert abs(counted - values.size) <= part.weight * (4 * 2 + part.exact.size // 64), name
+
+
+def test_dyadic_bins_without_clip_are_the_clipped_bins():
+    rng = np.random.default_rng(2)
+    for scale, shift in ((1.0, 0.0), (3.0, -2000.0), (1e-3, 5.0), (50.0, 1e4)):
+        x = (rng.standard_normal(200_000) * scale + shift).astype(np.float32)
+        h = DyadicHistogram(8192)
+        h.fit(float(x.min()), float(x.max()))
+        h.add(x)
+        h.flush()
+        index = np.clip(np.floor(x * np.float32(2.0 ** -h.e)) - np.float32(h.k0), 0, h.bins - 1).astype(np.int64)
+        assert np.array_equal(h.counts, np.bincount(index, minlength=h.bins).astype(np.float64))
+
+
+def _rebin_interp(counts, lo, width, mn, mx, bins):
+    """The old re-binning: np.interp of the cumulative counts, one histogram at a time."""
+    new_lo, new_hi = (float(v[0]) for v in _initial_range(np.array([mn]), np.array([mx])))
+    new_width = (new_hi - new_lo) / bins
+    edges = np.clip(lo + width * np.arange(counts.size + 1), mn, mx)
+    cum = np.concatenate([[0.0], np.cumsum(counts)])
+    at = np.interp(new_lo + new_width * np.arange(bins + 1), edges, cum)
+    at[-1] = cum[-1]
+    return np.maximum(np.diff(at), 0.0), new_lo, new_width
+
+
+def test_rebin_many_is_np_interp_per_histogram():
+    rng = np.random.default_rng(4)
+    hists = []
+    for trial in range(40):
+        x = (rng.standard_t(3, int(rng.integers(1, 50_000))) * rng.uniform(1e-3, 1e3) + rng.uniform(-5, 5))
+        x = x.astype(np.float32)
+        if trial % 5 == 0:
+            x = np.maximum(x, 0)
+        if trial % 9 == 0:
+            x = np.full(x.size, np.float32(rng.uniform(-3, 3)))  # constant: _initial_range widens it
+        h = DyadicHistogram(8192)
+        h.fit(float(x.min()), float(x.max()))
+        h.add(x)
+        h.flush()
+        hists.append((h.counts, h.lo, h.width, float(x.min()), float(x.max())))
+    column = lambda i: np.array([h[i] for h in hists])  # noqa: E731
+    counts, lo, width = _rebin_many(np.stack([h[0] for h in hists]), *(column(i) for i in range(1, 5)), 2048)
+    for i, h in enumerate(hists):
+        ref = _rebin_interp(*h, 2048)
+        assert (lo[i], width[i]) == ref[1:]
+        assert np.allclose(counts[i], ref[0], rtol=0, atol=1e-9 * h[0].sum()), i
+        assert counts[i].sum() == pytest.approx(h[0].sum())
