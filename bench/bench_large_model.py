@@ -55,7 +55,7 @@ COMMANDS = [
     ("calibrate", ["calibrate", "m.onnx", "--data", "d.npz", "--scheme", "minmax", "-o", "out/cal"]),
     ("simulate", ["simulate", "out/cal.onnx", "--data", "d.npz", "-o", "out/sim.onnx"]),
     ("export", ["export", "out/cal.onnx", "-o", "out/exp"]),
-    ("adaround", ["adaround", "m.onnx", "--data", "d.npz", "--iterations", "20", "--samples", "8", "-o", "out/ada"]),
+    ("adaround", ["adaround", "m.onnx", "--data", "d.npz", "--iterations", "5", "--samples", "8", "-o", "out/ada"]),
     ("fold", ["fold", "m.onnx", "-o", "out/fold.onnx"]),
     ("bias-correct", ["bias-correct", "out/cal.onnx", "--data", "d.npz", "-o", "out/bc"]),
 ]

@@ -8,6 +8,9 @@ be relative, stay inside the model's folder once resolved, pass through no symli
 bytes the tensor claims. Writing: a model read with external data is written with external data,
 `out.onnx` + `out.onnx.data`, both staged and renamed together (qtool.files.atomic.StagedOutputs),
 so the pair is complete and never points at another `.data` file that happens to be in the output folder.
+The weights are streamed, tensor by tensor, from where they are (memory, or the input's data file
+memory-mapped) into the output's data file, and the .onnx file holds only references: writing a
+model over 2 GB needs no copy of it in memory (qtool.ir.tensor_files, docs/large_models.md).
 """
 
 from __future__ import annotations
@@ -145,11 +148,15 @@ def _pair(path: str | os.PathLike) -> Iterator[tuple[Path, Path, str]]:
     final = final_path(path)
     name = f"{final.name}.data"
     companion = staged_companion(path, name)
-    if companion is not None:
-        yield Path(path), companion, name
-        return
-    with StagedOutputs() as out:
-        yield out.path(final), out.path(final.with_name(name)), name
+    try:
+        if companion is not None:
+            yield Path(path), companion, name
+            return
+        with StagedOutputs() as out:
+            yield out.path(final), out.path(final.with_name(name)), name
+    except OSError as exc:  # a full disk, a quota: one line, and the staged files are gone
+        raise QtoolError(f"{final.with_name(name)}: cannot write ({exc.strerror or exc})",
+                         "check the free space where the output goes") from exc
 
 
 def save_model_with_external_data(model: ir.Model, path: str | os.PathLike) -> None:

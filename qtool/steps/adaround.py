@@ -203,12 +203,11 @@ def _float_targets(model: ir.Model, layers: list[ir.Node], batches: Iterable[dic
     names = sorted({n for n in inputs.values() if n not in graph_inputs})
     session = make_session(with_taps(model, names))
     per_batch = _rows_per_batch(options, total_batches)
-    matrices = {layer.name: _matrix(layer, layer.inputs[1].const_value.numpy()) for layer in layers}
     collected: dict[str, list[np.ndarray]] = {name: [] for name in inputs}
     for batch_index, (feeds, outputs) in enumerate(run_batches(session, batches, names or None)):
-        for layer in layers:
+        for layer in layers:  # one layer's weight matrix at a time (a large model's are memory-mapped)
             tensor = feeds.get(inputs[layer.name], outputs.get(inputs[layer.name]))
-            matrix, groups = matrices[layer.name]
+            matrix, groups = _matrix(layer, layer.inputs[1].const_value.numpy())
             rows = _sampled_rows(layer, tensor, groups, per_batch, _row_rng(options, layer, batch_index))
             collected[layer.name].append(_targets(rows, matrix, groups).astype(np.float32))
     return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
