@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--input-shape", action="append", default=[], help="NAME=1x3xHxW for dynamic inputs")
     args = ap.parse_args(argv)
 
     import ray
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
     graph = load_model(args.model)
     plan = build_plan(graph, load_config("default"), PlanOptions())
-    source = open_model_data(graph, "random", samples=args.samples)
+    source = open_model_data(graph, "random", samples=args.samples, input_shapes=tuple(args.input_shape))
     batches = list(source.batches(args.batch))
     folder = Path(tempfile.mkdtemp(prefix="bench_ray_"))
 
