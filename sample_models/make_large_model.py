@@ -71,7 +71,8 @@ def make_large_model(path: str | Path, size: int, width: int | None = None, seed
                 del values
             y = f"y{index}"
             if index % 2:
-                nodes.append(helper.make_node("Gemm", [x, f"w{index}", f"b{index}"], [y], transB=1, name=f"gemm{index}"))
+                nodes.append(helper.make_node("Gemm", [x, f"w{index}", f"b{index}"], [y], transB=1,
+                                              name=f"gemm{index}"))
             else:
                 nodes.append(helper.make_node("MatMul", [x, f"w{index}"], [f"m{index}"], name=f"matmul{index}"))
                 nodes.append(helper.make_node("Add", [f"m{index}", f"b{index}"], [y], name=f"add{index}"))

@@ -223,3 +223,27 @@ def test_a_model_over_2_gb_end_to_end(tmp_path):
     x = np.load(tmp_path / "d.npz")["x"][:1]
     session = ort.InferenceSession(str(tmp_path / "out" / "exp" / "net_qdq.onnx"), providers=["CPUExecutionProvider"])
     assert np.isfinite(session.run(None, {"x": x})[0]).all()
+
+
+def test_segments_give_the_whole_model_s_results(stack, tmp_path, capsys, monkeypatch):
+    """Over QTOOL_SEGMENT_BYTES of weights, sessions run segment by segment (one layer each
+    here): calibrate's encodings and simulate's report are those of whole-model sessions."""
+    from qtool.ir.graph import load_model
+    from qtool.runtime.sessions import make_session
+
+    def run(out: Path) -> str:
+        for args in (["calibrate", stack / "m.onnx", "--data", stack / "d.npz", "-o", out / "c"],
+                     ["simulate", out / "c.onnx", "--data", stack / "d.npz", "--json"]):
+            code, printed, err = run_main(["-q", *args], capsys)
+            assert code == 0, err
+        return printed
+
+    whole = run(tmp_path / "whole")
+    monkeypatch.setenv("QTOOL_SEGMENT_BYTES", str(300_000))
+    session = make_session(load_model(stack / "m.onnx"))
+    assert type(session).__name__ == "SegmentedSession" and len(session._parts) == 8
+    parts = run(tmp_path / "parts")
+    encodings = [(tmp_path / side / "c.encodings.json").read_bytes() for side in ("whole", "parts")]
+    assert encodings[0] == encodings[1]
+    reports = [{k: v for k, v in json.loads(text).items() if k != "seconds"} for text in (whole, parts)]
+    assert reports[0] == reports[1] and reports[0]["outputs"]

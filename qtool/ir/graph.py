@@ -23,7 +23,7 @@ from qtool.files.atomic import atomic_write_bytes
 from qtool.files.output_guard import register_input
 from qtool.ir.checks import check_weights
 from qtool.ir.external_data import load_external_data, register_external_data, save_model_with_external_data
-from qtool.ir.tensor_files import initializer_values, is_large, proto_with, spill
+from qtool.ir.tensor_files import initializer_values, is_large, proto_with, read_on_demand, spill
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def model_from_proto(proto: onnx.ModelProto, source: str, base_dir: str | os.Pat
     model = ir.from_proto(proto)
     if base_dir is not None:
         ir.external_data.set_base_dir(model.graph, base_dir)
+        read_on_demand(model)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     model.meta["qtool.source"] = source  # for error messages further down
     check_weights(model, source)  # NaN/Inf weights: refused, naming the tensor (qtool.ir.checks)

@@ -41,6 +41,41 @@ CHUNK = 64 << 20  # bytes written or hashed at a time
 _scratch: dict[str, object] = {}
 
 
+class ReadTensor(ir.ExternalTensor):  # pylint: disable=too-many-ancestors
+    """An external tensor read from its file each time it is asked for, into memory the caller
+    owns, instead of onnx_ir's memory map kept for the life of the tensor: the weights a step
+    has looked at do not stay resident in this process (onnxruntime maps the file itself)."""
+
+    def numpy(self) -> np.ndarray:
+        if self.dtype.bitwidth < 8 or self.dtype == ir.DataType.STRING:
+            return super().numpy()
+        dtype = np.dtype(self.dtype.numpy()).newbyteorder("<")
+        return np.fromfile(self.path, dtype=dtype, count=self.size, offset=self.offset or 0).reshape(
+            self.shape.numpy())
+
+    def __array__(self, dtype=None, copy=None):  # noqa: ANN001, ANN204 - numpy's protocol
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def tobytes(self) -> bytes:
+        if self.dtype.bitwidth < 8:
+            return super().tobytes()
+        return self.numpy().tobytes()
+
+
+def read_tensor(tensor: ir.ExternalTensor) -> ReadTensor:
+    """The same external tensor, read on demand (ReadTensor)."""
+    return ReadTensor(tensor.location, tensor.offset, tensor.length, tensor.dtype, shape=tensor.shape,
+                      name=tensor.name, base_dir=tensor.base_dir)
+
+
+def read_on_demand(model: ir.Model) -> None:
+    """Every external initializer of the model becomes a ReadTensor."""
+    for value in initializer_values(model):
+        if isinstance(value.const_value, ir.ExternalTensor) and not isinstance(value.const_value, ReadTensor):
+            value.const_value = read_tensor(value.const_value)
+
+
 def initializer_values(model: ir.Model) -> Iterator[ir.Value]:
     """Initializers of the main graph, then of every subgraph (If/Loop bodies)."""
     yield from model.graph.initializers.values()
@@ -119,7 +154,7 @@ def _scratch_dir() -> str:
 
 
 def spill(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
-    """Write a computed tensor to a scratch file and return a memory-mapped tensor of it."""
+    """Write a computed tensor to a scratch file and return a tensor read from it on demand."""
     folder = _scratch_dir()
     _scratch["count"] = int(_scratch["count"]) + 1  # type: ignore[call-overload]
     location = f"{_scratch['count']}.bin"
@@ -128,7 +163,7 @@ def spill(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
         for chunk in tensor_chunks(tensor):
             handle.write(chunk)
             length += len(chunk)
-    return external_stand_in(tensor, location, 0, length, folder)
+    return read_tensor(external_stand_in(tensor, location, 0, length, folder))
 
 
 def spill_large(model: ir.Model) -> None:

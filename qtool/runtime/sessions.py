@@ -21,8 +21,9 @@ from qtool.data.inputs import InputInfo
 from qtool.data.sources import Batch, batch_size_of, slice_batch
 from qtool.errors import QtoolError
 from qtool.ir.graph import add_initializer, clone, graph_inputs, numpy_dtype, shape_of, unique_name, value_by_name
-from qtool.ir.tensor_files import session_source
+from qtool.ir.tensor_files import is_large, session_source
 from qtool.runtime.device import check_session, current_device, providers
+from qtool.runtime.segmented_session import SegmentedSession, segment_bytes, weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,15 @@ def keep_source(copy: ir.Model, original: ir.Model, note: str = "") -> ir.Model:
 
 
 def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = True,
-                 threads: int | None = None) -> ort.InferenceSession:
+                 threads: int | None = None, whole: bool = False) -> ort.InferenceSession:
     """A session on the current device (runtime.device: CPU unless --device cuda); `simulate`
-    keeps QDQ nodes unfused (float fake quantization)."""
+    keeps QDQ nodes unfused (float fake quantization). A model with more weights in files than
+    QTOOL_SEGMENT_BYTES runs segment by segment (qtool.runtime.segmented_session) unless `whole`."""
+    if not whole and is_large(model) and weight_bytes(model) > segment_bytes():
+        session = SegmentedSession(model, lambda part: make_session(part, simulate=simulate, optimize=optimize,
+                                                                    threads=threads, whole=True), segment_bytes())
+        session.source = model_source(model)
+        return session
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors come back as exceptions (one line each); no log lines on stderr
     # onnxruntime's default order (a reverse DFS from the graph outputs) runs every tap after the
