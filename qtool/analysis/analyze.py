@@ -343,6 +343,10 @@ def _suggest(evaluator: Evaluator, pool: list[Group], fixes: dict, summary: dict
             reasons[name] = f"{best.name} ({describe(best.op_type, best.role)}): fixing it takes the model from {current:.2f} to {new_score:.2f}"
         current = new_score
         remaining = [g for g in remaining if g is not best]
+        if remaining:
+            evaluator.keep_base(Setting.of(chosen))  # the next trials change one group from here
+    if chosen:
+        evaluator.keep_base(Setting.of(chosen))
     for name in list(chosen):  # the quantizers the result does not need
         trial = {q: v for q, v in chosen.items() if q != name}
         score = evaluator.score(Setting.of(trial))

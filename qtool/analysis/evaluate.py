@@ -117,6 +117,7 @@ class Evaluator:
         if self.plan is not None and not self.plan.cuts:
             self.plan = None
         self.bases: dict[tuple[int, ...], BaseCache] = {}
+        self.kept: tuple[int, ...] | None = None  # the base keep_base made last
         self.session = None  # made on first use: no session may exist in the parent when it forks
         self.suffix_sessions: dict[int, object] = {}
         self.memo: dict[tuple[int, ...], float] = {}  # selections already scored (see score)
@@ -184,12 +185,27 @@ class Evaluator:
             if cut > best_cut:
                 best, best_cut = base, cut
         if best is not None and best not in self.bases:
-            outputs = self._make_base(best)
-            if best not in self.memo:
-                self.memo[best] = self.metric.score(outputs, self.reference, self.labels)
-                self.runs += 1
-            self.spill.release(list(outputs.values()))
+            self._base_scored(best)
         return best, best_cut
+
+    def _base_scored(self, key: tuple[int, ...]) -> None:
+        outputs = self._make_base(key)
+        if key not in self.memo:
+            self.memo[key] = self.metric.score(outputs, self.reference, self.labels)
+            self.runs += 1
+        self.spill.release(list(outputs.values()))
+
+    def keep_base(self, setting: Setting) -> None:
+        """Make `setting` a base: the runs that follow change a few quantizers from it (a greedy
+        search's current state), so they start after the first of those instead of at the top.
+        One whole pass (scoring `setting` on the way, if it was not)."""
+        key = self.key(setting)
+        if self.plan is None or key in self.bases:
+            return
+        if self.kept is not None and self.kept in self.bases:  # the previous state: no longer near
+            self.bases.pop(self.kept).release(self.spill)
+        self._base_scored(key)
+        self.kept = key
 
     def _make_base(self, key: tuple[int, ...]) -> Outputs:
         """A whole pass under `key` that keeps its boundary values; its outputs."""

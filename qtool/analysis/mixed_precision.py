@@ -145,6 +145,7 @@ def mixed_precision(model: ir.Model, encodings: list[EncodingSet], candidates: l
         curve.append(_point(block_list, candidates, levels, score, f"{block_list[i].group.name} -> {candidates[c].name}"))
         bar(step + 1, len(moves))
     if curve[-1]["metric"] >= goal:  # undo raises the goal does not need, cheapest saving first
+        evaluator.keep_base(setting(levels))  # each trial lowers one block from here
         for i in sorted(levels, key=lambda i: -(_bops(block_list[i], candidates[levels[i]]))):
             trial = {j: c for j, c in levels.items() if j != i}
             score = evaluator.score(setting(trial))
