@@ -85,7 +85,9 @@ class RayExecutor(Executor):
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise QtoolError(f"--ray-address {address}: cannot connect to a Ray cluster "
                                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                                 "start one with 'ray start --head', or give the address it printed") from exc
+                                 "start one with 'ray start --head', or give the address it printed; a cluster "
+                                 "with token authentication also needs RAY_AUTH_MODE=token and its token, "
+                                 "'ray get-auth-token'") from exc
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(num_cpus=1)(_one_thread)
 
