@@ -178,6 +178,8 @@ def quantize(
     else:
         raise ValueError(f"rounding must be 'nearest' or 'stochastic', not {rounding!r}")
     rounded = np.subtract(rounded, offset, dtype=np.float32)
+    if not isinstance(rounded, np.ndarray) or rounded.ndim == 0:
+        return np.clip(rounded, 0, enc.qmax).astype(np.float32)
     # np.maximum/np.minimum in place: what np.clip computes (NaN stays NaN), ~5x faster on a 10^7 table
     np.maximum(rounded, np.float32(0), out=rounded)
     return np.minimum(rounded, np.float32(enc.qmax), out=rounded)
