@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -146,8 +148,13 @@ def reference_runs(model: ir.Model, batches: Iterable[dict[str, np.ndarray]], na
                    make, run) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """(batch, outputs by name) for every batch: from the cache where it holds them, else from
     `run(session, batch)` with the session `make()` builds on the first miss (never, when every
-    batch hits). `settings` names the session options, which are part of the key."""
-    cache = ReferenceCache.open(model, settings)
+    batch hits). `settings` names the session options, which are part of the key. The cache is
+    opened (the model hashed) here, before the first batch: the runs may then go on in another
+    thread (ReadAhead) while this one uses the model (hashing swaps a large model's tensors)."""
+    return _runs(ReferenceCache.open(model, settings), batches, names, make, run)
+
+
+def _runs(cache: ReferenceCache | None, batches, names, make, run):
     session = None
     try:
         for feeds in batches:
@@ -162,3 +169,64 @@ def reference_runs(model: ir.Model, batches: Iterable[dict[str, np.ndarray]], na
     finally:
         if cache is not None:
             cache.trim()
+
+
+class ReadAhead:
+    """Iterate a generator (the float reference runs) in a thread, up to `depth` items ahead.
+
+    simulate builds the QDQ model and its session (Python, then onnxruntime's graph setup) while
+    the float model already runs on the first batches, and reads, hashes and stores batch i+1 while
+    the quantized model runs on batch i. onnxruntime releases the GIL while it runs. The items
+    come out in order, each exactly what the generator gave; an error in the thread is raised
+    where the next item is taken. `close()` stops the thread (and closes the generator there)."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator, depth: int = 2, enabled: bool = True) -> None:
+        self._items, self._queue = items, queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="qtool-reference", daemon=True) if enabled else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put((True, item)):
+                    break
+        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer, raised there
+            self._put((False, exc))
+            return
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+        self._put((True, self._END))
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator:
+        if self._thread is None:  # in this thread, as the items come
+            yield from self._items
+            return
+        while True:
+            ok, item = self._queue.get()
+            if not ok:
+                raise item
+            if item is self._END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        elif hasattr(self._items, "close"):
+            self._items.close()

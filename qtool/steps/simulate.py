@@ -23,10 +23,11 @@ from qtool.data.sources import sample_indices
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
 from qtool.ir.qdq import build_qdq_model
+from qtool.ir.tensor_files import is_large
 from qtool.metrics.channels import output_channel_axes
 from qtool.metrics.comparison import Comparison
 from qtool.progress import Progress, no_progress
-from qtool.runtime.reference_cache import reference_runs
+from qtool.runtime.reference_cache import ReadAhead, reference_runs
 from qtool.runtime.sessions import make_session, max_batch, run_batches
 
 
@@ -51,25 +52,31 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
     `channel_axes` overrides the per-channel SQNR's axis of the outputs it names (None: pooled only).
     """
     start = time.perf_counter()
-    qdq = model if bypass else build_qdq_model(model, encodings, source=source)
     if reference is not None:
         _check_same_interface(reference, model)
     float_model = reference or model
-    quant_session = make_session(qdq, simulate=True)
     names = [v.name for v in float_model.graph.outputs]
     limit = max_batch(model)
     comparison = Comparison(labels=labels, decisions=decisions or {},
                             channel_axes=output_channel_axes(float_model, channel_axes))
     seen = 0
+    # the float outputs (cache or float session) are produced in a thread, ahead of the quantized
+    # runs: the float model runs while the QDQ model and its session are built
     floats = reference_runs(float_model, batches, names, "simulate", lambda: make_session(float_model, simulate=True),
                             lambda session, feeds: next(run_batches(session, [feeds], names, limit)))
-    for feeds, float_out in floats:
-        quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
-        for name in names:
-            if np.issubdtype(float_out[name].dtype, np.floating):
-                comparison.update(name, float_out[name], quant_out[name], sample_indices(feeds, seen))
-        seen += len(next(iter(feeds.values())))
-        progress(seen, total)
+    floats = ReadAhead(floats, enabled=not is_large(float_model))  # a large model's session swaps its tensors
+    try:
+        qdq = model if bypass else build_qdq_model(model, encodings, source=source)
+        quant_session = make_session(qdq, simulate=True)
+        for feeds, float_out in floats:
+            quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
+            for name in names:
+                if np.issubdtype(float_out[name].dtype, np.floating):
+                    comparison.update(name, float_out[name], quant_out[name], sample_indices(feeds, seen))
+            seen += len(next(iter(feeds.values())))
+            progress(seen, total)
+    finally:
+        floats.close()
     return SimulateResult(qdq, comparison.report(), seen, time.perf_counter() - start)
 
 
