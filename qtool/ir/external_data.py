@@ -9,7 +9,7 @@ bytes the tensor claims. Writing: a model read with external data is written wit
 `out.onnx` + `out.onnx.data`, both staged and renamed together (qtool.files.atomic.StagedOutputs),
 so the pair is complete and never points at another `.data` file that happens to be in the output folder.
 The weights are streamed, tensor by tensor, from where they are (memory, or the input's data file
-memory-mapped) into the output's data file, and the .onnx file holds only references: writing a
+read on demand) into the output's data file, and the .onnx file holds only references: writing a
 model over 2 GB needs no copy of it in memory (qtool.ir.tensor_files, docs/large_models.md).
 """
 
@@ -104,7 +104,7 @@ def external_data_files(proto: onnx.ModelProto, path: Path) -> list[Path]:
 def load_external_data(proto: onnx.ModelProto, path: Path) -> bool:
     """Check and read the external data of `proto` (read from `path` without it) into the proto.
     Returns whether there was any; the files are registered as inputs of the running command.
-    Only for small models (`qtool.ir.graph.load_proto`): `load_model` keeps them memory-mapped."""
+    Only for small models (`qtool.ir.graph.load_proto`): `load_model` leaves them in their file."""
     if not register_external_data(proto, path):
         return False
     try:
@@ -162,7 +162,7 @@ def _pair(path: str | os.PathLike) -> Iterator[tuple[Path, Path, str]]:
 def save_model_with_external_data(model: ir.Model, path: str | os.PathLike) -> None:
     """Write `model` to `path` with its main graph's initializers of SIZE_THRESHOLD bytes or more
     in `<name>.data` beside it, where `<name>` is the final output name, in graph order. Each
-    weight is streamed from where it lives (memory, or the memory-mapped input) to the data file,
+    weight is streamed from where it lives (memory, or the input's data file) to the data file,
     and the .onnx file gets a proto of references: no copy of the weights is built in memory."""
     large = [value for value in model.graph.initializers.values() if is_large_tensor(value.const_value)]
     if not large:  # every tensor under the threshold: one self-contained file

@@ -39,7 +39,7 @@ SPILL_BYTES = 1 << 20  # a computed weight of a large model this big goes to a s
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Read and sanity-check an ONNX file, its external data read into the proto (for small
-    models; `load_model` keeps the weights memory-mapped); every failure names the file."""
+    models; `load_model` leaves the weights in their file); every failure names the file."""
     path = Path(path)
     proto, external = _read_proto(path)
     if external:
@@ -91,8 +91,8 @@ def _runs_in_onnxruntime(model: str | bytes) -> bool:
 
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load a model as onnx_ir with shapes inferred and float Constant nodes lifted to initializers.
-    External data stays in its file, memory-mapped (onnx_ir ExternalTensor): a weight is read
-    when a step looks at it (qtool.ir.tensor_files)."""
+    External data stays in its file: a weight is read when a step looks at it, and onnxruntime
+    maps the file itself (qtool.ir.tensor_files)."""
     path = Path(path)
     proto, external = _read_proto(path)
     model = model_from_proto(proto, str(path), base_dir=path.parent if external else None)
@@ -142,7 +142,7 @@ def save_model(model: ir.Model, path: str | os.PathLike) -> None:
 
 def _keep_storage(source: ir.Model, copy: ir.Model) -> ir.Model:
     """`copy` remembers that `source` came with external data (steps work on copies), and shares
-    its memory-mapped weights (read-only, so sharing is safe) instead of copies of them."""
+    its weights in files (each read gives a fresh array, so sharing is safe) instead of copies."""
     if source.meta.get(EXTERNAL_DATA):
         copy.meta[EXTERNAL_DATA] = True
     mapped = {value.name: value.const_value for value in initializer_values(source)
@@ -155,14 +155,14 @@ def _keep_storage(source: ir.Model, copy: ir.Model) -> ir.Model:
 
 
 def _external_proto(model: ir.Model) -> onnx.ModelProto:
-    """The model as a proto in which memory-mapped weights stay references (small whatever the
+    """The model as a proto in which weights in files stay references (small whatever the
     model's size); only for a round trip through _keep_storage, which maps them back."""
     return ir.to_proto(model)
 
 
 def clone(model: ir.Model) -> ir.Model:
-    """A deep copy, so that a step never changes the model its caller holds (memory-mapped
-    weights are shared: they cannot be changed in place)."""
+    """A deep copy, so that a step never changes the model its caller holds (weights in files are
+    shared: they cannot be changed in place)."""
     return _keep_storage(model, ir.from_proto(_external_proto(model)))
 
 
@@ -222,7 +222,7 @@ def set_initializer(model: ir.Model, value: ir.Value, array: np.ndarray) -> None
 
 def _stored(model: ir.Model, array: np.ndarray, name: str | None) -> ir.TensorProtocol:
     """A new weight as a tensor: in memory, or, in a model whose weights are in files (over
-    SPILL_BYTES), written to a scratch file and memory-mapped (qtool.ir.tensor_files.spill), so
+    SPILL_BYTES), written to a scratch file and read on demand (qtool.ir.tensor_files.spill), so
     that the weights a step computes for a large model do not pile up in RAM."""
     tensor = ir.tensor(array, name=name)
     if array.nbytes >= SPILL_BYTES and (model.meta.get(EXTERNAL_DATA) or is_large(model)):

@@ -1,9 +1,10 @@
 """Weights that live in files: how qtool works on models of any size without one big protobuf.
 
-A model read with external data keeps its weights as onnx_ir ``ExternalTensor``s: memory-mapped
-from the input's ``.data`` file, read only where a step looks at them. Three things would
-otherwise pull every weight into memory (and fail past protobuf's 2 GB limit): serialising the
-model for onnxruntime, copying it (``clone``), and hashing it. Here:
+A model read with external data keeps its weights in the input's ``.data`` file, as
+``ReadTensor``s (onnx_ir ``ExternalTensor``s read on demand into memory the caller owns, rather
+than mapped for the tensor's life). Three things would otherwise pull every weight into memory
+(and fail past protobuf's 2 GB limit): serialising the model for onnxruntime, copying it
+(``clone``), and hashing it. Here:
 
 * ``proto_with`` serialises a model with some tensors swapped for stand-ins (an external
   reference, or an inline copy), without ever building a proto that holds the large weights;
@@ -13,8 +14,8 @@ model for onnxruntime, copying it (``clone``), and hashing it. Here:
   (``session.model_external_initializers_file_folder_path``): onnxruntime memory-maps them
   instead of copying them (measured: no anonymous memory for the weights, docs/large_models.md);
 * ``spill`` writes a computed weight of a large model to a scratch file of this process
-  (removed at exit) and hands back a memory-mapped ``ExternalTensor`` in its place, so that the
-  weights a step changes (fold, AdaRound, export's integer weights) do not accumulate in RAM;
+  (removed at exit) and hands back a ``ReadTensor`` of it, so that the weights a step changes
+  (fold, AdaRound, export's integer weights) do not accumulate in RAM;
 * ``update_digest`` hashes a model's structure and its weights' bytes tensor by tensor.
 """
 
@@ -102,7 +103,7 @@ def is_large_tensor(tensor: ir.TensorProtocol | None) -> bool:
 
 def tensor_chunks(tensor: ir.TensorProtocol) -> Iterator[memoryview | bytes]:
     """The tensor's bytes as ONNX stores them (little endian, 4-bit values packed), in pieces of
-    at most CHUNK bytes read straight from a memory-mapped file."""
+    at most CHUNK bytes (one tensor in memory at a time)."""
     if tensor.dtype.bitwidth < 8 or np.little_endian is False:
         yield tensor.tobytes()
         return
@@ -143,8 +144,8 @@ def proto_with(model: ir.Model, stand_ins: dict[ir.Value, ir.TensorProtocol]) ->
 
 
 def _scratch_dir() -> str:
-    """This process's folder of spilled weights (under TMPDIR), removed at exit; files stay
-    readable through their memory maps until then."""
+    """This process's folder of spilled weights (under TMPDIR), removed at exit (a session's
+    memory maps of them stay valid after that)."""
     folder = _scratch.get("dir")
     if folder is None:
         folder = tempfile.mkdtemp(prefix="qtool-weights-")
