@@ -15,12 +15,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-import onnx
-import onnx_ir as ir
-
 from qtool.analysis.switchable import SwitchableModel
-from qtool.ir.graph import model_bytes
 from qtool.parallel.executor import Executor
+from qtool.parallel.models import from_bytes, to_bytes
 from qtool.progress import Progress, no_progress
 from qtool.runtime.sessions import make_session
 
@@ -34,7 +31,7 @@ def scores_on(executor: Executor, evaluator, settings: Sequence, run: Callable,
     `executor`, in the order of `settings`; `run(session, batches, selector feeds, output names)`
     gives the outputs (analysis.evaluate's own, passed in: evaluate imports this module)."""
     switchable = evaluator.switchable
-    data = model_bytes(switchable.model)
+    data = to_bytes(switchable.model)
     payload = executor.share({
         "digest": hashlib.sha256(data).hexdigest(), "model": data, "selectors": switchable.selectors,
         "candidates": switchable.candidates, "batches": evaluator.batches, "reference": evaluator.reference,
@@ -54,7 +51,7 @@ def score_group(payload: dict, settings: list) -> list[float]:
     digest = payload["digest"]
     if digest not in _SESSION:
         _SESSION.clear()  # one model at a time: the session of an earlier run is not needed again
-        model = ir.from_proto(onnx.load_model_from_string(payload["model"]))
+        model = from_bytes(payload["model"])
         session = make_session(model, optimize=False, threads=payload["threads"])
         _SESSION[digest] = (session, SwitchableModel(model, payload["selectors"], payload["candidates"], {}))
     session, switchable = _SESSION[digest]

@@ -29,13 +29,12 @@ import copy
 from collections.abc import Callable, Iterable
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from qtool.data.sources import batch_size_of, slice_batch
 from qtool.errors import QtoolError
-from qtool.ir.graph import model_bytes
 from qtool.parallel.executor import Executor
+from qtool.parallel.models import from_bytes, to_bytes
 from qtool.progress import Progress
 from qtool.runtime.sessions import model_source
 from qtool.steps.calibrate import _observe
@@ -78,7 +77,7 @@ def observe_shards(executor: Executor, model: ir.Model, observers: dict, batches
         return _observe(model, observers, batches, total, progress, taps, allow_empty)
     sizes = [sum(batch_size_of(batch) for batch in shard) for shard in shards]
     before = [sum(sizes[:k]) for k in range(len(shards))]
-    shared = executor.share(model_bytes(model))
+    shared = executor.share(to_bytes(model))
     source = model_source(model)
 
     def report(done: int) -> None:
@@ -114,8 +113,7 @@ def observe_shard(model: bytes, source: str, observers: dict, batches: list[dict
     """A task: (the observers after this shard's batches, samples seen, the stream places it
     started the sampled tensors at, the values of each it saw). `before`: samples of the data
     before this shard; `start`: the exact places, when known (else found from one sample)."""
-    graph = ir.from_proto(onnx.load_model_from_string(model))
-    graph.meta["qtool.source"] = source
+    graph = from_bytes(model, source)
     observers = copy.deepcopy(observers)  # in-process executors: the caller's stay empty
     used: dict[str, int] = {}
 
