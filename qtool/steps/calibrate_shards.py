@@ -85,19 +85,14 @@ def observe_shards(executor: Executor, model: ir.Model, observers: dict, batches
 
     calls = [(shared, source, observers, shard, taps, before[k], None) for k, shard in enumerate(shards)]
     results = executor.map(observe_shard, calls, report)
-    # the streams' places: each shard's true start is the values the shards before it saw
-    start: dict[str, int] = {}
-    wrong = []
-    for k, (_, _, used, counts) in enumerate(results):
-        if any(used.get(name, 0) != start.get(name, 0) for name in {*used, *start}):
-            wrong.append(k)
-        start = {name: start.get(name, 0) + counts.get(name, 0) for name in {*start, *counts}}
-    if wrong:
-        exact = [{}]
-        for _, _, _, counts in results[:-1]:
-            exact.append({name: exact[-1].get(name, 0) + counts.get(name, 0) for name in {*exact[-1], *counts}})
-        again = executor.map(observe_shard, [(*calls[k][:-1], exact[k]) for k in wrong])
-        for k, result in zip(wrong, again):
+    # each shard's true place in the streams: the values the shards before it saw
+    places = [{}]
+    for _, _, _, counts in results[:-1]:
+        places.append({name: places[-1].get(name, 0) + counts.get(name, 0) for name in {*places[-1], *counts}})
+    wrong = [k for k, (_, _, used, _) in enumerate(results)
+             if any(used.get(name, 0) != places[k].get(name, 0) for name in {*used, *places[k]})]
+    if wrong:  # the data changed shape on the way: those shards run again from their exact places
+        for k, result in zip(wrong, executor.map(observe_shard, [(*calls[k][:-1], places[k]) for k in wrong])):
             results[k] = result
     for name, observer in {id(o): (n, o) for n, o in observers.items()}.values():
         for shard_observers, *_ in results:
@@ -116,6 +111,7 @@ def observe_shard(model: bytes, source: str, observers: dict, batches: list[dict
     graph = from_bytes(model, source)
     observers = copy.deepcopy(observers)  # in-process executors: the caller's stay empty
     used: dict[str, int] = {}
+    sampled = []  # the statistics session of the sampled taps, if any
 
     def place(tapped) -> None:
         stats = getattr(tapped, "stats", None)
@@ -127,11 +123,10 @@ def observe_shard(model: bytes, source: str, observers: dict, batches: list[dict
         else:
             used.update({name: (start or {}).get(name, 0) for name in stats.seen})
         stats.seen.update(used)
-        place.stats = stats
+        sampled.append(stats)
 
-    place.stats = None
     seen = _observe(graph, observers, batches, None, lambda *_: None, taps, allow_empty=True, begin=place)
-    counts = {name: value - used[name] for name, value in place.stats.seen.items()} if place.stats else {}
+    counts = {name: value - used[name] for name, value in sampled[0].seen.items()} if sampled else {}
     for observer in observers.values():
         dyadic = getattr(observer, "_dyadic", None)
         if dyadic is not None:
