@@ -54,7 +54,8 @@ def apply_block_options(graph, encodings, options: BlockOptions, batches, progre
     if options.weight_block_size is not None:
         from qtool.steps.blockwise import block_encodings
 
-        blocked = block_encodings(graph, encodings, options.weight_block_size, lpbq=options.lpbq)
+        blocked = block_encodings(graph, encodings, options.weight_block_size, lpbq=options.lpbq,
+                                  search=getattr(options, "param_scheme", "minmax") == "mse")
         encodings = blocked.encodings
         kind = "LPBQ" if options.lpbq else "per-block"
         summary["blocked_weights"] = blocked.blocked

@@ -134,15 +134,20 @@ def block_ranges(weights: np.ndarray, axis: int, block_size: int) -> tuple[np.nd
 
 
 def encode_blocks(weights: np.ndarray, axis: int, block_size: int, bw: int, symmetric: bool = True,
-                  lpbq: bool = False) -> BlockEncoding:
-    """Min-max block encodings of `weights` (symmetric: signed grid at offset -2^(b-1), one grid
-    type for every block so that the tensor has one storage type). `lpbq` (symmetric only):
-    block scales rounded to integers 1..2^bw times a per-channel float scale (the largest block
-    scale / 2^bw), as AIMET's grouped block quantizer computes them."""
+                  lpbq: bool = False, search: bool = False) -> BlockEncoding:
+    """Block encodings of `weights` (symmetric: signed grid at offset -2^(b-1), one grid type for
+    every block so that the tensor has one storage type): min-max, or with `search` the range
+    shrunk per block by the factor of CLIP_RATIOS that minimises the block's squared weight error
+    (the `mse` weight scheme; at 4 bits a block's one extreme weight costs the others resolution).
+    `lpbq` (symmetric only): block scales rounded to integers 1..2^bw times a per-channel float
+    scale (the largest block scale / 2^bw), as AIMET's grouped block quantizer computes them."""
     if block_size < 1:
         raise ValueError(f"block size must be positive, not {block_size}")
     lo, hi = block_ranges(weights, axis, block_size)
     spec = QuantSpec(bw=bw, symmetric=symmetric, unsigned_symmetric=False)
+    if search:
+        ratio = _best_ratio(np.asarray(weights, np.float32), axis, block_size, lo, hi, spec)
+        lo, hi = lo * ratio, hi * ratio
     enc = compute_encoding(lo, hi, spec)
     scale, offset = enc.scale.reshape(lo.shape), enc.offset.reshape(lo.shape)
     if not lpbq:
@@ -153,6 +158,24 @@ def encode_blocks(weights: np.ndarray, axis: int, block_size: int, bw: int, symm
     channel_scale = (scale.max(axis=axis, keepdims=True) / np.float32(levels)).astype(np.float32)
     int_scale = np.clip(np.round(scale / channel_scale), 1, levels).astype(np.int64)
     return lpbq_encoding(bw, int_scale, channel_scale, axis, block_size)
+
+
+CLIP_RATIOS = np.linspace(1.0, 0.5, 26)  # range shrink factors `search` tries per block
+
+
+def _best_ratio(weights: np.ndarray, axis: int, block_size: int, lo: np.ndarray, hi: np.ndarray,
+                spec: QuantSpec) -> np.ndarray:
+    """Per block, the factor of CLIP_RATIOS whose grid gives the least squared error (ties: the widest)."""
+    blocks = _blocks(weights, axis, block_size)  # (n_blocks, block_size, rest...), zero padding: exact on any grid
+    errors = []
+    for ratio in CLIP_RATIOS:
+        enc = compute_encoding(lo * ratio, hi * ratio, spec)
+        scale = np.moveaxis(enc.scale.reshape(lo.shape), axis, 0)[:, None]
+        offset = np.moveaxis(enc.offset.reshape(lo.shape), axis, 0)[:, None].astype(np.float32)
+        grid = np.clip(np.round(blocks / scale) - offset, 0, 2**spec.bw - 1)
+        errors.append(np.sum(((grid + offset) * scale - blocks) ** 2, axis=1))
+    best = np.argmin(np.stack(errors), axis=0)  # (n_blocks, rest...)
+    return np.moveaxis(CLIP_RATIOS[best], 0, axis)
 
 
 def lpbq_encoding(bw: int, int_scale: np.ndarray, channel_scale: np.ndarray, axis: int, block_size: int,

@@ -65,13 +65,16 @@ def gptq_round(weights: np.ndarray, scale: np.ndarray, offset: np.ndarray, qmax:
 
 
 def upper_inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """U with U^T U = H^-1 (upper triangular), adding damping until H is positive definite."""
+    """U with U^T U = H^-1 (upper triangular), adding damping until H is positive definite.
+
+    One factorisation: with J the reversal permutation and J H J = L L^T, U = J L^-1 J (upper, and
+    U^T U = J L^-T L^-1 J = J (J H J)^-1 J = H^-1), instead of inverting H and factorising again."""
     eye = np.eye(len(h))
     extra = 0.0
     for _ in range(8):
         try:
-            inverse = np.linalg.inv(np.linalg.cholesky(h + extra * eye))  # L^-1, H = L L^T
-            return np.linalg.cholesky(inverse.T @ inverse).T
+            lower = np.linalg.cholesky((h + extra * eye)[::-1, ::-1])
+            return np.ascontiguousarray(np.linalg.inv(lower)[::-1, ::-1])
         except np.linalg.LinAlgError:
             extra = max(extra * 10, 1e-6 * float(np.mean(np.diag(h))) or 1e-6)
     raise np.linalg.LinAlgError("the layer's input Hessian is not positive definite even after damping")

@@ -51,9 +51,11 @@ def block_layers(model: ir.Model) -> dict[str, tuple[ir.Node, int]]:
     return found
 
 
-def block_encodings(model: ir.Model, encodings: EncodingSet, block_size: int, *, lpbq: bool = False) -> BlockResult:
+def block_encodings(model: ir.Model, encodings: EncodingSet, block_size: int, *, lpbq: bool = False,
+                    search: bool = False) -> BlockResult:
     """A copy of `encodings` whose MatMul / Gemm weight encodings are per block (min-max over
-    each block, the calibrated encoding's bit-width and symmetry). Frozen encodings are kept."""
+    each block, or the range with the least squared error with `search`; the calibrated
+    encoding's bit-width and symmetry). Frozen encodings are kept."""
     out = encodings.copy()
     result = BlockResult(out)
     layers = block_layers(model)
@@ -68,7 +70,7 @@ def block_encodings(model: ir.Model, encodings: EncodingSet, block_size: int, *,
         node, axis = layers[name]
         weights = node.inputs[1].const_value.numpy()
         symmetric = enc.symmetric or lpbq
-        out.params[name] = encode_blocks(weights, axis, block_size, enc.bw, symmetric, lpbq=lpbq)
+        out.params[name] = encode_blocks(weights, axis, block_size, enc.bw, symmetric, lpbq=lpbq, search=search)
         result.blocked.append(name)
     return result
 

@@ -87,8 +87,8 @@ def _nearest(weights: np.ndarray, enc: Encoding | BlockEncoding) -> np.ndarray:
 
 def _relative_error(delta: np.ndarray, weights: np.ndarray, hessian: np.ndarray) -> float:
     """sqrt(tr(D H D^T) / tr(W H W^T)) for [N, K] matrices: ||X D^T|| / ||X W^T||."""
-    num = float(np.einsum("nk,kl,nl->", delta, hessian, delta))
-    den = float(np.einsum("nk,kl,nl->", weights, hessian, weights))
+    num = float(np.sum((delta @ hessian) * delta))  # (an einsum of the three was 100x slower: no BLAS)
+    den = float(np.sum((weights @ hessian) * weights))
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
 
 
