@@ -58,7 +58,13 @@ def test_a_batch_run_in_pieces_counts_every_value(monkeypatch):
     x = np.random.default_rng(7).standard_normal((16, 3, 32, 32)).astype(np.float32)
     names = [v.name for node in model.graph for v in node.outputs][:4]
     stats = stats_graph.SampledStats(model, names)
-    assert stats.run_samples >= 16 and stats.taps
+    assert stats.taps and stats.run_samples is None
+    stats({"input": x[:2]})  # the first sample alone: how many values a sample gives sets the run size
+    assert stats.run_samples >= 16 and stats.run_samples & (stats.run_samples - 1) == 0
+    monkeypatch.setattr(stats_graph, "RUN_BYTES", 1 << 10)
+    small = stats_graph.SampledStats(model, names)
+    small({"input": x[:3]})
+    assert small.run_samples == 1  # (a run of one sample at least)
     stats.run_samples = 5
     parts = stats({"input": x})
     whole = dict(zip(names, make_session(with_taps(model, names)).run(names, {"input": x})))

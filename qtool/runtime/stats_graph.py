@@ -30,6 +30,7 @@ non-finite values are skipped exactly as everywhere else.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,7 @@ MIN_ROW = 64  # values per row at least (trailing axes are joined until their pr
 TAIL_DIV = 256  # 1 row in TAIL_DIV (+1) by largest max, and as many by smallest min, leave whole...
 MIN_EXACT = 4096  # ...and at least this many values' worth of rows each (a small tensor's tail is a few rows)
 STRIDE = 16  # every STRIDE-th value of the other rows is sampled (64: PP-OCRv4 lost 3.7 dB against the reference)
-RUN_BYTES = 96 << 20  # tapped values (estimated from the shapes) of one onnxruntime run, at most
+RUN_BYTES = 128 << 20  # tapped values of one onnxruntime run, at most (a power of two of samples, at least 1)
 _MIN_OPSET = 11  # TopK with `largest`, Slice with steps
 FLOAT = int(ir.DataType.FLOAT)
 
@@ -230,21 +231,36 @@ class SampledStats:
                                    (tap.shape, tap.hi_rows, tap.hi_index, tap.lo_rows, tap.lo_index, tap.sample)]
         self.seen = {name: 0 for name in self.taps}  # values of each sampled tensor in earlier batches
         self.full_session = None
-        values = value_by_name(model)
-        per_sample = sum(_values_per_sample(values[name]) for name in self.names) * 4
-        self.run_samples = max(1, RUN_BYTES // max(per_sample, 1))
+        self.run_samples: int | None = None  # set by the first run, of one sample, from the values it gave
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, TensorBatch]:
-        count = batch_size_of(feeds)
-        runs = -(-count // self.run_samples)
-        if runs <= 1:
-            return self._run(feeds)
-        size = -(-count // runs)  # even pieces: 16 samples at 5 a run go as 4 x 4
-        parts = [self._run(slice_batch(feeds, start, start + size)) for start in range(0, count, size)]
+        """The batch's TensorBatches (its pieces joined; `pieces` gives them without the copy)."""
+        parts = list(self.pieces(feeds))
+        if len(parts) == 1:
+            return parts[0]
         return {name: TensorBatch(np.concatenate([p[name].exact.ravel() for p in parts]),
                                   np.concatenate([p[name].sample.ravel() for p in parts]),
                                   max(p[name].weight for p in parts))  # (a piece taken whole has no sample)
                 for name in parts[0]}
+
+    def pieces(self, feeds: dict[str, np.ndarray]) -> Iterator[dict[str, TensorBatch]]:
+        """The TensorBatches of each run of the batch (even pieces: 16 samples at 5 a run go as 4 x 4)."""
+        count = batch_size_of(feeds)
+        if self.run_samples is None:  # (shapes are often known only at run time)
+            first = self._run(slice_batch(feeds, 0, 1))
+            values = sum(part.exact.size + part.sample.size * part.weight for part in first.values())
+            self.run_samples = _power_of_two(RUN_BYTES // max(4 * values, 1))
+            yield first
+            if count == 1:
+                return
+            feeds, count = slice_batch(feeds, 1, count), count - 1
+        runs = -(-count // self.run_samples)
+        if runs <= 1:
+            yield self._run(feeds)
+            return
+        size = -(-count // runs)
+        for start in range(0, count, size):
+            yield self._run(slice_batch(feeds, start, start + size))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, TensorBatch]:
         offsets = {tap.offset: np.array([-self.seen[name] % tap.stride], np.int64) for name, tap in self.taps.items()}
@@ -271,11 +287,9 @@ class SampledStats:
         return result
 
 
-def _values_per_sample(value: ir.Value) -> int:
-    """A tensor's values per sample (a dim of unknown size counts as DYNAMIC_DIM; unknown rank: SMALL)."""
-    if value.shape is None:
-        return SMALL
-    return int(np.prod([d if isinstance(d, int) else DYNAMIC_DIM for d in list(value.shape)[1:]]))
+def _power_of_two(n: int) -> int:
+    """The largest power of two <= n (1 for n < 1): batches of 2^k samples then split evenly."""
+    return 1 << max(0, int(n).bit_length() - 1)
 
 
 def _split(outputs: dict[str, np.ndarray], tap: SampledTap, rows: int, length: int, start: int
@@ -290,7 +304,9 @@ def _split(outputs: dict[str, np.ndarray], tap: SampledTap, rows: int, length: i
     hi_rows, lo_rows, sample = outputs[tap.hi_rows], outputs[tap.lo_rows], outputs[tap.sample]
     if not (np.isfinite(hi_rows).all() and np.isfinite(lo_rows).all() and np.isfinite(sample).all()):
         return None
-    fresh = ~np.isin(lo_index, hi_index)  # a row among both the largest maxima and the smallest minima counts once
+    in_hi = np.zeros(rows, bool)
+    in_hi[hi_index] = True
+    fresh = ~in_hi[lo_index]  # a row among both the largest maxima and the smallest minima counts once
     exact = np.concatenate([hi_rows.ravel(), lo_rows[fresh].ravel()])
     selected = np.concatenate([hi_index.ravel(), lo_index[fresh].ravel()]).astype(np.int64)
     first = -((start - selected * length) // tap.stride)  # ceil((r L - start) / stride)

@@ -250,14 +250,13 @@ class _SampledTaps:
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> None:
         for chunk in split_batches([feeds], self.limit):
-            parts = self.stats(chunk)
             for name, observer in self.observers.items():
                 if name in chunk:
                     observer.update(chunk[name])
-                else:
-                    part = parts[name]
-                    observer.update(part.exact)
-                    observer.update(part.sample, part.weight)
+            for parts in list(self.stats.pieces(chunk)):  # runs of a few samples (SampledStats.run_samples), then numpy
+                for name, part in parts.items():
+                    self.observers[name].update(part.exact)
+                    self.observers[name].update(part.sample, part.weight)
 
 
 class _TensorTaps(_SampledTaps):
