@@ -184,6 +184,7 @@ def _optimized(model: ir.Model, folder: Path, source: str) -> _Optimized:
     # weights go to a side file: the analysis reads the graph only
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "64")
+    options.add_session_config_entry("session.disable_prepacking", "1")  # the analysis runs nothing
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
