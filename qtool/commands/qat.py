@@ -45,6 +45,21 @@ class QatOptions(DataOptions):
                                "of --block-layers layers trained in turn to match the float model's tensors at its end "
                                "(BRECQ / AdaScale style: less memory; --epochs per block).", choices=("full", "blocks"))
     block_layers: int = option(4, "--mode blocks: Conv/Gemm/MatMul layers per block.", bounds=(1, None))
+    oscillation: str = option("auto", "Weights of <= 4 bits whose integers oscillate across a rounding boundary "
+                                      "(Nagel et al. 2022): freeze (iterative weight freezing: an integer that "
+                                      "oscillates more often than --freeze-threshold per step stays at its recent "
+                                      "average), dampen (a loss term pulling weights to their bin centres, weighted "
+                                      "up to --dampen-weight), off; auto: freeze when some weight has <= 4 bits.",
+                              choices=("auto", "freeze", "dampen", "off"))
+    freeze_threshold: float = option(0.01, "--oscillation freeze: the final oscillation frequency (per step, moving "
+                                           "average) above which an integer is frozen; it falls from 0.1 along a "
+                                           "cosine.", bounds=(1e-6, 1.0))
+    dampen_weight: float = option(0.1, "--oscillation dampen: the final weight of the dampening term (0 for the "
+                                       "first quarter of the steps, then a cosine up to it).", bounds=(0, None))
+    bn_reestimate: int = option(0, "After training, re-estimate the folded BatchNorms' mean on N batches of --data: "
+                                   "each folded layer's bias shifted so its quantized output averages the BN's "
+                                   "beta (docs/qat.md); kept only if the evaluation SQNR rises. 0: off.",
+                                bounds=(0, None))
     resume: bool = option(False, "Continue an interrupted run from PREFIX.qat-checkpoint.pt, which every epoch "
                                  "writes (and a finished run removes); --epochs may be raised to train on.")
     config: str = option("default", "Runtime config whose fixed ranges (encoding_constraints) stay fixed with "
@@ -115,7 +130,8 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
     plan = build_plan(graph, load_config(options.config), PlanOptions())
     fixed = frozenset(name for name, tensor in plan.all().items() if tensor.fixed_range is not None)
     params = TrainParams(options.epochs, options.lr, options.range_lr, options.lr_step, loss, options.temperature,
-                         seed=options.seed)
+                         seed=options.seed, oscillation=options.oscillation, freeze_threshold=options.freeze_threshold,
+                         dampen_weight=options.dampen_weight)
     bar_ = progress("qat", unit="epochs")
     bar_(0, options.epochs)
     result = train_pair(graph, encodings, lambda: (_labelled(b, labels) for b in data.batches(options.batch_size)),
@@ -123,7 +139,9 @@ def qat_model(graph, encodings, options: QatOptions, source: str = "model", prog
                         params, learn_ranges=options.range_learning, fixed=fixed, source=source, progress=bar_.detail,
                         reference=load_model(options.reference) if options.reference else None,
                         checkpoint=checkpoint, resume=options.resume, mode=options.mode,
-                        layers_per_block=options.block_layers, user_loss=user_loss)
+                        layers_per_block=options.block_layers, user_loss=user_loss,
+                        steps_per_epoch=data.batch_count(options.batch_size) if options.oscillation != "off" else None,
+                        bn_batches=options.bn_reestimate)
     if not result.diverged:
         bar_(options.epochs, options.epochs)
     return result
@@ -183,12 +201,17 @@ def qat_report(result) -> Report:
     summary = {"seconds": round(training.seconds, 2), "device": result.device, "mode": result.mode,
                "steps": training.steps,
                "best_epoch": training.best_epoch,
+               **({"bn_reestimation": training.bn_reestimation} if training.bn_reestimation else {}),
                "epochs": [{"epoch": r.epoch, "loss": r.loss, "eval_sqnr_db": round(r.eval_sqnr_db, 3),
-                           "seconds": round(r.seconds, 2)} for r in training.history]}
+                           "seconds": round(r.seconds, 2),
+                           **({"oscillations_per_step": round(r.oscillations, 2), "frozen": r.frozen}
+                              if r.oscillations is not None else {})} for r in training.history]}
     first, best = training.history[0], training.best
     unit = "block" if result.mode == "blocks" else "epoch"
     lines = [f"qat: {len(training.history) - 1} {unit}(s), {training.steps} steps in {training.seconds:.1f}s on "
              f"{result.device}: eval SQNR {first.eval_sqnr_db:.2f} dB (PTQ) -> {best.eval_sqnr_db:.2f} dB "
              f"({unit} {best.epoch}, kept)", *[f"  {note}" for note in result.notes]]
-    lines += [f"  {unit} {r.epoch}: loss {r.loss:.4g}, eval SQNR {r.eval_sqnr_db:.2f} dB" for r in training.history[1:]]
+    lines += [f"  {unit} {r.epoch}: loss {r.loss:.4g}, eval SQNR {r.eval_sqnr_db:.2f} dB" +
+              (f", {r.oscillations:.1f} oscillations/step, {r.frozen} frozen" if r.oscillations is not None else "")
+              for r in training.history[1:]]
     return Report(summary, lines)

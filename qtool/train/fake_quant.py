@@ -51,6 +51,7 @@ class FakeQuant(torch.nn.Module):
         self.frozen = enc.frozen
         self.learn = learn and not enc.is_float
         self.qmax = float(enc.qmax) if not enc.is_float else 0.0
+        self.oscillation = None  # a qtool.train.oscillation.Tracker of the integers, for low-bit weights
         scale = torch.from_numpy(np.array(enc.scale, np.float32))
         offset = torch.from_numpy(np.array(enc.offset, np.float32))
         if self.learn:
@@ -81,7 +82,14 @@ class FakeQuant(torch.nn.Module):
             offset = round_ste(_ScaleGrad.apply(offset, factor)) if isinstance(offset, torch.nn.Parameter) else offset
         scale, offset = self._shaped(scale, x), self._shaped(offset, x)
         grid = torch.clamp(round_ste(x / scale) - offset, 0.0, self.qmax)
+        if self.oscillation is not None:
+            grid = self.oscillation(grid)
         return (grid + offset) * scale
+
+    def grid_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) as the forward uses them on `x` (shaped to broadcast), without gradient."""
+        offset = torch.round(self.offset) if isinstance(self.offset, torch.nn.Parameter) else self.offset
+        return self._shaped(self.scale.detach(), x), self._shaped(offset.detach(), x)
 
     def encoding(self) -> Encoding:
         """The encoding this quantizer computes now (offset rounded, as the forward uses it)."""

@@ -35,6 +35,7 @@ import torch
 from qtool.errors import QtoolError
 from qtool.files.atomic import atomic_write_bytes
 from qtool.train import losses
+from qtool.train.oscillation import Oscillations
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class TrainParams:
     temperature: float = 1.0
     max_scale_change: float = 1e3
     seed: int = 0
+    oscillation: str = "auto"  # qtool.train.oscillation: auto, freeze, dampen, off
+    freeze_threshold: float = 0.01
+    dampen_weight: float = 0.1
 
 
 @dataclass
@@ -59,6 +63,8 @@ class EpochRecord:
     loss: float | None
     eval_sqnr_db: float
     seconds: float
+    oscillations: float | None = None  # low-bit weight integers that oscillated, per step (mean over the epoch)
+    frozen: int | None = None  # integers frozen at the end of the epoch (--oscillation freeze)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class TrainResult:
     best_epoch: int = 0
     steps: int = 0
     seconds: float = 0.0
+    bn_reestimation: dict | None = None  # qtool.train.run: what --bn-reestimate did
 
     @property
     def best(self) -> EpochRecord:
@@ -103,6 +110,8 @@ class Trainer:
         self.initial_scales = {k: q.scale.detach().clone() for k, q in student.quantizers.items()
                                if isinstance(q.scale, torch.nn.Parameter)}
         self.teacher.requires_grad_(False)
+        self.oscillations = Oscillations(student, params.oscillation, params.freeze_threshold, params.dampen_weight)
+        self.total_steps: int | None = None  # steps of the whole run, for the oscillation schedules
 
     def evaluate(self, feeds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> float:
         """Mean over float outputs of the pooled SQNR (dB) of the student against the teacher."""
@@ -191,20 +200,25 @@ class Trainer:
             self.best_state = copy.deepcopy(self.student.state_dict())
             log.info("qat: epoch 0 (PTQ): eval SQNR %.2f dB", result.history[0].eval_sqnr_db)
         for epoch in range(done + 1, self.params.epochs + 1):
-            epoch_start, total, count = time.perf_counter(), 0.0, 0
+            epoch_start, total, count, oscillated = time.perf_counter(), 0.0, 0, 0
             for step, batch in enumerate(batches(), 1):
                 labels = batch.pop(LABELS, None)
                 inputs = to_torch(batch, self.device)
                 with torch.no_grad():
                     target = self.teacher(inputs)
                 labels = None if labels is None else torch.from_numpy(labels.astype(np.int64)).to(self.device)
-                value = self.step(self.objective(self.student(inputs), target, labels),
-                                  f"epoch {epoch}, step {step}", result)
-                total, count = total + value, count + 1
+                self.oscillations.schedule(result.steps / self.total_steps if self.total_steps
+                                           else (epoch - 1) / self.params.epochs)
+                loss = self.objective(self.student(inputs), target, labels)
+                penalty = self.oscillations.penalty()
+                value = self.step(loss if penalty is None else loss + penalty, f"epoch {epoch}, step {step}", result)
+                total, count, oscillated = total + value, count + 1, oscillated + self.oscillations.oscillated()
                 progress(f"epoch {epoch}/{self.params.epochs} step {step}, loss {total / count:.4g}")
             self.schedule.step()
             record = EpochRecord(epoch, total / max(count, 1), self.evaluate(feeds, targets),
                                  time.perf_counter() - epoch_start)
+            if self.oscillations.active:
+                record.oscillations, record.frozen = oscillated / max(count, 1), self.oscillations.frozen()
             result.history.append(record)
             if record.eval_sqnr_db > result.best.eval_sqnr_db:
                 result.best_epoch, self.best_state = epoch, copy.deepcopy(self.student.state_dict())
