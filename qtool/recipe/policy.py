@@ -3,8 +3,9 @@
 A recipe often arrives with a model from someone else, and `qtool run` must be safe to point at
 it. So, unless the user allows more on the command line:
 - no step option may name Python code (`metric: file.py:function` or `module:function`, qat's
-  `loss: file.py:function`): `--allow-code`. Built-in metric and loss names stay allowed. Allowed code files resolve against the
-  recipe's folder, and the runner hashes their content into the step's key;
+  `loss: file.py:function`): `--allow-code`. Built-in metric and loss names stay allowed.
+  Allowed code files resolve against the recipe's folder, and the runner hashes their content
+  into the step's key;
 - every path the recipe writes stays inside its `output:` folder (`..`, absolute paths and
   symlinks that lead out are refused): `--allow-outside`. A file-name stem (`export.prefix`)
   is a name, never a path, whatever the flags;
