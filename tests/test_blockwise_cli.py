@@ -130,3 +130,14 @@ def test_encodings_of_another_model_are_refused(work, capsys, tmp_path):
     code, _, err = run_main(["simulate", tmp_path / "m.onnx", "--encodings", work / "rtn.encodings.json",
                              "--data", "random"], capsys)
     assert code == 2 and err.count("\n") == 1 and "'w1'" in err and "need (3, 96) scales, not (2, 96)" in err, err
+
+
+@pytest.mark.parametrize("command", ["bias-correct", "adaround", "analyze"])
+def test_commands_that_do_not_take_block_pairs_say_so(work, capsys, command):
+    if not (work / "rtn.onnx").exists():
+        run_main(["calibrate", work / "m.onnx", "--data", work / "d.npz", *BLOCKS, "-o", work / "rtn"], capsys)
+    extra = ["--encodings", work / "rtn.encodings.json"] if command == "adaround" else []
+    code, out, err = run_main([command, work / "rtn.onnx", *extra, "--data", work / "d.npz", "-o",
+                               work / f"no_{command}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"'w1' has a per-block encoding, which {command} does not" in err
+    assert not list(work.glob(f"no_{command}*"))

@@ -49,7 +49,10 @@ def adaround(model: str | os.PathLike, output: str | os.PathLike, options: Adaro
     from qtool.ir.graph import load_model, save_model
 
     graph = load_model(model)
-    start = (lambda: load_pair(model, options.encodings)[1:]) if options.encodings else None
+    from qtool.commands.blockwise import refuse_block_pair
+
+    start = (lambda: refuse_block_pair(load_pair(model, options.encodings), "adaround")[1:]) if options.encodings \
+        else None
     result, encodings = adaround_model(graph, options, start, f"{model} (calibrated)", progress)
     prefix = output_prefix(output)
     with StagedOutputs() as out:

@@ -35,7 +35,10 @@ def analyze(model: str | os.PathLike, output: str | os.PathLike, options: Analyz
 
     sibling = Path(model).with_suffix("").as_posix() + ".encodings.json"
     encodings = options.encodings or (sibling if Path(sibling).exists() else None)
-    report = analyze_model(load_model(model), options, lambda: load_pair(model, encodings) if encodings else None,
+    from qtool.commands.blockwise import refuse_block_pair
+
+    report = analyze_model(load_model(model), options,
+                           lambda: refuse_block_pair(load_pair(model, encodings), "analyze") if encodings else None,
                            str(model), progress)
     return write_analysis(report, output, str(model), options.write_overrides)
 

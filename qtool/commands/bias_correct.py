@@ -42,7 +42,9 @@ def bias_correct(model: str | os.PathLike, output: str | os.PathLike, options: B
     from qtool.ir.graph import save_model
 
     check_bias_options(options)
-    graph, enc_set, enc_source = load_pair(model, options.encodings)
+    from qtool.commands.blockwise import refuse_block_pair
+
+    graph, enc_set, enc_source = refuse_block_pair(load_pair(model, options.encodings), "bias-correct")
     result = bias_correct_model(graph, enc_set, enc_source, options, progress)
     prefix = output_prefix(output)
     with StagedOutputs() as out:

@@ -46,6 +46,19 @@ def check_block_options(options: BlockOptions, output, encoding_version: str) ->
                          "give -o PREFIX (the input model is never modified)")
 
 
+def refuse_block_pair(pair: tuple, command: str) -> tuple:
+    """`pair` (model, encodings, source) from `load_pair`, or one line when its encodings are per
+    block: only simulate and export take those (docs/blockwise.md)."""
+    from qtool.quant.blockwise import BlockEncoding
+
+    name = next((n for n, e in pair[1].params.items() if isinstance(e, BlockEncoding)), None)
+    if name is not None:
+        raise QtoolError(f"{pair[2]}: '{name}' has a per-block encoding, which {command} does not take",
+                         "simulate and export take block-wise pairs; calibrate --weight-rounding gptq "
+                         "is their error-compensating rounding")
+    return pair
+
+
 def apply_block_options(graph, encodings, options: BlockOptions, batches, progress) -> tuple:
     """(model, encodings, Report of what changed) after the block and GPTQ options; the model is
     `graph` itself unless GPTQ changed weights."""

@@ -85,7 +85,9 @@ def qat(model: str | os.PathLike, output: str | os.PathLike, options: QatOptions
     from qtool.train import require_torch
 
     require_torch()
-    graph, encodings, source = load_pair(model, options.encodings)
+    from qtool.commands.blockwise import refuse_block_pair
+
+    graph, encodings, source = refuse_block_pair(load_pair(model, options.encodings), "qat")
     prefix = output_prefix(output)
     checkpoint = Path(f"{prefix}.qat-checkpoint.pt")
     if options.resume and options.mode == "blocks":

@@ -30,8 +30,9 @@ What the formats cannot hold:
   AIMET's affine readers look up the keys they need and ignore others, but its float reader
   compares the whole entry with the float16 template, so float entries never carry it (a float
   cast has nothing calibrated to freeze anyway).
-* Per-block / LPBQ / vector encodings and fractional zero points have no place in
-  :class:`Encoding`; reading them is a QtoolError rather than a silent approximation.
+* Per-block and LPBQ encodings are `qtool.quant.blockwise.BlockEncoding`s, written and read in
+  2.0.0 only (`qtool.encodings.blocks`); vector encodings and fractional zero points have no
+  place in :class:`Encoding`: reading them is a QtoolError rather than a silent approximation.
 """
 
 from __future__ import annotations
