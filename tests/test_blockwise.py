@@ -97,11 +97,12 @@ def test_onnxruntime_dequantize_with_block_size_equals_numpy(bw, symmetric, k):
     np.testing.assert_allclose(_run(qdq, x), x @ quantize_dequantize_blocks(weights, enc), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("bw, symmetric, gemm", [(4, True, False), (4, False, False), (8, True, False), (4, True, True)])
-def test_matmulnbits_equals_the_dequantize_form(bw, symmetric, gemm):
+@pytest.mark.parametrize("bw, symmetric, gemm, k", [(4, True, False, 96), (4, False, False, 96), (8, True, False, 96),
+                                                    (4, True, True, 96), (4, False, False, 80), (4, True, True, 80)])
+def test_matmulnbits_equals_the_dequantize_form(bw, symmetric, gemm, k):
     rng = np.random.default_rng(7)
-    weights = rng.standard_normal((96, 40)).astype(np.float32)
-    x = rng.standard_normal((6, 96)).astype(np.float32)
+    weights = rng.standard_normal((k, 40)).astype(np.float32)  # k = 80: a last block of 16 (padded)
+    x = rng.standard_normal((6, k)).astype(np.float32)
     enc = encode_blocks(weights.T.copy() if gemm else weights, 1 if gemm else 0, 32, bw, symmetric)
     model = _matmul_model(weights, gemm=gemm)
     dq = build_qdq_model(model, EncodingSet(params={"w": enc}))
