@@ -103,7 +103,7 @@ def test_a_recipe_names_a_loss_file_only_with_allow_code(work, capsys, tmp_path)
 
 
 def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(work, capsys, tmp_path):
-    code, out, err = _qat(work, capsys, tmp_path / "q", "--epochs", "3", "--loss",
+    code, out, err = _qat(work, capsys, tmp_path / "q", "--epochs", "2", "--loss",
                           f"{work / 'losses.py'}:nan_in_epoch_2")
     lines = [line for line in err.strip().splitlines() if line.startswith("qtool: error: ")]  # (and progress)
     assert code == 2 and len(lines) == 1 and err.strip().endswith(lines[0]) and "Traceback" not in err, err

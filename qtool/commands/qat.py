@@ -156,7 +156,7 @@ def _user_loss(options: QatOptions):
     from qtool.train import user_loss
 
     if not user_loss.is_user_loss(options.loss):
-        if options.loss is not None and options.loss not in LOSSES:
+        if options.loss is not None and options.loss.lower() not in LOSSES:
             raise QtoolError(f"--loss {options.loss}: expected one of {', '.join(LOSSES)} or file.py:function")
         return None
     if options.mode == "blocks":
@@ -171,7 +171,8 @@ def _loss_and_labels(graph, data, options: QatOptions):
     from qtool.commands.inputs import load_labels
     from qtool.errors import QtoolError
 
-    loss = options.loss or ("ce" if options.labels is not None else "kd")
+    loss = options.loss if options.loss and ":" in options.loss else (options.loss or "").lower()
+    loss = loss or ("ce" if options.labels is not None else "kd")
     if options.labels is None:
         if loss == "ce":
             raise QtoolError("--loss ce: needs --labels (one class id per --data sample)", "or use --loss kd")
