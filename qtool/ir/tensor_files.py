@@ -25,6 +25,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -164,7 +165,17 @@ def spill(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
         for chunk in tensor_chunks(tensor):
             handle.write(chunk)
             length += len(chunk)
-    return read_tensor(external_stand_in(tensor, location, 0, length, folder))
+    spilled = read_tensor(external_stand_in(tensor, location, 0, length, folder))
+    # the file goes with the last reference to it (a session that mapped it keeps its map)
+    weakref.finalize(spilled, _remove, os.path.join(folder, location))
+    return spilled
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def spill_large(model: ir.Model) -> None:
