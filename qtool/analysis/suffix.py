@@ -6,8 +6,9 @@ the first node that reads a toggled selector computes exactly what it computes u
 so its outputs can be taken from a run of the base and only the rest of the graph run: on
 average about half the model per run instead of all of it.
 
-The model is cut at a few positions (`CUTS`, spread over the nodes where quantizer chains
-start). For a cut, the *boundary* is every value computed before it and read at or after it
+The model is cut at a few positions (`CUTS`) among the nodes where quantizer chains start,
+placed where they waste least (the work of the nodes between a run's cut and its first change,
+summed over the quantizers, from a rough count of each node's multiply-adds). For a cut, the *boundary* is every value computed before it and read at or after it
 (by a node or by a subgraph that captures it) or a graph output; the *suffix* is the graph from
 the boundary to the outputs (``onnx_ir.convenience.extract``), one onnxruntime session per cut.
 A base's run keeps its boundary values per batch (in a Spill: RAM, then disk). A setting runs
@@ -77,10 +78,13 @@ class SuffixPlan:
         for value in graph.outputs:
             last_read[value] = len(order)
         self.selector_inputs = set(selector_of)
+        starts = sorted(set(self.start.values()) - {0})
+        weights = [sum(1 for p in self.start.values() if p == at) for at in starts]
+        before = np.concatenate([[0.0], np.cumsum([_cost(node) for node in order])])  # cost of the nodes before i
         self.cuts: list[int] = []
         self.boundary: dict[int, list[str]] = {}  # cut -> values computed before it, read after
         self.data_inputs: dict[int, list[str]] = {}  # cut -> graph inputs (not selectors) read after it
-        for cut in _spread(sorted(set(self.start.values()) - {0}), cuts):
+        for cut in _place(starts, weights, before, cuts):
             crossing = [v for v, at in produced.items() if at < cut and last_read.get(v, -2) >= cut and v in dynamic]
             computed = [v for v in crossing if produced[v] >= 0]
             if any(v.dtype is None for v in computed):  # a tap needs its type
@@ -109,11 +113,45 @@ class SuffixPlan:
         return ir.Model(suffix, ir_version=model.ir_version, functions=model.functions.values())
 
 
-def _spread(positions: list[int], count: int) -> list[int]:
-    """`count` of the positions, evenly spaced by rank (all of them when there are fewer)."""
-    if len(positions) <= count:
+def _cost(node: ir.Node) -> float:
+    """A node's work, roughly: its output's elements (symbolic dims as 1), times the weight's
+    elements per output channel for a layer (multiply-adds). Only the ratios matter."""
+    shape = node.outputs[0].shape if node.outputs else None
+    size = float(np.prod([d if isinstance(d, int) else 1 for d in shape])) if shape is not None else 1.0
+    layer = node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    if layer and len(node.inputs) > 1 and node.inputs[1] is not None:
+        weight = node.inputs[1].shape
+        if weight is not None and all(isinstance(d, int) for d in weight) and len(weight) >= 2:
+            size *= float(np.prod(weight)) / max(weight[0] if node.op_type != "MatMul" else weight[-1], 1)
+    return max(size, 1.0)
+
+
+def _place(positions: list[int], weights: list[int], before: np.ndarray, count: int) -> list[int]:
+    """`count` cuts among `positions` (where quantizers start, `weights` of them at each) that
+    waste least: a run starting at p from the cut c <= p runs the nodes between c and p for
+    nothing, `before[p] - before[c]`; summed over the starts, minimised exactly (dynamic
+    programming over the sorted positions; the cut at 0, the whole model, is always there)."""
+    n = len(positions)
+    if n <= count:
         return positions
-    return sorted({positions[(len(positions) * (k + 1)) // (count + 1)] for k in range(count)})
+    at = np.array([before[p] for p in positions])
+    w = np.array(weights, dtype=np.float64)
+    prefix_w, prefix_wc = np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(w * at)])
+    best = np.full((count + 1, n), np.inf)  # [k, i]: least waste of the starts before i, k cuts, the last at i
+    back = np.full((count + 1, n), -1)
+    best[1] = prefix_wc[:n]  # one cut: the starts before it run from the top (cost 0 before them)
+    for k in range(2, count + 1):
+        for i in range(1, n):
+            j = np.arange(i)  # the previous cut; the starts j..i-1 run from it
+            values = best[k - 1, :i] + (prefix_wc[i] - prefix_wc[j]) - at[j] * (prefix_w[i] - prefix_w[j])
+            back[k, i] = int(np.argmin(values))
+            best[k, i] = values[back[k, i]]
+    total = best[count] + (prefix_wc[n] - prefix_wc[:n]) - at * (prefix_w[n] - prefix_w[:n])
+    last, chosen = int(np.argmin(total)), []
+    for k in range(count, 0, -1):
+        chosen.append(positions[last])
+        last = int(back[k, last])
+    return sorted(chosen)
 
 
 class BaseCache:
