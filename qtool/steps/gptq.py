@@ -54,12 +54,13 @@ class GptqResult:
 
 def _layers(model: ir.Model, encodings: EncodingSet) -> list[tuple[ir.Node, int]]:
     """(layer, reduction axis of its weight) in graph order; unnamed layers get a name."""
-    chosen = []
+    chosen, seen = [], set()
     for index, node in enumerate(model.graph):
         axis = reduction_axis(node) if node.op_type in ("MatMul", "Gemm") else None
         enc = encodings.params.get(node.inputs[1].name) if axis is not None else None
-        if enc is None or enc.is_float or enc.frozen or enc.bw > 16:
-            continue
+        if enc is None or enc.is_float or enc.frozen or enc.bw > 16 or node.inputs[1].name in seen:
+            continue  # a weight shared by two layers is rounded for the first
+        seen.add(node.inputs[1].name)
         if not node.name:
             node.name = f"qtool_layer_{index}_{node.op_type}"
         chosen.append((node, axis))
