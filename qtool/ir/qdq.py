@@ -113,8 +113,10 @@ def _stored_integers(weights: np.ndarray, enc: Encoding) -> np.ndarray:
     """The weight's grid integers in the 8-bit container DequantizeLinear reads."""
     dtype, _ = _container(enc, 8)
     grid = quantize(weights, enc)  # unsigned grid, float32 holding integers
-    stored = grid + enc.offset.reshape(_axis_shape(enc, weights.ndim)) if dtype.kind == "i" else grid
-    return stored.astype(dtype)
+    if dtype.kind == "i":  # in float32 (exact: integers below 2^24), not float64 through the int64 offset
+        grid = np.add(grid, enc.offset.reshape(_axis_shape(enc, weights.ndim)).astype(np.float32), out=grid
+                      if isinstance(grid, np.ndarray) and grid.ndim else None)
+    return grid.astype(dtype)
 
 
 def requantize_param(qdq: ir.Model, consumer: ir.Node, index: int, weights: np.ndarray, enc: Encoding) -> None:
