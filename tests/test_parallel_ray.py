@@ -15,8 +15,6 @@ from parallel_models import conv_pad_model, images
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'qtool[ray]'): --executor ray untested")
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def cluster():
