@@ -66,17 +66,22 @@ def analyze(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str,
     """The report (a JSON-able dict; report_html.py renders it)."""
     start = time.perf_counter()
     all_encodings = {**encodings.activations, **encodings.params}
-    switchable = build_switchable(model, {name: [enc] for name, enc in all_encodings.items()}, source=source)
+    # one switchable model for the sensitivity runs (selector 0 float, 1 quantized) and the
+    # suggestions (2: the fix): one set of sessions and cached activations, and the suggestions'
+    # first exclusion trials are the sensitivity runs' own (read from the memo)
+    fixes = {name: fix for name, enc in all_encodings.items() if (fix := fix_encoding(model, name, enc)) is not None}
+    switchable = build_switchable(
+        model, {name: [enc] + ([fixes[name][0]] if name in fixes else []) for name, enc in all_encodings.items()},
+        source=source)
     evaluator = Evaluator(model, switchable, batches, options.metric, labels, options.jobs, options.executor)
     try:
-        return _analyze(model, encodings, options, labels, progress, source, model_path, start, switchable,
-                        evaluator, all_encodings)
+        return _analyze(model, encodings, options, labels, progress, source, model_path, start, evaluator, fixes)
     finally:
         evaluator.close()  # its sessions, and the files spilled beyond QTOOL_ANALYSIS_MB
 
 
-def _analyze(model, encodings, options, labels, progress, source, model_path, start, switchable, evaluator,
-             all_encodings) -> dict:
+def _analyze(model, encodings, options, labels, progress, source, model_path, start, evaluator, fixes) -> dict:
+    switchable = evaluator.switchable
     groups = [g for g in quantizer_groups(model, encodings) if set(g.quantizers) & set(switchable.selectors)]
 
     log.info("analyze: %d quantizers in %d groups, %d samples; FP32 sanity and weights/activations split",
@@ -88,17 +93,10 @@ def _analyze(model, encodings, options, labels, progress, source, model_path, st
     by_name = {g.name: g for g in groups}
     worst = [by_name[row["group"]] for row in sensitivity if row["level"] == "node"][: options.worst]
     layer_sqnr, statistics = _tensor_views(model, encodings, evaluator, switchable, groups, worst)
-    fixes = {name: fix for name, enc in all_encodings.items() if (fix := fix_encoding(model, name, enc)) is not None}
-    fix_switchable = build_switchable(
-        model, {name: [enc] + ([fixes[name][0]] if name in fixes else []) for name, enc in all_encodings.items()},
-        source=source)
-    fix_evaluator = Evaluator(model, fix_switchable, evaluator.batches, options.metric, labels, 1,
-                              reference=evaluator.reference, spill=evaluator.spill)  # the float outputs once
     coarse = {block.name: block for block, _ in blocks(model, groups)}
     pool = _suggestion_pool(sensitivity, by_name, coarse, options.pool)
     log.info("analyze: suggestions from %d candidates (%.0fs so far)", len(pool), time.perf_counter() - start)
-    suggestions = _suggest(fix_evaluator, pool, fixes, summary, sensitivity, options, encodings)
-    fix_evaluator.drop()
+    suggestions = _suggest(evaluator, pool, fixes, summary, sensitivity, options, encodings)
     return _without_sentinels({
         "model": model_path, "encodings": source, "qtool_version": __version__,
         "metric": {"name": options.metric.name, "unit": options.metric.unit, "higher_is_better": True},
