@@ -21,8 +21,11 @@ from qtool.ir.graph import load_model
 from qtool.parallel.executor import LocalExecutor
 from qtool.plan.build import PlanOptions, build_plan
 from qtool.plan.config import load_config
-from qtool.steps.calibrate import CalibrateOptions, calibrate
-from qtool.steps.calibrate_shards import sharded, split_shards
+from qtool.progress import no_progress
+from qtool.quant.observers import make_observer
+from qtool.runtime import stats_graph
+from qtool.steps.calibrate import OVERSAMPLE, CalibrateOptions, _observe, calibrate
+from qtool.steps.calibrate_shards import observe_shards, sharded, split_shards
 
 
 class Counting(LocalExecutor):
@@ -63,7 +66,8 @@ def test_shards_give_the_one_process_encodings_byte_for_byte(conv, scheme, exact
     executor = Counting(3)
     shards = _encodings_bytes(calibrate(model, plan, batches, options, observe=sharded(executor)), folder / "3.json")
     assert shards == one
-    assert executor.rounds and all(n == 3 for n in executor.rounds)  # cut into 3, no shard run twice
+    # 3 shards a pass (exact: a min-max pass first; auto: its 8 held-out samples are one batch, in process)
+    assert executor.rounds == [3] * (2 if exact else 1)  # and no shard ran twice
 
 
 def test_a_shard_whose_place_was_guessed_wrong_runs_again(tmp_path):
@@ -79,6 +83,33 @@ def test_a_shard_whose_place_was_guessed_wrong_runs_again(tmp_path):
                               tmp_path / "4.json")
     assert shards == one
     assert executor.rounds == [4, 2]  # the two shards after the change of shape, once more
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_shards_merge_into_the_one_process_histograms(tmp_path, monkeypatch, dynamic):
+    """The state itself, not only the encodings (a range search forgives small differences):
+    every histogram bin, the grid and the exact range equal the one-process run's, with batches
+    run in pieces (runs of 2 samples after the stream's first sample alone) and, with `dynamic`,
+    a change of shape that makes later shards measure other run sizes and places."""
+    monkeypatch.setattr(stats_graph, "RUN_BYTES", 3 << 20)  # 3 MB: 2 samples of 64x64 a run, 1 of 80x80
+    model = load_model(conv_pad_model(tmp_path / "m.onnx", dynamic=dynamic))
+    x = images(32)
+    sizes = [64, 80] if dynamic else [64, 64]
+    batches = [{"input": images(8, size, seed=i)} for i, size in enumerate(sizes * 2)] if dynamic else \
+        [{"input": x[i:i + 8]} for i in range(0, 32, 8)]
+
+    def observers():
+        return {name: make_observer("sqnr", oversample=OVERSAMPLE) for name in ("input", "c1", "r1", "p1", "c2", "r2")}
+
+    one, many, executor = observers(), observers(), Counting(4)
+    assert _observe(model, one, batches, None, no_progress, "sampled") == 32
+    assert observe_shards(executor, model, many, batches, None, no_progress, "sampled") == 32
+    for name in one:
+        a, b = one[name], many[name]
+        a._dyadic.flush()
+        assert (a._min, a._max, a._dyadic.e, a._dyadic.k0) == (b._min, b._max, b._dyadic.e, b._dyadic.k0), name
+        assert np.array_equal(a._dyadic.counts, b._dyadic.counts), name
+    assert executor.rounds == ([4, 3] if dynamic else [4])
 
 
 def test_shards_hold_whole_batches_in_order():

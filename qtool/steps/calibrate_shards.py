@@ -18,7 +18,9 @@ exact and does not depend on where the data was cut:
   (runtime/stats_graph.py); a shard starts its stream where the shards before it end. It learns
   that place from one sample (values per sample x samples before it); the tasks report the
   values they saw, and a shard whose data changed shape on the way (a guess that turns out
-  wrong) runs again from the exact place, so the result is exact in every case;
+  wrong) runs again from the exact place, so the result is exact in every case. The same holds
+  for the size of the statistics runs (SampledStats.run_samples, measured on the stream's first
+  sample): a shard takes shard 0's, and one that measured another runs again with it;
 * a Pad output's histogram is its input's plus the pad count per sample (steps/calibrate_pads.py):
   per shard, the counts of the shards add up to the one-pass count.
 """
@@ -40,6 +42,7 @@ from qtool.runtime.sessions import model_source
 from qtool.steps.calibrate import _observe
 
 Observe = Callable[..., int]  # the signature of steps.calibrate._observe
+RUN_SAMPLES = " run_samples"  # in a shard's place, beside the tensor names: the statistics runs' size
 
 
 def sharded(executor: Executor) -> Observe:
@@ -85,10 +88,13 @@ def observe_shards(executor: Executor, model: ir.Model, observers: dict, batches
 
     calls = [(shared, source, observers, shard, taps, before[k], None) for k, shard in enumerate(shards)]
     results = executor.map(observe_shard, calls, report)
-    # each shard's true place in the streams: the values the shards before it saw
-    places = [{}]
+    # each shard's true place in the streams: the values the shards before it saw, and the run
+    # size the stream's first sample set (shard 0 measured it as the one-process run does)
+    first = {RUN_SAMPLES: results[0][2][RUN_SAMPLES]} if results[0][2].get(RUN_SAMPLES) else {}
+    places = [first]
     for _, _, _, counts in results[:-1]:
-        places.append({name: places[-1].get(name, 0) + counts.get(name, 0) for name in {*places[-1], *counts}})
+        places.append({name: places[-1].get(name, 0) + counts.get(name, 0) for name in {*places[-1], *counts}
+                       if name != RUN_SAMPLES} | first)
     wrong = [k for k, (_, _, used, _) in enumerate(results)
              if any(used.get(name, 0) != places[k].get(name, 0) for name in {*used, *places[k]})]
     if wrong:  # the data changed shape on the way: those shards run again from their exact places
@@ -106,8 +112,9 @@ def observe_shards(executor: Executor, model: ir.Model, observers: dict, batches
 def observe_shard(model: bytes, source: str, observers: dict, batches: list[dict[str, np.ndarray]], taps: str,
                   before: int, start: dict[str, int] | None) -> tuple[dict, int, dict[str, int], dict[str, int]]:
     """A task: (the observers after this shard's batches, samples seen, the stream places it
-    started the sampled tensors at, the values of each it saw). `before`: samples of the data
-    before this shard; `start`: the exact places, when known (else found from one sample)."""
+    started the sampled tensors at and the run size it used (key RUN_SAMPLES), the values of each
+    it saw). `before`: samples of the data before this shard; `start`: the exact places and run
+    size, when known (else found from one sample, which also sets the run size)."""
     graph = from_bytes(model, source)
     observers = copy.deepcopy(observers)  # in-process executors: the caller's stay empty
     used: dict[str, int] = {}
@@ -122,11 +129,15 @@ def observe_shard(model: bytes, source: str, observers: dict, batches: list[dict
             used.update({name: before * count for name, count in stats.seen.items()})
         else:
             used.update({name: (start or {}).get(name, 0) for name in stats.seen})
+            if start is not None and start.get(RUN_SAMPLES) is not None:
+                stats.run_samples = start[RUN_SAMPLES]
         stats.seen.update(used)
         sampled.append(stats)
 
     seen = _observe(graph, observers, batches, None, lambda *_: None, taps, allow_empty=True, begin=place)
     counts = {name: value - used[name] for name, value in sampled[0].seen.items()} if sampled else {}
+    if sampled and getattr(sampled[0], "run_samples", None):
+        used[RUN_SAMPLES] = sampled[0].run_samples
     for observer in observers.values():
         dyadic = getattr(observer, "_dyadic", None)
         if dyadic is not None:
