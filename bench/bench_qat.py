@@ -113,7 +113,8 @@ def table(result: dict) -> str:
     curve = ", ".join(f"{e['eval_sqnr_db']:.2f}" for e in qat["epochs"])
     losses = ", ".join(f"{e['loss']:.4g}" for e in qat["epochs"][1:])
     ptq, trained = result["ptq_test"], result["qat_test"]
-    reused = "" if args.get("force") else " (the steps before qat reused from an identical earlier run)"
+    skipped = [t["step"] for t in result["timings"]["steps"] if t["status"] == "skipped"]
+    reused = f" ({', '.join(skipped)} reused from an identical earlier run)" if skipped else ""
     lines = [
         f"EfficientNet-Lite0, `recipes/w8a8-per-tensor-qat.yaml` with `qat.epochs={args['epochs']}`, "
         f"`qat.lr={args['lr']:g}`, `qat.batch_size={args['batch_size']}`"
