@@ -67,7 +67,8 @@ def temporary_sibling(path: Path) -> str:
     return tmp
 
 
-def _process_gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie counts as ended; another user's does not)."""
     if pid == os.getpid():
         return False
     try:
@@ -95,7 +96,7 @@ def _is_stale(entry: os.DirEntry) -> bool:
         age = time.time() - entry.stat(follow_symlinks=False).st_mtime
     except OSError:
         return False
-    return _process_gone(pid) or age > STALE_AFTER_S
+    return process_gone(pid) or age > STALE_AFTER_S
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from qtool.files.atomic import process_gone
+
 # tensors smaller than this stay inside the .onnx file (onnx's own default threshold)
 SIZE_THRESHOLD = 1024
 # a model whose weights in memory add up to more than this is handled like one read from external
@@ -149,10 +151,21 @@ def _scratch_dir() -> str:
     memory maps of them stay valid after that)."""
     folder = _scratch.get("dir")
     if folder is None:
-        folder = tempfile.mkdtemp(prefix="qtool-weights-")
+        _remove_stale_scratch()
+        folder = tempfile.mkdtemp(prefix=f"qtool-weights-{os.getpid()}-")
         _scratch["dir"], _scratch["count"] = folder, 0
         atexit.register(shutil.rmtree, folder, True)
     return str(folder)
+
+
+def _remove_stale_scratch() -> None:
+    """Scratch folders of killed runs (no exit handler ran) go when the next run starts."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        parts = name.split("-")
+        if name.startswith("qtool-weights-") and len(parts) == 4 and parts[2].isdigit() \
+                and process_gone(int(parts[2])):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def spill(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
