@@ -106,7 +106,7 @@ class SuffixPlan:
         names = [*self.boundary[cut], *self.data_inputs[cut], *sorted(self.selector_inputs)]
         suffix = ir.convenience.extract(graph, inputs=names, outputs=[v.name for v in graph.outputs])
         for value in list(suffix.inputs):
-            if not value.uses():
+            if not value.uses() and not value.is_graph_output():  # an output made before the cut passes through
                 suffix.inputs.remove(value)
             else:
                 value.shape = None
