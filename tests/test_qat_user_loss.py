@@ -113,3 +113,15 @@ def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(work, caps
     state = torch.load(tmp_path / "q.qat-checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1  # epoch 1's checkpoint is kept: the run can be resumed from there
     assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+
+
+def test_loading_a_loss_file_writes_nothing_beside_it(tmp_path, monkeypatch):
+    """The import system would leave __pycache__ in the user's folder (without PYTHONDONTWRITEBYTECODE)."""
+    import sys
+
+    from qtool.train.user_loss import load
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    (tmp_path / "my_loss.py").write_text("def f(q, t):\n    return 0\n")
+    load(f"{tmp_path / 'my_loss.py'}:f")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_loss.py"]

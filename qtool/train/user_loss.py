@@ -17,7 +17,7 @@ differentiable scalar) is a QtoolError naming the file, so the CLI prints one li
 
 from __future__ import annotations
 
-import importlib.util
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,9 +45,11 @@ def load(spec: str) -> Callable:
     if not path.is_file():
         raise QtoolError(f"{path}: no such loss file (--loss {spec})", "give the path of a Python file")
     try:
-        module_spec = importlib.util.spec_from_file_location(f"qtool_user_loss_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        # compiled here rather than through the import system, which would write a __pycache__
+        # folder beside the user's file: qtool writes nothing but its outputs
+        module = types.ModuleType(f"qtool_user_loss_{path.stem}")
+        module.__file__ = str(path)
+        exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
     except Exception as exc:  # the user's file: any error in it is theirs to fix
         raise QtoolError(f"{path}: cannot load the loss file ({type(exc).__name__}: {exc})") from None
     function = getattr(module, name, None)
