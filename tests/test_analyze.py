@@ -4,6 +4,7 @@ finds a deliberately broken layer and writes overrides that recover the model.""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +87,15 @@ def test_evaluator_scores_agree_across_processes_and_metrics_are_right(data_dir,
         load_metric("accuracy").score({"y": ref}, {"y": ref}, None)
 
 
-def test_custom_metric_from_a_file(tmp_path):
+def test_custom_metric_from_a_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as for a user without PYTHONDONTWRITEBYTECODE
     (tmp_path / "m.py").write_text("def score(outputs, reference, labels):\n    return 42.0\n")
     assert load_metric(f"{tmp_path / 'm.py'}:score").score({}, {}, None) == 42.0
     with pytest.raises(QtoolError, match="has no function"):
         load_metric(f"{tmp_path / 'm.py'}:nothing")
     with pytest.raises(QtoolError, match="expected one of"):
         load_metric("bogus")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py"]  # no __pycache__ beside the user's file
 
 
 def test_blocks_split_at_layers(data_dir, capsys):

@@ -22,7 +22,6 @@ float model's top class for `top1`. analyze ranks by it where the count cannot t
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.errors import QtoolError
+from qtool.files.user_code import run_python_file
 from qtool.metrics.comparison import channel_powers, channel_sqnr_db, sqnr_db
 
 Outputs = dict[str, np.ndarray]
@@ -205,9 +205,7 @@ def load_metric(spec: str) -> Metric:
             path = Path(module_name)
             if path.is_dir() or not path.exists():
                 raise QtoolError(f"--metric {spec}: no such file {path}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
+            module = run_python_file(path, path.stem)  # writes no __pycache__ beside it
         else:
             module = importlib.import_module(module_name)
     except QtoolError:

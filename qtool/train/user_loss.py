@@ -17,11 +17,11 @@ differentiable scalar) is a QtoolError naming the file, so the CLI prints one li
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from pathlib import Path
 
 from qtool.errors import QtoolError
+from qtool.files.user_code import run_python_file
 
 HINT = "it is called as function(quantized outputs, float outputs or labels) and returns a scalar tensor"
 
@@ -45,11 +45,7 @@ def load(spec: str) -> Callable:
     if not path.is_file():
         raise QtoolError(f"{path}: no such loss file (--loss {spec})", "give the path of a Python file")
     try:
-        # compiled here rather than through the import system, which would write a __pycache__
-        # folder beside the user's file: qtool writes nothing but its outputs
-        module = types.ModuleType(f"qtool_user_loss_{path.stem}")
-        module.__file__ = str(path)
-        exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
+        module = run_python_file(path, f"qtool_user_loss_{path.stem}")  # writes no __pycache__ beside it
     except Exception as exc:  # the user's file: any error in it is theirs to fix
         raise QtoolError(f"{path}: cannot load the loss file ({type(exc).__name__}: {exc})") from None
     function = getattr(module, name, None)
