@@ -29,8 +29,8 @@ from qtool.errors import QtoolError
 from qtool.files.atomic import (StagedOutputs, atomic_write_bytes, copies_onto_itself, copy_file_atomic, final_path,
                                 staged_companion)
 from qtool.files.output_guard import register_input
-from qtool.ir.tensor_files import (CHUNK, SIZE_THRESHOLD, external_stand_in, is_large_tensor, proto_with, released,
-                                   tensor_chunks)
+from qtool.ir.tensor_files import (CHUNK, SIZE_THRESHOLD, external_stand_in, inline_bytes, is_large_tensor, proto_with,
+                                   released, tensor_chunks)
 
 ALIGNMENT = 64  # each tensor starts at a multiple of this in the data file
 
@@ -166,7 +166,7 @@ def save_model_with_external_data(model: ir.Model, path: str | os.PathLike) -> N
     and the .onnx file gets a proto of references: no copy of the weights is built in memory."""
     large = [value for value in model.graph.initializers.values() if is_large_tensor(value.const_value)]
     if not large:  # every tensor under the threshold: one self-contained file
-        atomic_write_bytes(path, proto_with(model, {}).SerializeToString(deterministic=True))
+        atomic_write_bytes(path, inline_bytes(model))
         return
     with _pair(path) as (model_path, data_path, location):
         stand_ins = {}

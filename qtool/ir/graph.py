@@ -23,7 +23,7 @@ from qtool.files.atomic import atomic_write_bytes
 from qtool.files.output_guard import register_input
 from qtool.ir.checks import check_weights
 from qtool.ir.external_data import load_external_data, register_external_data, save_model_with_external_data
-from qtool.ir.tensor_files import initializer_values, is_large, proto_with, read_on_demand, spill
+from qtool.ir.tensor_files import initializer_values, inline_bytes, is_large, proto_with, read_on_demand, spill
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def model_to_proto(model: ir.Model) -> onnx.ModelProto:
 def model_bytes(model: ir.Model) -> bytes:
     """Serialised model, deterministic, weights inline (small models only: onnxruntime sessions
     use qtool.ir.tensor_files.session_source, which also takes models over 2 GB)."""
-    return model_to_proto(model).SerializeToString(deterministic=True)
+    return inline_bytes(model)
 
 
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:

@@ -199,12 +199,18 @@ def spill_large(model: ir.Model) -> None:
             value.const_value = spill(tensor)
 
 
+def inline_bytes(model: ir.Model) -> bytes:
+    """The model as one deterministic protobuf, every weight inline: the one route from a model
+    to bytes (onnxruntime's input for a small model, model_bytes, a small external-data save)."""
+    return proto_with(model, {}).SerializeToString(deterministic=True)
+
+
 def session_source(model: ir.Model) -> tuple[bytes, str | None]:
     """What onnxruntime loads: (serialised model, None) for a small model; for a large one, a
     proto whose large weights are external references, and the folder they are relative to
     (the deepest folder holding every data file). Spills the model's computed large weights."""
     if not is_large(model):
-        return ir.to_proto(model).SerializeToString(deterministic=True), None
+        return inline_bytes(model), None  # no external tensor: the same bytes as ir.to_proto
     spill_large(model)
     external = {value: value.const_value for value in initializer_values(model)
                 if isinstance(value.const_value, ir.ExternalTensor)}
