@@ -35,21 +35,31 @@ WORK = ROOT / "build" / "bench" / "deploy"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench_deploy.py: begin (generated, do not edit) -->", "<!-- bench_deploy.py: end -->"
 ZOO = ROOT / "build" / "bench" / "zoo"
-MODELS = {  # key: (title, folder of NAME.onnx + NAME.encodings, NAME, eval data)
-    "demo": ("PP-OCR text-orientation classifier (make demo)", ROOT / "build/recipes/ppocr_cls/quickstart/05-export",
-             "ppocr_cls", ROOT / "build/demo/cls_eval.npz"),
-    "effnet": ("EfficientNet-Lite0", ZOO / "effnet/qtool_per-channel/06-export", "efficientnet_lite0",
-               ZOO / "effnet/eval.npz"),
-    "layout": ("PicoDet layout detector", ZOO / "layout/qtool_per-channel/06-export", "layout_cdla",
-               ZOO / "layout/eval.npz"),
-    "yolo": ("YOLO-style head", ZOO / "yolo/qtool_per-channel/06-export", "yolo_head", ZOO / "yolo/eval.npz"),
-    "det": ("PP-OCRv4 text detector", ZOO / "det/qtool_per-channel/06-export", "ch_PP-OCRv4_det_infer",
-            ZOO / "det/eval.npz"),
-    "rec": ("PP-OCRv4 text recogniser", ZOO / "rec/qtool_per-channel/06-export", "ch_PP-OCRv4_rec_infer",
-            ZOO / "rec/eval.npz"),
-    "text": ("MiniLM-L3 sentence encoder", ZOO / "text/qtool_per-channel/06-export", "text_encoder", ZOO / "text/eval"),
-}
+DEMO_PAIR, DEMO_DATA = ROOT / "build/recipes/ppocr_cls/quickstart/05-export", ROOT / "build/demo"
+
+
+def models(zoo: Path = ZOO, demo_pair: Path = DEMO_PAIR, demo_data: Path = DEMO_DATA) -> dict:
+    """key: (title, folder of NAME.onnx + NAME.encodings, NAME, eval data), from the zoo benchmark's
+    work folder and the demo's pair and data folder."""
+    return {
+        "demo": ("PP-OCR text-orientation classifier (make demo)", demo_pair, "ppocr_cls", demo_data / "cls_eval.npz"),
+        "effnet": ("EfficientNet-Lite0", zoo / "effnet/qtool_per-channel/06-export", "efficientnet_lite0",
+                   zoo / "effnet/eval.npz"),
+        "layout": ("PicoDet layout detector", zoo / "layout/qtool_per-channel/06-export", "layout_cdla",
+                   zoo / "layout/eval.npz"),
+        "yolo": ("YOLO-style head", zoo / "yolo/qtool_per-channel/06-export", "yolo_head", zoo / "yolo/eval.npz"),
+        "det": ("PP-OCRv4 text detector", zoo / "det/qtool_per-channel/06-export", "ch_PP-OCRv4_det_infer",
+                zoo / "det/eval.npz"),
+        "rec": ("PP-OCRv4 text recogniser", zoo / "rec/qtool_per-channel/06-export", "ch_PP-OCRv4_rec_infer",
+                zoo / "rec/eval.npz"),
+        "text": ("MiniLM-L3 sentence encoder", zoo / "text/qtool_per-channel/06-export", "text_encoder",
+                 zoo / "text/eval"),
+    }
+
+
+MODELS = models()
 VARIANTS = {"qdq": {}, "ort-cpu float": {"target": "ort-cpu", "fused_activations": "float"},
+            "ort-cpu bounded": {"target": "ort-cpu", "fused_activations": "bounded"},
             "ort-cpu": {"target": "ort-cpu"}, "ort-cpu integer": {"target": "ort-cpu", "fused_activations": "integer"}}
 ACCURACY_SAMPLES = 32
 
@@ -97,10 +107,11 @@ def _sqnr(ref: list, test: list) -> float:
     return round(float(10 * np.log10((r ** 2).sum() / noise)), 2) if noise else float("inf")
 
 
-def _headline(key: str, ref: list, test: list, samples: list[dict]) -> tuple[str, float] | None:
-    """The zoo benchmark's own metric against float (bench/zoo_models.py), or the demo's accuracy."""
+def _headline(key: str, ref: list, test: list, samples: list[dict], data: Path) -> tuple[str, float] | None:
+    """The zoo benchmark's own metric against float (bench/zoo_models.py), or the demo's accuracy
+    (`data`: its eval file, the labels beside it)."""
     if key == "demo":
-        labels = np.load(ROOT / "build/demo/cls_labels.npy")[:len(test)]
+        labels = np.load(data.parent / "cls_labels.npy")[:len(test)]
         return "accuracy", round(float(np.mean([o[0].argmax() == label for o, label in zip(test, labels)])), 4)
     import zoo_models
 
@@ -115,23 +126,23 @@ def _headline(key: str, ref: list, test: list, samples: list[dict]) -> tuple[str
     return spec.headline, round(float(scores[spec.headline]), 4)
 
 
-def bench_model(key: str, repeat: int, batch: int) -> dict | None:
+def bench_model(key: str, repeat: int, batch: int, table: dict | None = None, work: Path = WORK) -> dict | None:
     from qtool.runtime.latency import load_average, thread_counts, time_models
 
-    title, folder, name, data = MODELS[key]
+    title, folder, name, data = (table or MODELS)[key]
     if not (folder / f"{name}.encodings").exists() or not data.exists():
         print(f"{key}: no pair at {folder} (run `make demo` / `make bench-zoo` first): skipped")
         return None
-    folder = _snapshot(folder, name, WORK / key / "pair")  # other runs may rewrite the zoo's pairs meanwhile
+    folder = _snapshot(folder, name, work / key / "pair")  # other runs may rewrite the zoo's pairs meanwhile
     samples = _samples(data)
     float_path = str(folder / f"{name}.onnx")
     reference = _outputs(float_path, samples)
     variants = {}
     for label, options in VARIANTS.items():
-        row = _export(folder, name, WORK / key / label.replace(" ", "-"), options)
+        row = _export(folder, name, work / key / label.replace(" ", "-"), options)
         outputs = _outputs(row["path"], samples)
         row["sqnr_db"] = _sqnr(reference, outputs)
-        row["metric"], row["score"] = _headline(key, reference, outputs, samples) or ("", None)
+        row["metric"], row["score"] = _headline(key, reference, outputs, samples, data) or ("", None)
         variants[label] = row
         print(f"{key} {label}: {row['kernels']}; SQNR vs float {row['sqnr_db']} dB, {row['metric']} "
               f"{row['score']}", flush=True)
@@ -182,25 +193,32 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--zoo", type=Path, default=ZOO, help="bench_zoo.py's work folder (its per-channel pairs)")
+    parser.add_argument("--demo-pair", type=Path, default=DEMO_PAIR, help="folder of the demo's exported pair")
+    parser.add_argument("--demo-data", type=Path, default=DEMO_DATA, help="folder of cls_eval.npz, cls_labels.npy")
+    parser.add_argument("--work", type=Path, default=WORK, help="where the exports and results.json go")
     args = parser.parse_args()
     keys = [key for key in args.models.split(",") if key]
     unknown = [key for key in keys if key not in MODELS]
     if unknown:
         parser.error(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
     start, load = time.time(), os.getloadavg()
-    results = {key: result for key in keys if (result := bench_model(key, args.repeat, args.batch)) is not None}
+    chosen = models(args.zoo, args.demo_pair, args.demo_data)
+    results = {key: result for key in keys
+               if (result := bench_model(key, args.repeat, args.batch, chosen, args.work)) is not None}
     text = table(results)
     print(text)
-    WORK.mkdir(parents=True, exist_ok=True)
-    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "results.json").write_text(json.dumps(results, indent=2))
     if not args.no_doc and results:
         header = (f"Generated by `bench/bench_deploy.py` (`make bench-deploy`); run {docs_page.context_line()}; "
                   f"load average {', '.join(f'{v:.2f}' for v in load)} at the start, "
                   f"{(time.time() - start) / 60:.1f} min, best of {args.repeat} interleaved runs. Accuracy against the "
                   f"float model on the first {ACCURACY_SAMPLES} eval samples (the zoo benchmark's headline metric; "
                   f"the demo: accuracy against its labels) and the SQNR of the first output. Exports: `qdq` the "
-                  f"plain export, `ort-cpu` = `--target ort-cpu` (`--fused-activations bounded`), `ort-cpu float` "
-                  f"and `ort-cpu integer` with `--fused-activations float` / `integer` (docs/deploy.md).")
+                  f"plain export, `ort-cpu` = `--target ort-cpu` (`--fused-activations auto`), `ort-cpu float`, "
+                  f"`ort-cpu bounded` and `ort-cpu integer` with `--fused-activations float` / `bounded` / "
+                  f"`integer` (docs/deploy.md).")
         docs_page.write_section(DOC, BEGIN, END, "## Deploy latency: exported models against float in onnxruntime"
                                 f"\n\n{header}\n\n{text}\n")
         print(f"wrote the generated section of {DOC}")

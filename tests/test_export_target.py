@@ -90,17 +90,18 @@ def test_pad_before_conv_is_folded_into_the_conv(tmp_path):
     assert np.abs(_run(plain) - _run(ours)).max() <= step * 1.001  # integer kernels round once: <= one step
 
 
-def test_maxpool_takes_its_input_grid_and_runs_on_uint8(tmp_path):
+def test_maxpool_stays_float_with_the_encodings_grids_and_says_why(tmp_path):
+    from qtool.ir.integer_choice import FLOAT_MAXPOOL
+
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
              helper.make_node("MaxPool", ["c1"], ["m"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
              helper.make_node("Conv", ["m", "w2", "b2"], ["y"], pads=[1] * 4, name="conv2")]
     graph = _save(tmp_path / "pool.onnx", nodes, _weights(*WEIGHTS), "y")
     plain, ours = _export(graph, tmp_path / "plain"), _export(graph, tmp_path / "ours", target="ort-cpu")
     assert _by_name(plain)["pool"].kind == "float" and "grids differ" in _by_name(plain)["pool"].reason
-    assert _by_name(ours)["pool"].kernel == "MaxPool (uint8)"
-    reference = ort.InferenceSession(str(tmp_path / "ours" / "m.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, DATA)[0]
-    assert _sqnr(reference, _run(ours)) >= _sqnr(reference, _run(plain)) - 0.1  # no requantization: not worse
+    assert _by_name(ours)["pool"].kind == "float" and _by_name(ours)["pool"].reason == FLOAT_MAXPOOL
+    assert _by_name(ours)["conv1"].kernel == _by_name(ours)["conv2"].kernel == "QLinearConv"
+    assert np.array_equal(_run(plain), _run(ours))  # the encodings' grids: the plain export's numbers
 
 
 def test_int8_grids_become_the_same_uint8_grids():
@@ -160,3 +161,74 @@ def test_plain_export_with_float_nodes_points_to_the_ort_cpu_target(hard_swish, 
     fast = qtool.export(qtool.calibrate(str(hard_swish["model"]), DATA, scheme="minmax"), str(tmp_path / "f"), prefix="m",
                         target="ort-cpu")
     assert not any("--target ort-cpu writes" in line for line in fast.lines)
+
+
+def three_hard_swish_layers(path: Path) -> Path:
+    """x -> Conv 3->64 -> Relu -> [A: Conv 64->8 1x1, m = 64] -> hard-swish -> [B: depthwise 3x3, m = 9]
+    -> hard-swish -> [C: Conv 8->8 3x3, m = 72] -> hard-swish / (6 s_c) with s_c from 1/30 to 1 (the
+    per-channel factor depthwise-input equalization leaves) -> Conv 1x1 -> y."""
+    rng = np.random.default_rng(0)
+    inits = _weights(("w0", (64, 3, 3, 3)), ("b0", (64,)), ("wa", (8, 64, 1, 1)), ("ba", (8,)),
+                     ("wb", (8, 1, 3, 3)), ("bb", (8,)), ("wc", (8, 8, 3, 3)), ("bc", (8,)), ("wy", (8, 8, 1, 1)),
+                     ("by", (8,)))
+    scales = np.geomspace(1 / 30, 1, 8).astype(np.float32)
+    rng.shuffle(scales)
+    inits += [numpy_helper.from_array(np.float32(v), n) for n, v in (("three", 3), ("zero", 0), ("six", 6))]
+    inits.append(numpy_helper.from_array((6 * scales).reshape(1, 8, 1, 1), "six_s"))
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1] * 4, name="conv0"),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "wa", "ba"], ["ca"], name="convA"),
+             helper.make_node("Conv", ["ha", "wb", "bb"], ["cb"], pads=[1] * 4, group=8, name="convB"),
+             helper.make_node("Conv", ["hb", "wc", "bc"], ["cc"], pads=[1] * 4, name="convC"),
+             helper.make_node("Conv", ["hc", "wy", "by"], ["y"], name="convY")]
+    for x, out, divisor in (("ca", "ha", "six"), ("cb", "hb", "six"), ("cc", "hc", "six_s")):
+        nodes[-1:-1] = [helper.make_node("Add", [x, "three"], [f"{x}_a"], name=f"{x}_add"),
+                        helper.make_node("Clip", [f"{x}_a", "zero", "six"], [f"{x}_cl"], name=f"{x}_clip"),
+                        helper.make_node("Mul", [x, f"{x}_cl"], [f"{x}_m"], name=f"{x}_mul"),
+                        helper.make_node("Div", [f"{x}_m", divisor], [out], name=f"{x}_div")]
+    order = ["conv0", "relu0", "convA", "ca_add", "ca_clip", "ca_mul", "ca_div", "convB", "cb_add", "cb_clip",
+             "cb_mul", "cb_div", "convC", "cc_add", "cc_clip", "cc_mul", "cc_div", "convY"]
+    nodes.sort(key=lambda node: order.index(node.name))
+    return _save(path, nodes, inits, "y")
+
+
+def test_auto_leaves_float_exactly_the_hard_swish_layers_its_rule_names(tmp_path):
+    from qtool.ir.integer_choice import LESS_ACCURATE, MIN_MACS_PER_OUTPUT, SLOWER, kept_float, macs_per_output
+
+    model = three_hard_swish_layers(tmp_path / "three.onnx")
+    graph = load_model(model)
+    convs = {node.name: node for node in graph.graph if node.op_type == "Conv"}
+    assert [macs_per_output(convs[n]) for n in ("convA", "convB", "convC")] == [64 * 1 * 1, 1 * 3 * 3, 8 * 3 * 3]
+    assert macs_per_output(convs["convB"]) < MIN_MACS_PER_OUTPUT <= macs_per_output(convs["convA"])
+    pair = qtool.calibrate(str(model), DATA, scheme="minmax")
+    auto = qtool.export(pair, str(tmp_path / "auto"), prefix="m", target="ort-cpu")
+    assert auto.summary["rewrites"]["derived"] == 1 and auto.summary["rewrites"]["kept_float"] == 2
+    nodes = _by_name(tmp_path / "auto" / "m_qdq.onnx")
+    assert nodes["convA"].kernel == "QLinearConv"
+    assert nodes["convB"].kind == "float" and nodes["convB"].reason.startswith(SLOWER + " (9 MACs")
+    assert nodes["convC"].kind == "float" and nodes["convC"].reason.startswith(LESS_ACCURATE)
+    assert set(kept_float(load_model(tmp_path / "auto" / "m_qdq.onnx"))) == {"convB", "convC"}
+    assert "left float by the export" in auto.summary["onnxruntime"]
+    integer = qtool.export(pair, str(tmp_path / "int"), prefix="m", target="ort-cpu", fused_activations="integer")
+    assert integer.summary["rewrites"]["derived"] == 3 and "kept_float" not in integer.summary["rewrites"]
+    assert not kept_float(load_model(tmp_path / "int" / "m_qdq.onnx"))
+    assert all(_by_name(tmp_path / "int" / "m_qdq.onnx")[n].kernel == "QLinearConv" for n in convs)
+    plain = _run(qtool.export(pair, str(tmp_path / "plain"), prefix="m").summary["files"][2])
+    assert _sqnr(plain, _run(tmp_path / "auto" / "m_qdq.onnx")) > 20  # one layer rounds once more
+
+
+def test_step_ratio_is_x_step_seen_on_the_result_grid():
+    import onnx_ir as ir
+
+    from qtool.ir.integer_choice import MAX_STEP_RATIO, choose, step_ratio
+
+    x, y = compute_encoding(-3.0, 5.0, QuantSpec(bw=8)), compute_encoding(0.0, 5.0, QuantSpec(bw=8))
+    s_x, s_y = float(x.scale[0]), float(y.scale[0])
+    assert abs(s_x - 8 / 255) < 1e-6 and abs(s_y - 5 / 255) < 1e-6
+    assert step_ratio(x, y, np.array([1.0])) == pytest.approx(s_x / s_y)  # no gain: 1.6 result steps
+    assert step_ratio(x, y, np.array([0.5, 4.0])) == pytest.approx(4 * s_x / s_y)  # the largest channel gain
+    weight = ir.Value(name="w", const_value=ir.tensor(np.zeros((8, 64, 1, 1), np.float32)))
+    node = ir.node("Conv", [ir.Value(name="a"), weight], name="c")  # 64 MACs per output value
+    assert choose(node, x, y, np.array([1.0])).integer
+    assert not choose(node, x, y, np.array([1.0, 2.0])).integer  # 3.2 result steps > MAX_STEP_RATIO
+    assert 2 * s_x / s_y > MAX_STEP_RATIO > s_x / s_y

@@ -11,7 +11,7 @@ from qtool.commands.options import ENCODINGS_HELP, encoding_version
 from qtool.commands.report import Report
 
 TARGETS = ("qdq", "ort-cpu", "matmulnbits")  # as qtool.steps.export.TARGETS (not imported: the CLI stays light)
-FUSED_ACTIVATIONS = ("float", "bounded", "integer")  # as qtool.ir.ort_cpu.FUSED
+FUSED_ACTIVATIONS = ("float", "bounded", "auto", "integer")  # as qtool.ir.ort_cpu.FUSED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,13 +24,16 @@ class ExportOptions:
                                 "fuses (docs/deploy.md); 'matmulnbits', per-block MatMul/Gemm weights as onnxruntime's "
                                 "4/8-bit MatMulNBits (docs/blockwise.md). NAME.encodings is the same for all.",
                     choices=TARGETS)
-    fused_activations: str = option("bounded", "--target ort-cpu: which tensors the encodings leave unquantized "
-                                               "inside one fused activation get a grid, so that integer kernels run "
-                                               "them: 'float' none (the encodings' numbers; those Convs run in float "
-                                               "with float weights); 'bounded' a Conv output before a relu6 and a "
-                                               "SiLU's gate (off by at most one step of a grid the encodings hold); "
-                                               "'integer' also a Conv output before a hard-swish (a new per-tensor "
-                                               "grid: measured per model in docs/deploy.md).",
+    fused_activations: str = option("auto", "--target ort-cpu: which tensors the encodings leave unquantized "
+                                            "inside one fused activation get a grid, so that integer kernels run "
+                                            "them: 'float' none (the encodings' numbers; those Convs run in float "
+                                            "with float weights); 'bounded' a Conv output before a relu6 and a "
+                                            "SiLU's gate (off by at most one step of a grid the encodings hold); "
+                                            "'auto' also a Conv output before a hard-swish where the integer kernel "
+                                            "is faster and adds at most two steps of the hard-swish's grid (a "
+                                            "measured rule; the kernel report names the layers left float and "
+                                            "why); 'integer' every such Conv output (measured per model in "
+                                            "docs/deploy.md).",
                                     choices=FUSED_ACTIVATIONS)
 
 
@@ -54,7 +57,7 @@ def _check(options: ExportOptions) -> None:
     from qtool.files.safe_paths import check_file_stem
 
     check_file_stem(options.prefix, "--prefix")
-    if options.target != "ort-cpu" and options.fused_activations != "bounded":
+    if options.target != "ort-cpu" and options.fused_activations != "auto":
         raise QtoolError(f"--fused-activations {options.fused_activations}: applies to --target ort-cpu only",
                          "add --target ort-cpu (the plain QDQ model keeps the encodings' placement)")
 
@@ -98,4 +101,5 @@ REWRITES = {"pads": "Pads folded into Convs", "derived": "hard-swish Convs given
             "clipped": "clipped Convs given an output grid", "gates": "sigmoid gates given the grid [0, 1]",
             "hard_swish": "HardSwish ops", "same_grid": "outputs on their input's grid",
             "uint8": "int8 grids as uint8", "float_constants": "constants of float nodes stored in float",
-            "matmulnbits": "MatMulNBits layers", "blocks_kept": "per-block layers kept as DequantizeLinear"}
+            "matmulnbits": "MatMulNBits layers",
+            "kept_float": "layers left float (integer slower or coarser: see the kernel report)", "blocks_kept": "per-block layers kept as DequantizeLinear"}

@@ -15,9 +15,12 @@ Always (the plain export's numbers, or within one step of a grid):
   its grid moves to its input (0 is on every grid), so the Conv before it gets an output quantizer.
 * `hard_swish`: the written-out hard-swish (Add, Clip, Mul, Div) becomes one HardSwish op (opset
   14), times a per-channel constant where depthwise-input equalization left one (Div by 6 s_c).
-* `same_grid`: ops that only move or select values (MaxPool, Reshape, Transpose, nearest Resize,
-  ...) take their input's grid for their output: a max of grid values is on that grid, so the
-  requantization of the plain export goes, and onnxruntime runs them on the 8-bit tensor.
+* `same_grid`: ops that only move or select values (Reshape, Transpose, nearest Resize, ...) take
+  their input's grid for their output: a value of the grid stays on it, so the requantization of
+  the plain export goes, and onnxruntime runs them on the 8-bit tensor. Not MaxPool: onnxruntime
+  runs a uint8 MaxPool with a plain loop, its float MaxPool with the vectorized NCHWc kernel
+  (demo classifier, one thread, batch 1: 122 us against 14 us, and the whole model 0.76x -> 1.14x
+  float), so a MaxPool keeps the encodings' grids and runs in float (named in the kernel report).
 * `uint8`: a symmetric int8 activation grid is written as uint8 with zero point 128, the same grid
   (exact); onnxruntime x86 fuses only uint8 activations where a tensor has several readers.
 
@@ -33,7 +36,14 @@ With `fused="integer"` also (one rounding more on a new grid, measured per model
 * `derived`: the Conv output x that only a hard-swish reads gets the grid [-3, x_max], x_max =
   h^-1(max of the hard-swish's own grid): no value of x outside it changes h(x) (h(x) = 0 for
   x <= -3, and the result grid clips above x_max anyway), so the only cost is rounding x to 256
-  levels, per tensor where the supergroup kept the Conv's per-channel precision.
+  levels, per tensor where the supergroup kept the Conv's per-channel precision. Both ends come
+  from the calibrated result grid and h itself: the narrowest range that clips nothing the result
+  grid keeps. Calibrating x's own histogram instead (the sqnr search of `qtool calibrate`, 64
+  samples) was not better: output SQNR against float on 32 samples, derived / x's whole range /
+  within [-3, x_max]: recogniser 14.9 / 12.4 / 7.6 dB, demo classifier 40.6 / 35.2 / 51.5 dB.
+
+With `fused="auto"` (the default): `bounded`, and `derived` for the layers where it is faster and
+adds at most two steps of the result grid (qtool.ir.integer_choice: the measured rule).
 
 NAME.encodings is not changed: it stays the accelerator's description of the model.
 """
@@ -49,32 +59,38 @@ from qtool.encodings.encoding_set import EncodingSet
 from qtool.ir.float_islands import drop_unused_initializers, remove_nodes
 from qtool.ir.graph import add_initializer, clone, constant_array, ensure_opset, hand_over, unique_name, value_by_name
 from qtool.ir.hard_swish import LINEAR, HardSwish, hard_swishes
+from qtool.ir.integer_choice import FLOAT_MAXPOOL, LayerChoice, choose
 from qtool.quant import Encoding, QuantSpec, compute_encoding, quantize_dequantize
 
 HARD_SWISH_OPSET = 14
-SAME_GRID = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
+SAME_GRID = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
              "Expand", "Tile", "ReduceMax", "ReduceMin", "Identity", "Resize")
 HARD_SWISH_FLOOR = -3.0  # h(x) = 0 for every x <= -3
 
 
-FUSED = ("float", "bounded", "integer")  # --fused-activations: what gets a derived grid (module docstring)
+FUSED = ("float", "bounded", "auto", "integer")  # --fused-activations: what gets a derived grid (module docstring)
 
 
-def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, fused: str = "bounded"
-                 ) -> tuple[ir.Model, EncodingSet, dict[str, int]]:
+def ort_cpu_pair(model: ir.Model, encodings: EncodingSet, source: str = "model", *, fused: str = "auto",
+                 choices: list[LayerChoice] | None = None) -> tuple[ir.Model, EncodingSet, dict[str, int]]:
     """The float model and encodings to build the onnxruntime-CPU QDQ model from (`model` and
     `encodings` are not changed), and how many tensors/ops each rewrite touched.
     `fused` (one of FUSED): which tensors left unquantized inside fused activations get derived
-    grids, so that integer kernels run them (one rounding more)."""
+    grids, so that integer kernels run them (one rounding more). `choices` (with "auto") receives
+    the decision for each hard-swish layer (qtool.ir.integer_choice)."""
     swishes = hard_swishes(model)
     graph = ensure_opset(clone(model), HARD_SWISH_OPSET if swishes else 13, source=source)
     encs = encodings.copy()
+    decided: list[LayerChoice] = [] if choices is None else choices
     counts = {"pads": fold_pads(graph, encs),
-              "derived": derive_hard_swish_inputs(graph, encs) if fused == "integer" else 0,
+              "derived": derive_hard_swish_inputs(graph, encs, decided if fused == "auto" else None)
+              if fused in ("auto", "integer") else 0,
               "clipped": derive_clipped_inputs(graph, encs) if fused != "float" else 0,
               "gates": derive_sigmoid_gates(graph, encs) if fused != "float" else 0,
               "hard_swish": hard_swish_ops(graph, encs),
               "same_grid": same_grid(graph, encs), "uint8": uint8_grids(encs)}
+    decided += [LayerChoice(node.name, False, None, 0.0, FLOAT_MAXPOOL) for node in graph.graph
+                if node.op_type == "MaxPool"]
     return graph, encs, counts
 
 
@@ -170,10 +186,11 @@ def _quantized_affine(value: ir.Value, encs: EncodingSet) -> tuple[Encoding | No
     return encs.activations[value.name], a, b
 
 
-def derive_hard_swish_inputs(model: ir.Model, encs: EncodingSet) -> int:
+def derive_hard_swish_inputs(model: ir.Model, encs: EncodingSet, choices: list[LayerChoice] | None = None) -> int:
     """Give each linear-layer output read only by a hard-swish (the supergroup, no quantizer) the
     grid [-3, h^-1(result max)] derived from the hard-swish's 8-bit result grid (or from the grid
-    of a * h + b where a positive scalar affine follows it)."""
+    of a * h + b where a positive scalar affine follows it). With `choices` (a list to fill), only
+    the layers qtool.ir.integer_choice.choose admits get it; every decision is appended."""
     count = 0
     for match in hard_swishes(model):
         x, (result, scale, shift) = match.source, _quantized_affine(match.result, encs)
@@ -182,7 +199,12 @@ def derive_hard_swish_inputs(model: ir.Model, encs: EncodingSet) -> int:
                 or result.is_float or result.bw != 8 or result.per_channel or np.any(gain <= 0)):
             continue
         top = max(_inverse((float(result.max[0]) - shift) / float(k)) for k in np.unique(gain))
-        encs.activations[x.name] = compute_encoding(HARD_SWISH_FLOOR, top, QuantSpec(bw=8))
+        grid = compute_encoding(HARD_SWISH_FLOOR, top, QuantSpec(bw=8))
+        if choices is not None:
+            choices.append(choose(x.producer(), grid, result, np.asarray(gain, np.float64)))
+            if not choices[-1].integer:
+                continue
+        encs.activations[x.name] = grid
         count += 1
     return count
 

@@ -23,7 +23,7 @@ import platform
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx_ir as ir
@@ -31,6 +31,7 @@ import onnxruntime as ort
 
 from qtool.errors import QtoolError
 from qtool.ir.graph import save_model
+from qtool.ir.integer_choice import kept_float
 from qtool.runtime.kernel_reasons import (NO_OP, QDQ_OPS, UNRECOGNISED, float_reason, integer_note, removed_reason,
                                           shape_only, short_reason)
 
@@ -122,6 +123,9 @@ def kernel_report(model: ir.Model, source: str = "model") -> KernelReport:
         optimized = _optimized(model, Path(tmp), source)
         names = {node.name for node in model.graph}
         nodes = tuple(_classify(node, optimized, names) for node in model.graph if node.op_type not in QDQ_OPS)
+    kept = kept_float(model)  # the export's own per-layer choice (qtool.ir.integer_choice) says why, where it made one
+    nodes = tuple(replace(node, reason=kept[node.name]) if node.kind == "float" and node.name in kept else node
+                  for node in nodes)
     return KernelReport(nodes, platform.machine() or "cpu", optimized.constant_dequantize)
 
 

@@ -32,7 +32,7 @@ class ExportResult:
 
 
 def export(model: ir.Model, encodings: EncodingSet, *, source: str = "encodings", target: str = "qdq",
-           fused: str = "bounded") -> ExportResult:
+           fused: str = "auto") -> ExportResult:
     """Build the deployable QDQ model; the float model and encodings pass through unchanged."""
     rewrites: dict[str, int] = {}
     if target == "ort-cpu":
@@ -50,17 +50,25 @@ def export(model: ir.Model, encodings: EncodingSet, *, source: str = "encodings"
 
 
 def ort_cpu_model(model: ir.Model, encodings: EncodingSet, source: str = "encodings", *,
-                  fused: str = "bounded") -> tuple[ir.Model, dict[str, int]]:
+                  fused: str = "auto") -> tuple[ir.Model, dict[str, int]]:
     """The QDQ model in the form onnxruntime's CPU provider fuses, and the rewrite counts.
     `fused`: which tensors the encodings leave unquantized inside fused activations get derived
     grids (integer kernels: QLinearConv, QLinearSigmoid, ...) rather than run those ops in float
-    with float weights (the plain export's numbers): `qtool.ir.ort_cpu.FUSED`."""
+    with float weights (the plain export's numbers): `qtool.ir.ort_cpu.FUSED`. The layers the
+    export leaves float by choice (qtool.ir.integer_choice: MaxPool, and with "auto" the hard-swish
+    Convs its rule keeps float) are named in the model (KEPT_FLOAT_KEY) with the reason, for the
+    kernel report."""
     from qtool.ir.float_islands import drop_unused_initializers, float_constants
+    from qtool.ir.integer_choice import KEPT_FLOAT_KEY, kept_float_entry
     from qtool.ir.ort_cpu import ort_cpu_pair
     from qtool.runtime.kernels import kernel_report
 
-    graph, encs, rewrites = ort_cpu_pair(model, encodings, source, fused=fused)
+    choices: list = []
+    graph, encs, rewrites = ort_cpu_pair(model, encodings, source, fused=fused, choices=choices)
     qdq = build_qdq_model(graph, encs, integer_bias=True, source=source)
+    if any(not choice.integer for choice in choices):
+        qdq.metadata_props[KEPT_FLOAT_KEY] = kept_float_entry(choices)
+        rewrites["kept_float"] = sum(not choice.integer for choice in choices)
     rewrites["float_constants"] = float_constants(qdq, _float_nodes(qdq, kernel_report(qdq, source)))
     drop_unused_initializers(qdq)
     return qdq, rewrites
