@@ -41,16 +41,19 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Read and sanity-check an ONNX file, its external data read into the proto (for small
     models; `load_model` leaves the weights in their file); every failure names the file."""
     path = Path(path)
-    proto, external = _read_proto(path)
+    proto, external, _ = _read_proto(path)
     if external:
         load_external_data(proto, path)
     return proto
 
 
-def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
-    """(the checked proto without its external data, whether it has any). External data
-    locations are checked by qtool before onnx or onnxruntime open them (qtool.ir.external_data);
-    a model with external data is checked from its file, so no weight is read here."""
+def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool, bytes | None]:
+    """(the checked proto without its external data, whether it has any, the file's bytes when it
+    has none). External data locations are checked by qtool before onnx or onnxruntime open them
+    (qtool.ir.external_data); a model with external data is checked from its file, so no weight
+    is read here. The checker (and shape inference, in load_model) take the file's bytes as
+    read: given the proto, each serialises it again (MiniLM, 47 MB: the checker took 0.49 s, on the
+    bytes 0.08 s; shape inference 0.68 s, on the bytes 0.47 s)."""
     path = Path(path)
     if not path.exists():
         raise QtoolError(f"{path}: no such file", "check the path to the ONNX model")
@@ -58,7 +61,8 @@ def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
         raise QtoolError(f"{path}: is a directory, not an ONNX model file")
     register_input(path)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        serialised = path.read_bytes()
+        proto = onnx.load_from_string(serialised)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise QtoolError(
             f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:120]})",
@@ -68,15 +72,15 @@ def _read_proto(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
         raise QtoolError(f"{path}: not an ONNX model (the file parsed to an empty graph)", "is it an .onnx file?")
     external = register_external_data(proto, path)
     try:
-        onnx.checker.check_model(str(path) if external else proto)
+        onnx.checker.check_model(str(path) if external else serialised)
     except Exception as exc:
         problem = str(exc).splitlines()[0][:200]
-        if not _runs_in_onnxruntime(str(path) if external else proto.SerializeToString()):
+        if not _runs_in_onnxruntime(str(path) if external else serialised):
             raise QtoolError(f"{path}: invalid ONNX model: {problem}") from exc
         # the checker is stricter than the runtime (e.g. graph outputs declared without a shape,
         # as several exporters write them): a model onnxruntime runs is one we can quantize
         log.warning("%s: onnx.checker: %s; onnxruntime accepts the model, continuing", path, problem)
-    return proto, external
+    return proto, external, None if external else serialised
 
 
 def _runs_in_onnxruntime(model: str | bytes) -> bool:
@@ -94,19 +98,20 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     External data stays in its file: a weight is read when a step looks at it, and onnxruntime
     maps the file itself (qtool.ir.tensor_files)."""
     path = Path(path)
-    proto, external = _read_proto(path)
-    model = model_from_proto(proto, str(path), base_dir=path.parent if external else None)
+    proto, external, serialised = _read_proto(path)
+    model = model_from_proto(proto, str(path), base_dir=path.parent if external else None, serialised=serialised)
     if external:
         model.meta[EXTERNAL_DATA] = True
     return model
 
 
-def model_from_proto(proto: onnx.ModelProto, source: str, base_dir: str | os.PathLike | None = None) -> ir.Model:
+def model_from_proto(proto: onnx.ModelProto, source: str, base_dir: str | os.PathLike | None = None,
+                     serialised: bytes | None = None) -> ir.Model:
     """A model as qtool works on it (shapes inferred, Constants lifted, weights checked), from a
     proto already in memory; `source` names it in messages; `base_dir` is the folder its
-    external data locations are relative to."""
+    external data locations are relative to; `serialised`: the proto's bytes, when at hand."""
     try:
-        proto = onnx.shape_inference.infer_shapes(proto)
+        proto = onnx.shape_inference.infer_shapes(proto if serialised is None else serialised)
     except Exception as exc:  # shape inference is a help, not a requirement
         log.warning("%s: shape inference failed (%s); continuing without it", source, exc)
     model = ir.from_proto(proto)
