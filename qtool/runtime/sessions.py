@@ -21,7 +21,7 @@ from qtool.data.inputs import InputInfo
 from qtool.data.sources import Batch, batch_size_of, slice_batch
 from qtool.errors import QtoolError
 from qtool.ir.graph import add_initializer, clone, graph_inputs, numpy_dtype, shape_of, unique_name, value_by_name
-from qtool.ir.tensor_files import is_large, session_source
+from qtool.ir.tensor_files import is_large, session_source, shared_weights
 from qtool.runtime.device import check_session, current_device, providers
 from qtool.runtime.segmented_session import SegmentedSession, segment_bytes, weight_bytes
 
@@ -85,6 +85,7 @@ class Session(ort.InferenceSession):
     becomes one line, `MODEL: onnxruntime failed in OP node 'NAME': what it said`."""
 
     source = "the model"
+    weights: list = []  # arrays onnxruntime reads in place (qtool.ir.tensor_files.shared_weights)
 
     def run(self, output_names, input_feed, run_options=None):
         try:
@@ -151,9 +152,17 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
     source = model_source(model)
     device = current_device()
     try:
-        serialised, folder = session_source(model)
+        weights: list[ort.OrtValue] = []
+        if device == "cpu" and not is_large(model):
+            serialised, arrays = shared_weights(model)
+            folder, weights = None, [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays.values()]
+            if weights:
+                options.add_external_initializers(list(arrays), weights)
+        else:
+            serialised, folder = session_source(model)
         session = Session(serialised, _mapped_weights(options, folder), providers=providers(device),
                           disabled_optimizers=None if folder is None else ["ConstantFolding"])
+        session.weights = weights  # onnxruntime reads them in place: they live as long as the session
     except Exception as exc:
         from qtool.runtime.custom_ops import custom_op_error
 
