@@ -156,9 +156,10 @@ def make_cls(words, rng, used: set[str]):
     return np.stack(images), np.array(widths, np.int16), np.array(labels, np.uint8), texts
 
 
-def make_rec(words, rng, used: set[str]):
+def make_rec(words, rng, used: set[str], n: int = N_REC):
+    """`n` recogniser lines whose texts are not in `used` (bench/bench_qat.py renders fresh ones)."""
     images, widths, texts = [], [], []
-    while len(texts) < N_REC:
+    while len(texts) < n:
         style = Style(rng)
         text = text_window(words, rng, 10, 40)
         while True:  # drop trailing words until the line fits 48 x 320 unsquashed
