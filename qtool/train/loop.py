@@ -14,6 +14,12 @@ continues from it, so an interrupted run picks up at the next epoch and ends in 
 uninterrupted run reaches (the data order is fixed and the rest is in the file). It is read
 with `weights_only=True`: a checkpoint is data, never code.
 
+The float teacher's outputs are computed once per distinct training batch and reused in later
+epochs (`TeacherCache`): the teacher is fixed, so its outputs on the same inputs are the same
+tensors, and recomputing them every epoch costs a float forward pass per step. Batches are
+looked up by a digest of their inputs (not their position), so a data source that reorders or
+changes batches only misses the cache; the cache stops growing at `TEACHER_CACHE_BYTES`.
+
 Guards: a loss that is not finite, or a scale that is not finite, not positive, or has moved
 more than `max_scale_change` times from where it started, stops training with `Diverged`; the
 student then holds the best state so far.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import io
 import logging
 import time
@@ -40,6 +47,7 @@ from qtool.train.oscillation import Oscillations
 log = logging.getLogger(__name__)
 
 LABELS = "qtool.labels"  # the key of a training batch's labels (for --loss ce), beside its inputs
+TEACHER_CACHE_BYTES = 512 << 20  # teacher outputs kept for later epochs, at most (then recomputed)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,38 @@ def to_torch(feeds: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.ascontiguousarray(array)).to(device) for name, array in feeds.items()}
 
 
+class TeacherCache:
+    """The teacher's outputs by a digest of the batch's inputs (names, dtypes, shapes, bytes),
+    up to `limit` bytes of outputs; `hits`/`misses` count lookups."""
+
+    def __init__(self, teacher, limit: int = TEACHER_CACHE_BYTES) -> None:
+        self.teacher, self.limit, self.bytes = teacher, limit, 0
+        self.outputs: dict[bytes, dict[str, torch.Tensor]] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def digest(batch: dict[str, np.ndarray]) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for name in sorted(batch):
+            array = np.ascontiguousarray(batch[name])
+            h.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+            h.update(array.data)
+        return h.digest()
+
+    def __call__(self, batch: dict[str, np.ndarray], inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        key = self.digest(batch) if self.limit > 0 else None
+        if key is not None and key in self.outputs:
+            self.hits += 1
+            return self.outputs[key]
+        self.misses += 1
+        with torch.no_grad():
+            target = self.teacher(inputs)
+        size = sum(t.numel() * t.element_size() for t in target.values())
+        if key is not None and self.bytes + size <= self.limit:
+            self.outputs[key], self.bytes = target, self.bytes + size
+        return target
+
+
 class Trainer:
     """One training run; `run()` returns a TrainResult and leaves the best state in `student`.
     `user_loss`: the user's loss function (qtool.train.user_loss), replacing `params.loss`'s."""
@@ -112,6 +152,7 @@ class Trainer:
         self.teacher.requires_grad_(False)
         self.oscillations = Oscillations(student, params.oscillation, params.freeze_threshold, params.dampen_weight)
         self.total_steps: int | None = None  # steps of the whole run, for the oscillation schedules
+        self.teacher_cache = TeacherCache(teacher)
 
     def evaluate(self, feeds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> float:
         """Mean over float outputs of the pooled SQNR (dB) of the student against the teacher."""
@@ -125,8 +166,8 @@ class Trainer:
         """The step's loss: the user's function (`--loss file.py:function`) or a built-in one."""
         if self.user_loss is not None:
             floats = {name: value for name, value in outputs.items() if value.is_floating_point()}
-            return self.user_loss(floats, labels if labels is not None else
-                                  {name: value for name, value in target.items() if value.is_floating_point()})
+            return self.user_loss(floats, labels if labels is not None else  # copies: the cache keeps the originals
+                                  {name: value.clone() for name, value in target.items() if value.is_floating_point()})
         return losses.loss(self.params.loss, outputs, target, self.kinds, self.params.temperature, labels)
 
     def step(self, loss: torch.Tensor, where: str, result: TrainResult) -> float:
@@ -204,8 +245,7 @@ class Trainer:
             for step, batch in enumerate(batches(), 1):
                 labels = batch.pop(LABELS, None)
                 inputs = to_torch(batch, self.device)
-                with torch.no_grad():
-                    target = self.teacher(inputs)
+                target = self.teacher_cache(batch, inputs)
                 labels = None if labels is None else torch.from_numpy(labels.astype(np.int64)).to(self.device)
                 self.oscillations.schedule(result.steps / self.total_steps if self.total_steps
                                            else (epoch - 1) / self.params.epochs)
