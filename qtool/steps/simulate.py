@@ -23,12 +23,13 @@ from qtool.data.sources import sample_indices
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.errors import QtoolError
 from qtool.ir.qdq import build_qdq_model
+from qtool.ir.repeated_qdq import drop_repeated_quantizers
 from qtool.ir.tensor_files import is_large
 from qtool.metrics.channels import output_channel_axes
 from qtool.metrics.comparison import Comparison
 from qtool.progress import Progress, no_progress
 from qtool.runtime.reference_cache import ReadAhead, reference_runs
-from qtool.runtime.sessions import make_session, max_batch, run_batches
+from qtool.runtime.sessions import keep_source, make_session, max_batch, run_batches
 
 
 @dataclass
@@ -67,7 +68,7 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
     floats = ReadAhead(floats, enabled=not is_large(float_model))  # a large model's session swaps its tensors
     try:
         qdq = model if bypass else build_qdq_model(model, encodings, source=source)
-        quant_session = make_session(qdq, simulate=True)
+        quant_session = make_session(qdq if bypass else simulation_graph(qdq), simulate=True)
         for feeds, float_out in floats:
             quant_out = next(run_batches(quant_session, [feeds], names, limit))[1]
             for name in names:
@@ -78,6 +79,15 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
     finally:
         floats.close()
     return SimulateResult(qdq, comparison.report(), seen, time.perf_counter() - start)
+
+
+def simulation_graph(qdq: ir.Model) -> ir.Model:
+    """What the quantized session runs: the QDQ model less the Q->DQ pairs that re-quantize
+    values already on their grid (qtool.ir.repeated_qdq: bit-identical outputs, fewer passes).
+    A copy (sharing the weights): the QDQ model handed back, and written, keeps every pair."""
+    copy = keep_source(qdq.clone(), qdq)
+    drop_repeated_quantizers(copy)
+    return copy
 
 
 def _check_same_interface(reference: ir.Model, model: ir.Model) -> None:
