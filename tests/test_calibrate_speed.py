@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import qtool.runtime.stats_graph as stats_graph
@@ -120,3 +121,53 @@ def test_rebin_many_is_np_interp_per_histogram():
         assert (lo[i], width[i]) == ref[1:]
         assert np.allclose(counts[i], ref[0], rtol=0, atol=1e-9 * h[0].sum()), i
         assert counts[i].sum() == pytest.approx(h[0].sum())
+
+
+def _histograms(model, x, batch, run_bytes, monkeypatch):
+    """Each tensor's streamed histogram state after a sampled pass over `x` in batches of `batch`."""
+    from qtool.quant.observers import make_observer
+    from qtool.steps.calibrate import OVERSAMPLE, _observe
+    from qtool.progress import no_progress
+
+    monkeypatch.setattr(stats_graph, "RUN_BYTES", run_bytes)
+    names = [v.name for node in model.graph for v in node.outputs]
+    observers = {name: make_observer("sqnr", oversample=OVERSAMPLE) for name in names}
+    _observe(model, observers, [{"input": x[i:i + batch]} for i in range(0, len(x), batch)], None, no_progress,
+             "sampled")
+    state = {}
+    for name, o in observers.items():
+        o._dyadic.flush()
+        state[name] = (o._min, o._max, o._dyadic.e, o._dyadic.k0, o._dyadic.counts.copy())
+    return state
+
+
+@pytest.mark.parametrize("shapes", ["known", "symbolic", "unknown"])
+def test_statistics_do_not_depend_on_run_pieces_or_batch_size(monkeypatch, shapes):
+    """The rows taken whole are chosen per sample and the sample is placed by stream index, so a
+    batch run whole, in runs of one sample, or cut into other batches gives the same histograms
+    bin for bin (with rows chosen per run, the pieces changed which rows were exact). Shapes
+    `known`: k and the rows per sample are constants of the subgraph; `symbolic` (a dim named,
+    not known) and `unknown` (shapes removed): the subgraph finds them, and the rank, at run time."""
+    monkeypatch.setattr(stats_graph, "SMALL", 1024)
+    model = load_model(SAMPLES / "mobilenet_block.onnx")
+    known = load_model(SAMPLES / "mobilenet_block.onnx")
+    for node in model.graph if shapes != "known" else []:
+        for v in node.outputs:
+            if shapes == "unknown":
+                v.shape = None
+            elif v.shape is not None and len(v.shape) == 4:
+                v.shape = ir.Shape([*list(v.shape)[:2], ir.SymbolicDim("h"), v.shape[3]])
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 3, 32, 32)).astype(np.float32)
+    x[5, :, 7] *= 30  # outlier rows in a few samples: they decide which rows are exact
+    x[17, 1] *= 10
+    reference = _histograms(model, x, 24, 1 << 40, monkeypatch)  # one run of the whole batch
+    assert len(reference) > 3
+    if shapes == "symbolic":  # the same rows and k as the constants of the known shapes give
+        same = _histograms(known, x, 24, 1 << 40, monkeypatch)
+        assert all(np.array_equal(same[n][4], reference[n][4]) for n in reference)
+    for batch, run_bytes in ((24, 1 << 10), (8, 1 << 40), (5, 3 << 18), (1, 1 << 40)):
+        other = _histograms(model, x, batch, run_bytes, monkeypatch)
+        for name, (mn, mx, e, k0, counts) in reference.items():
+            assert other[name][:4] == (mn, mx, e, k0), (name, batch, run_bytes)
+            assert np.array_equal(other[name][4], counts), (name, batch, run_bytes)
