@@ -296,6 +296,16 @@ def test_building_the_command_tree_imports_no_onnx(work):
     assert {"calibrate", "equalize", "adaround", "analyze", "run"} <= set(cli.commands)
 
 
+def test_building_the_command_tree_imports_no_recipe_machinery(work):
+    """Every command starts by building the tree: the recipe runner (pydantic, the metrics) is
+    imported by `qtool run` alone (about half of `import qtool.cli.main` on our CI machine)."""
+    code = ("import sys; from qtool.cli import cli; "
+            "print(sorted(m for m in ('pydantic', 'qtool.recipe.run', 'qtool.recipe.runner') if m in sys.modules))")
+    proc = _subprocess([sys.executable, "-c", code], work)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 # ----------------------------------------------------------------------------- successful runs
 
 
