@@ -171,3 +171,18 @@ def test_statistics_do_not_depend_on_run_pieces_or_batch_size(monkeypatch, shape
         for name, (mn, mx, e, k0, counts) in reference.items():
             assert other[name][:4] == (mn, mx, e, k0), (name, batch, run_bytes)
             assert np.array_equal(other[name][4], counts), (name, batch, run_bytes)
+
+
+def test_the_statistics_graph_leaves_the_callers_model_as_it_was(monkeypatch):
+    """with_sampled_taps adds its nodes to onnx_ir's clone (weights shared, not copied): the
+    model the caller holds keeps its nodes, outputs, inputs and initializers."""
+    monkeypatch.setattr(stats_graph, "SMALL", 1024)
+    model = load_model(SAMPLES / "mobilenet_block.onnx")
+    before = ([n.op_type for n in model.graph], [v.name for v in model.graph.outputs],
+              [v.name for v in model.graph.inputs], sorted(model.graph.initializers))
+    names = [v.name for node in model.graph for v in node.outputs]
+    tapped, taps, whole = stats_graph.with_sampled_taps(model, names)
+    assert taps and len(list(tapped.graph)) > len(before[0])
+    assert len(tapped.graph.outputs) == len(before[1]) + len(whole) + 6 * len(taps) - len(set(whole) & set(before[1]))
+    assert ([n.op_type for n in model.graph], [v.name for v in model.graph.outputs],
+            [v.name for v in model.graph.inputs], sorted(model.graph.initializers)) == before
