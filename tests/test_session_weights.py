@@ -78,21 +78,19 @@ def test_the_session_outlives_the_model_it_was_made_from(model):
         _ = [np.full(1 << 16, 7.0, np.float32) for _ in range(64)]
 
 
-def test_the_model_is_never_changed_while_serialised(model, monkeypatch):
-    """simulate builds the QDQ model from `model` in one thread while the float session is made
-    from it in another: the stand-ins must never show in `model` itself, even for a moment."""
+def test_simulate_makes_its_float_session_from_a_copy(model, monkeypatch):
+    """simulate builds the QDQ model from `model` in one thread while the float session is made in
+    another; serialising puts stand-ins in the model it is given, so that must be a copy."""
+    import qtool.steps.simulate as step
+
+    given = []
+    real = step.make_session
+    monkeypatch.setattr(step, "make_session", lambda m, **kw: given.append(m) or real(m, **kw))
     before = {v.name: v.const_value for v in model.graph.initializers.values()}
-    real = ir.to_proto
-    calls = []
-
-    def watched(m):
-        calls.append(1)
-        assert {v.name: v.const_value for v in model.graph.initializers.values()} == before
-        return real(m)
-
-    monkeypatch.setattr("qtool.ir.tensor_files.ir.to_proto", watched)
-    shared_weights(model)
-    assert calls
+    step.simulate(model, EncodingSet(activations={"c1": compute_encoding(-2.0, 3.0, QuantSpec())}),
+                  [_feeds(), _feeds()])
+    assert len(given) == 2 and all(m is not model for m in given)
+    assert {v.name: v.const_value for v in model.graph.initializers.values()} == before
 
 
 def test_load_model_checks_and_infers_shapes_on_the_file_s_bytes(tmp_path, monkeypatch):

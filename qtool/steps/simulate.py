@@ -62,8 +62,10 @@ def simulate(model: ir.Model, encodings: EncodingSet, batches: Iterable[dict[str
                             channel_axes=output_channel_axes(float_model, channel_axes))
     seen = 0
     # the float outputs (cache or float session) are produced in a thread, ahead of the quantized
-    # runs: the float model runs while the QDQ model and its session are built
-    floats = reference_runs(float_model, batches, names, "simulate", lambda: make_session(float_model, simulate=True),
+    # runs: the float model runs while the QDQ model and its session are built (its session from
+    # a copy sharing the weights: serialising swaps tensors in the model this thread reads)
+    floats = reference_runs(float_model, batches, names, "simulate",
+                            lambda: make_session(keep_source(float_model.clone(), float_model), simulate=True),
                             lambda session, feeds: next(run_batches(session, [feeds], names, limit)))
     floats = ReadAhead(floats, enabled=not is_large(float_model))  # a large model's session swaps its tensors
     try:
