@@ -2,15 +2,17 @@
 `qtool export --target`, with the accuracy each costs.
 
 For every model with a quantized pair on disk (the demo classifier from `make demo`, the zoo
-models from `make bench-zoo`: per-channel recipe, 06-export), export NAME_qdq.onnx four ways:
-`qdq` (the plain export) and `--target ort-cpu` with `--fused-activations` float, bounded (the
-default: `ort-cpu`) and integer; report the kernel summary of each, its accuracy against the float
-model on the first eval samples (the zoo benchmark's headline metric, and the output SQNR), and
-the latency of the five models timed interleaved (qtool.runtime.latency: best of N, threads 1
-and all cores, batch 1 and --batch). Writes build/bench/deploy/results.json and its own section
-of docs/benchmarks.md between the markers below (bench_zoo.py keeps it).
+models from `make bench-zoo`: per-channel recipe, 06-export), export NAME_qdq.onnx five ways:
+`qdq` (the plain export) and `--target ort-cpu` with `--fused-activations` float, bounded, auto
+(the default: `ort-cpu`) and integer; report the kernel summary of each, its accuracy against the
+float model on the first eval samples (the zoo benchmark's headline metric, and the output SQNR),
+and the latency of the six models timed interleaved (qtool.runtime.latency: best of N, threads 1
+and all cores, batch 1 and --batch). Writes build/bench/deploy/results.json (--work) and its own
+section of docs/benchmarks.md between the markers below (bench_zoo.py keeps it).
 
     python bench/bench_deploy.py [--models demo,effnet] [--repeat 10] [--batch 8] [--no-doc]
+    python bench/bench_deploy.py --zoo /tmp/zoo --demo-pair DIR --demo-data DIR --work /tmp/out --no-doc
+        # pairs made elsewhere (bench_zoo.py --work /tmp/zoo; the quickstart recipe with --set output=...)
 """
 
 from __future__ import annotations

@@ -232,3 +232,29 @@ def test_step_ratio_is_x_step_seen_on_the_result_grid():
     assert choose(node, x, y, np.array([1.0])).integer
     assert not choose(node, x, y, np.array([1.0, 2.0])).integer  # 3.2 result steps > MAX_STEP_RATIO
     assert 2 * s_x / s_y > MAX_STEP_RATIO > s_x / s_y
+
+
+def test_hard_swish_input_grid_spans_minus_three_to_the_inverse_of_the_result_max(hard_swish):
+    """Both ends of the derived grid by hand: h(x) = x (x + 3) / 6 on [-3, 3], x above: the largest
+    x with h(x) = y_max, and -3 (h = 0 below); nothing of x outside changes the quantized result."""
+    from qtool.commands.inputs import load_pair
+    from qtool.ir.ort_cpu import ort_cpu_pair
+
+    folder = hard_swish["integer"].parent
+    graph, encs, source = load_pair(folder / "m.onnx", folder / "m.encodings")
+    _, derived, counts = ort_cpu_pair(graph, encs, source, fused="integer")
+    assert counts["derived"] == 1 and "c1" not in encs.activations
+    y_max = float(encs.activations["h"].max[0])
+    top = y_max if y_max >= 3 else (-3 + np.sqrt(9 + 24 * y_max)) / 2
+    grid = derived.activations["c1"]
+    step = float(grid.scale[0])
+    assert abs(float(grid.min[0]) + 3) <= step and abs(float(grid.max[0]) - top) <= step  # ends within one step
+    assert float(grid.min[0]) <= -3 + 1e-6 or float(grid.max[0]) >= top - 1e-6  # 0 on the grid moves one end only
+
+
+def test_auto_export_is_deterministic(tmp_path):
+    model = three_hard_swish_layers(tmp_path / "three.onnx")
+    pair = qtool.calibrate(str(model), DATA, scheme="minmax")
+    first, second = (qtool.export(pair, str(tmp_path / name), prefix="m", target="ort-cpu") for name in ("a", "b"))
+    assert (tmp_path / "a" / "m_qdq.onnx").read_bytes() == (tmp_path / "b" / "m_qdq.onnx").read_bytes()
+    assert first.summary["rewrites"] == second.summary["rewrites"]
