@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from qat_helpers import (ROOT, built_paths, calibrated, float_model, op_by_op, q
 from qtool.encodings.encoding_set import EncodingSet  # noqa: E402
 from qtool.errors import QtoolError  # noqa: E402
 from qtool.quant import Encoding  # noqa: E402
+from qtool.train.fake_quant import FakeQuant  # noqa: E402
 from qtool.train.lower import LoweredModel  # noqa: E402
 
 SLOW = pytest.mark.skipif(os.environ.get("QTOOL_SLOW_TESTS") != "1",
@@ -146,14 +148,14 @@ def test_straight_through_gradients(learn):
     for name, weight in weights.items():
         assert weight.grad is not None and torch.isfinite(weight.grad).all(), name
         assert weight.grad.abs().sum() > 0, name
-    learned = [q for q in lowered.quantizers.values() if isinstance(q.scale, torch.nn.Parameter)]
+    learned = [q for q in lowered.quantizers.values() if q.learn]
     assert bool(learned) == learn
     for quantizer in learned:
-        assert torch.isfinite(quantizer.scale.grad).all(), quantizer.tensor_name
+        assert torch.isfinite(quantizer.log_scale.grad).all(), quantizer.tensor_name
         if isinstance(quantizer.offset, torch.nn.Parameter):
             assert torch.isfinite(quantizer.offset.grad).all(), quantizer.tensor_name
     # a tensor already on its grid (Flatten after a quantized pool, same encoding) has none
-    moved = [q.tensor_name for q in learned if q.scale.grad.abs().sum() > 0]
+    moved = [q.tensor_name for q in learned if q.log_scale.grad.abs().sum() > 0]
     assert len(moved) >= len(learned) - 2
     offsets = [q.offset.grad for q in learned if isinstance(q.offset, torch.nn.Parameter)]
     # LSQ+: an offset moves only values at the grid's ends (inside, -o and +o cancel)
@@ -214,3 +216,20 @@ def test_max_pool_sizes_as_onnxruntime(tmp_path, shape, ceil):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     expected = make_session(model, simulate=True).run(["y"], {"x": x})[0]
     assert np.array_equal(_torch_outputs(LoweredModel(model, None), {"x": x})["y"], expected)
+
+
+def test_a_learned_scale_moves_by_a_relative_step_whatever_its_size():
+    """Scales are learned as log(s / s0): one Adam step at rate r multiplies every scale by about
+    exp(+-r), so a calibrated scale of 1e-5 changes by the same fraction as one of 1 (on s itself
+    the step would be about r in absolute terms: 1e-5 - 1e-3 < 0)."""
+    rate = 1e-3
+    x = torch.linspace(-3, 3, 257)
+    for initial in (1e-5, 1e-2, 1.0):
+        quantizer = FakeQuant(Encoding(8, [initial], [-128], symmetric=True), "t", learn=True)
+        assert quantizer(x * initial).equal(FakeQuant(Encoding(8, [initial], [-128], symmetric=True), "t")(x * initial))
+        optimizer = torch.optim.Adam(quantizer.parameters(), lr=rate)
+        (((quantizer(x * initial) - x * initial * 1.3) / initial) ** 2).sum().backward()  # a scale-free loss
+        optimizer.step()
+        ratio = quantizer.current_scale().item() / initial
+        assert rate * 0.99 <= abs(math.log(ratio)) <= rate * 1.01, (initial, ratio)
+        assert quantizer.encoding().scale[0] == np.float32(quantizer.current_scale().item())

@@ -30,7 +30,8 @@ class QatOptions(DataOptions):
     lr: float = option(1e-5, "Learning rate of the weights (Adam).", bounds=(0, None))
     range_learning: bool = option(False, "Also train the quantizers' scales and offsets (LSQ/LSQ+, Adam), from the "
                                          "calibrated encodings; fixed ranges and frozen encodings stay.")
-    range_lr: float = option(1e-4, "Learning rate of the scales and offsets with --range-learning.", bounds=(0, None))
+    range_lr: float = option(1e-3, "Learning rate of the scales (of their logarithms: about the relative change per "
+                                   "step) and offsets (grid steps) with --range-learning.", bounds=(0, None))
     lr_step: int = option(5, "Divide the learning rates by 10 every N epochs (white paper 5.2).", bounds=(1, None))
     loss: str | None = option(None, "kd (the default without --labels): distillation from the float model's own "
                                     "outputs (KL on Softmax outputs, relative MSE on others; no labels); ce (the "

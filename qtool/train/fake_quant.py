@@ -10,6 +10,15 @@ range learning the scale (and the offset of asymmetric grids) are parameters and
 gradients (Esser et al. 2020: d y / d s = round(x/s) - x/s inside the grid, the clamped end
 outside), scaled by 1/sqrt(N q_max); LSQ+ (Bhalgat et al. 2020) learns the offset the same way,
 rounded in the forward pass (STE) so the written encoding is exactly what was trained.
+
+A learned scale is trained as its logarithm relative to the calibrated one, s = s0 * exp(theta),
+theta starting at 0 (so the first forward is the PTQ pair's, exactly). Adam, which section 5.2
+recommends for quantizer parameters, moves a parameter by about its learning rate per step
+whatever the gradient's size, so on s itself one rate is a different relative step for every
+tensor, and the calibrated scales of one model span orders of magnitude: on the PP-OCRv4
+recogniser (per-tensor W8A8, rate 1e-4) the first step took the weight scale 9.2e-5 of
+'whswish_b_11.w_0' to -7.7e-6. On theta the step is a relative change of about the rate for
+every scale, and a scale cannot reach zero or change sign. The offset stays in grid units.
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ class FakeQuant(torch.nn.Module):
         scale = torch.from_numpy(np.array(enc.scale, np.float32))
         offset = torch.from_numpy(np.array(enc.offset, np.float32))
         if self.learn:
-            self.scale = torch.nn.Parameter(scale)
+            self.register_buffer("scale0", scale)
+            self.log_scale = torch.nn.Parameter(torch.zeros_like(scale))  # s = scale0 * exp(log_scale)
             if self.symmetric:
                 self.register_buffer("offset", offset)
             else:
@@ -71,10 +81,14 @@ class FakeQuant(torch.nn.Module):
         shape[self.axis] = -1
         return value.reshape(shape)
 
+    def current_scale(self) -> torch.Tensor:
+        """The scale the forward uses now (a function of the trained log-ratio when learned)."""
+        return self.scale0 * torch.exp(self.log_scale) if self.learn else self.scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype == "float":
             return x.to(torch.float16).to(x.dtype) if self.bw == 16 else x
-        scale, offset = self.scale, self.offset
+        scale, offset = self.current_scale(), self.offset
         if self.learn:
             per_channel = x.numel() // max(scale.numel(), 1)
             factor = 1.0 / math.sqrt(max(per_channel, 1) * self.qmax)
@@ -89,12 +103,12 @@ class FakeQuant(torch.nn.Module):
     def grid_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, offset) as the forward uses them on `x` (shaped to broadcast), without gradient."""
         offset = torch.round(self.offset) if isinstance(self.offset, torch.nn.Parameter) else self.offset
-        return self._shaped(self.scale.detach(), x), self._shaped(offset.detach(), x)
+        return self._shaped(self.current_scale().detach(), x), self._shaped(offset.detach(), x)
 
     def encoding(self) -> Encoding:
         """The encoding this quantizer computes now (offset rounded, as the forward uses it)."""
         if self.dtype == "float":
             return Encoding(bw=self.bw, dtype="float")
-        scale = self.scale.detach().cpu().numpy().astype(np.float32)
+        scale = self.current_scale().detach().cpu().numpy().astype(np.float32)
         offset = np.round(self.offset.detach().cpu().numpy()).astype(np.int64)
         return Encoding(self.bw, scale, offset, self.symmetric, self.dtype, self.axis, self.frozen)

@@ -54,7 +54,7 @@ TEACHER_CACHE_BYTES = 512 << 20  # teacher outputs kept for later epochs, at mos
 class TrainParams:
     epochs: int = 1
     lr: float = 1e-5
-    range_lr: float = 1e-4
+    range_lr: float = 1e-3  # on log(scale): a relative step (qtool.train.fake_quant)
     lr_step: int = 5
     loss: str = "kd"
     temperature: float = 1.0
@@ -147,8 +147,8 @@ class Trainer:
         groups = [{"params": weights, "lr": params.lr}] + ([{"params": ranges, "lr": params.range_lr}] if ranges else [])
         self.optimizer = torch.optim.Adam(groups)
         self.schedule = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=params.lr_step, gamma=0.1)
-        self.initial_scales = {k: q.scale.detach().clone() for k, q in student.quantizers.items()
-                               if isinstance(q.scale, torch.nn.Parameter)}
+        self.initial_scales = {k: q.current_scale().detach().clone() for k, q in student.quantizers.items()
+                               if q.learn}
         self.teacher.requires_grad_(False)
         self.oscillations = Oscillations(student, params.oscillation, params.freeze_threshold, params.dampen_weight)
         self.total_steps: int | None = None  # steps of the whole run, for the oscillation schedules
@@ -183,7 +183,7 @@ class Trainer:
         if not np.isfinite(value):
             self._stop(f"the loss became {value} at {where}", result)
         for key, start in self.initial_scales.items():
-            scale = self.student.quantizers[key].scale.detach()
+            scale = self.student.quantizers[key].current_scale().detach()
             ratio = scale / start
             if (not torch.isfinite(scale).all() or (scale <= 0).any()
                     or (ratio > self.params.max_scale_change).any() or (ratio < 1 / self.params.max_scale_change).any()):
