@@ -102,4 +102,5 @@ REWRITES = {"pads": "Pads folded into Convs", "derived": "hard-swish Convs given
             "hard_swish": "HardSwish ops", "same_grid": "outputs on their input's grid",
             "uint8": "int8 grids as uint8", "float_constants": "constants of float nodes stored in float",
             "matmulnbits": "MatMulNBits layers",
-            "kept_float": "layers left float (integer slower or coarser: see the kernel report)", "blocks_kept": "per-block layers kept as DequantizeLinear"}
+            "kept_float": "layers left float (integer slower or coarser: see the kernel report)",
+            "blocks_kept": "per-block layers kept as DequantizeLinear"}
