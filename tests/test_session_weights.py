@@ -83,6 +83,7 @@ def test_simulate_makes_its_float_session_from_a_copy(model, monkeypatch):
     another; serialising puts stand-ins in the model it is given, so that must be a copy."""
     import qtool.steps.simulate as step
 
+    monkeypatch.setenv("QTOOL_CACHE_DIR", "off")
     given = []
     real = step.make_session
     monkeypatch.setattr(step, "make_session", lambda m, **kw: given.append(m) or real(m, **kw))
@@ -115,3 +116,21 @@ def test_load_model_checks_and_infers_shapes_on_the_file_s_bytes(tmp_path, monke
         monkeypatch.setattr(module, name, watched)
     assert inline_bytes(load_model(path)) == expected
     assert seen == [("check_model", bytes), ("infer_shapes", bytes)]
+
+
+def test_simulate_s_two_sessions_sleep_rather_than_spin(model, monkeypatch):
+    """The float reference and the quantized model run at the same time: neither session's idle
+    threads may spin (they took the cores from the other's working threads); other sessions keep
+    onnxruntime's default."""
+    import qtool.steps.simulate as step
+
+    monkeypatch.setenv("QTOOL_CACHE_DIR", "off")  # the float session is made, not read from an earlier test's cache
+    made = []
+    real = step.make_session
+    monkeypatch.setattr(step, "make_session", lambda m, **kw: made.append(real(m, **kw)) or made[-1])
+    step.simulate(model, EncodingSet(activations={"c1": compute_encoding(-2.0, 3.0, QuantSpec())}), [_feeds()])
+    assert len(made) == 2
+    for session in made:
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception):  # not set: onnxruntime spins
+        make_session(model).get_session_options().get_session_config_entry("session.intra_op.allow_spinning")

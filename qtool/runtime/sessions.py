@@ -126,13 +126,16 @@ def keep_source(copy: ir.Model, original: ir.Model, note: str = "") -> ir.Model:
 
 
 def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = True,
-                 threads: int | None = None, whole: bool = False) -> ort.InferenceSession:
+                 threads: int | None = None, whole: bool = False, spinning: bool = True) -> ort.InferenceSession:
     """A session on the current device (runtime.device: CPU unless --device cuda); `simulate`
     keeps QDQ nodes unfused (float fake quantization). A model with more weights in files than
-    QTOOL_SEGMENT_BYTES runs segment by segment (qtool.runtime.segmented_session) unless `whole`."""
+    QTOOL_SEGMENT_BYTES runs segment by segment (qtool.runtime.segmented_session) unless `whole`.
+    `spinning=False`: the session's idle threads sleep instead of spinning, for sessions that run
+    at the same time as another one (whose working threads the spinning ones would take cores from)."""
     if not whole and is_large(model) and weight_bytes(model) > segment_bytes():
         session = SegmentedSession(model, lambda part: make_session(part, simulate=simulate, optimize=optimize,
-                                                                    threads=threads, whole=True), segment_bytes())
+                                                                    threads=threads, whole=True, spinning=spinning),
+                                   segment_bytes())
         session.source = model_source(model)
         return session
     options = ort.SessionOptions()
@@ -144,6 +147,8 @@ def make_session(model: ir.Model, *, simulate: bool = False, optimize: bool = Tr
     threads = threads or int(os.environ.get("QTOOL_THREADS", "0")) or None
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if simulate:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
