@@ -17,11 +17,15 @@ ADAM_EPS = 1e-8
 class Adam:
     """torch.optim.Adam's update on one float32 array, in place, with preallocated buffers."""
 
-    def __init__(self, param: np.ndarray, lr: float) -> None:
+    def __init__(self, param: np.ndarray, lr: float, scratch: np.ndarray | None = None) -> None:
+        """``scratch``: a float32 buffer shaped like ``param`` that the caller does not need
+        during ``step`` (AdaRound passes its gradient's free buffer: one weight-sized array less)."""
         self.param, self.lr, self.t = param, lr, 0
         self.m = np.zeros_like(param)
         self.v = np.zeros_like(param)
-        self.tmp = np.empty_like(param)
+        if scratch is not None and (scratch.shape != param.shape or scratch.dtype != param.dtype):
+            raise ValueError(f"scratch must be {param.dtype} {param.shape}, not {scratch.dtype} {scratch.shape}")
+        self.tmp = np.empty_like(param) if scratch is None else scratch
 
     def step(self, grad: np.ndarray) -> None:
         b1, b2 = ADAM_BETAS

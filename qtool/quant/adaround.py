@@ -27,7 +27,12 @@ Implementation notes. Only weights whose floor lies in [0, q_max - 1] on the int
 move (rounding up keeps them on the grid); the others are clamped either way, so the soft weight
 is ``W~ = low + step * h`` with ``low`` the weight at h = 0 and ``step`` = s or 0. That is the same
 function as the clamp formula (tested), and gives the gradient in one product. Everything in
-the loop is float32 with preallocated buffers. Grouped convolutions are batched over groups:
+the loop is float32 with preallocated buffers: memory is what bounds AdaRound on large layers
+(a 4096 x 4096 weight is 64 MiB), so the loop holds nine weight-sized float32 arrays and a
+mask, no more: the grid's low and step (``qtool.quant.adaround_grid``), V, Adam's two moments
+and the gradient's four buffers, one of them Adam's temporary too; the grid's integers are made
+again from the weight after the loop's buffers are released (tested: at most 9.5 x the weight's
+bytes allocated, with the same bits as before). Grouped convolutions are batched over groups:
 depthwise-like layers (one output per group) as one contraction over a (rows, taps, groups)
 copy of the inputs, other grouped layers as one stacked matmul (groups, rows, K_g).
 """
@@ -44,6 +49,7 @@ import numpy as np
 
 from qtool.quant.encoding import Encoding, dequantize, quantize, quantize_dequantize
 from qtool.quant.adam import Adam
+from qtool.quant.adaround_grid import RoundingGrid, _soft_weight
 from qtool.quant.layer_rows import LayerMoments, LayerRows
 from qtool.quant.patches import sample_rows
 
@@ -154,61 +160,7 @@ def annealed_beta(iteration: int, params: AdaRoundParams) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The weight grid and the layer as matrix products
-
-
-@dataclass(frozen=True)
-class RoundingGrid:
-    """A weight matrix placed on its encoding's grid: soft weight ``low + step * h``.
-
-    ``floor`` is floor(W/s) - offset (the grid integer below W), ``rest`` the fractional part
-    W/s - floor(W/s) in [0, 1), ``low`` the soft weight at h = 0 (clamped onto the grid), ``step``
-    s where floor is in [0, q_max - 1] and 0 elsewhere (such weights are clamped whatever h is).
-    """
-
-    floor: np.ndarray
-    rest: np.ndarray
-    low: np.ndarray
-    step: np.ndarray
-    enc: Encoding
-
-    @classmethod
-    def from_weight(cls, weight: np.ndarray, enc: Encoding, dtype=np.float32) -> RoundingGrid:
-        if enc.is_float:
-            raise ValueError("AdaRound needs an integer encoding; this one is a float cast")
-        if enc.axis not in (None, 0):
-            raise ValueError(f"the encoding must be per tensor or per output channel (axis 0), not axis {enc.axis}")
-        weight = np.asarray(weight)
-        if weight.ndim != 2:
-            raise ValueError(f"weight must be a matrix (out, K), got shape {weight.shape}")
-        if enc.axis == 0 and len(enc.scale) != weight.shape[0]:
-            raise ValueError(f"per-channel encoding has {len(enc.scale)} channels, the weight {weight.shape[0]} rows")
-        per_row = enc.axis == 0 and weight.shape[0] > 0
-        scale = enc.scale.reshape(-1, 1) if per_row else enc.scale.reshape(())
-        offset = (enc.offset.reshape(-1, 1) if per_row else enc.offset.reshape(())).astype(np.float32)
-        # the division in float32 as quantize() (and onnxruntime) does, so nearest rounding matches
-        scaled = np.asarray(weight, np.float32) / scale
-        below = np.floor(scaled)
-        rest = (scaled - below).astype(dtype)
-        floor = below - offset
-        low = scale * (np.clip(floor, 0, enc.qmax) + offset)
-        movable = (floor >= 0) & (floor <= enc.qmax - 1)
-        step = np.where(movable, scale, np.float32(0))
-        return cls(floor.astype(np.float32), rest, low.astype(dtype), step.astype(dtype), enc)
-
-    def soft(self, h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """W~ = low + step * h (equal to s * (clamp(floor + h, 0, q_max) + o) for h in [0, 1])."""
-        out = np.multiply(self.step, h, out=out)
-        out += self.low
-        return out
-
-    def quantized(self, up: np.ndarray) -> np.ndarray:
-        """Grid integers clamp(floor + up, 0, q_max) for a 0/1 rounding decision ``up``."""
-        return np.clip(self.floor + up, 0, self.enc.qmax).astype(np.float32)
-
-    def relayout(self, fn: Callable[[np.ndarray], np.ndarray]) -> RoundingGrid:
-        """The same grid with every per-weight array passed through ``fn`` (a transposition)."""
-        return RoundingGrid(fn(self.floor), fn(self.rest), fn(self.low), fn(self.step), self.enc)
+# The loss on the grid (qtool.quant.adaround_grid) and the layer as matrix products
 
 
 def adaround_loss(
@@ -245,6 +197,9 @@ class _FusedGradient:
 
     One tanh serves h and dh/dV; the regulariser's |u|^(beta-1) sign(u) is computed as
     u * exp((beta-2) log|u|) (no pow, no copysign) when beta >= 2; loss values are not computed.
+    Four weight-sized float32 buffers (t, h, a, grad) and a mask: the regulariser works in h and
+    a once the soft weight in a has been used, and ``a`` is free between calls (``scratch``),
+    so Adam can use it as its temporary.
     """
 
     _HALF = (ZETA - GAMMA) / 2  # h = 0.5 + _HALF * tanh(v/2) before clipping (zeta + gamma = 1)
@@ -252,9 +207,11 @@ class _FusedGradient:
 
     def __init__(self, grid: RoundingGrid, layer: LayerRows, batch: int,
                  moments: LayerMoments | None = None) -> None:
-        self.grid, self.layer, self.moments = grid, layer, moments
+        # only the soft weight's two arrays: the grid's integers (floor, rest) are not needed in
+        # the loop, so the caller can let them go
+        self.low, self.step, self.layer, self.moments = grid.low, grid.step, layer, moments
         shape = grid.step.shape
-        self.t, self.h, self.a, self.b, self.grad = (np.empty(shape, np.float32) for _ in range(5))
+        self.t, self.h, self.a, self.grad = (np.empty(shape, np.float32) for _ in range(4))
         self.mask = np.empty(shape, bool)
         self.pred = np.empty((batch, layer.out), np.float32) if moments is None else None
 
@@ -266,15 +223,16 @@ class _FusedGradient:
         h += (ZETA + GAMMA) / 2
         np.clip(h, 0, 1, out=h)
         # reconstruction: d/dW~ = X^T 2 (W~ X - T) / B (or from the moments), and dW~/dh = step
+        _soft_weight(self.low, self.step, h, out=a)  # W~ (RoundingGrid.soft)
         if self.moments is not None:
-            self.moments.weight_grad(self.grid.soft(h, out=a), out=grad)
+            self.moments.weight_grad(a, out=grad)
         else:
             pred = self.pred[: len(tb)]
-            self.layer.forward(self.grid.soft(h, out=a), xb, out=pred)
+            self.layer.forward(a, xb, out=pred)
             pred -= tb
             pred *= 2 / len(tb)
             self.layer.weight_grad(pred, xb, out=grad)
-        grad *= self.grid.step
+        grad *= self.step
         if beta is not None and reg_param:
             self._add_regularizer(h, beta, reg_param)
         # dh/dV = (zeta - gamma) sigmoid (1 - sigmoid) = _HALF / 2 * (1 - tanh^2), 0 where clipped
@@ -287,22 +245,29 @@ class _FusedGradient:
         grad *= a
         return grad
 
+    @property
+    def scratch(self) -> np.ndarray:
+        """A weight-sized float32 buffer free between calls (Adam's temporary)."""
+        return self.a
+
     def _add_regularizer(self, h: np.ndarray, beta: float, reg_param: float) -> None:
-        a, b, grad = self.a, self.b, self.grad
-        np.multiply(h, 2, out=a)
-        a -= 1  # u = 2h - 1
-        if beta >= 2:
-            np.abs(a, out=b)
+        """grad += d/dh of lambda sum(1 - |2h - 1|^beta); h is overwritten (u = 2h - 1 in its
+        buffer: the rest of the gradient needs only t) and a is used as the second buffer."""
+        u, b, grad = h, self.a, self.grad
+        if beta < 2:
+            _, b[...] = rounding_regularizer(h, beta, 1.0)
+            b /= -2 * beta
+        else:
+            np.multiply(h, 2, out=u)
+            u -= 1  # u = 2h - 1
+            np.abs(u, out=b)
             with np.errstate(divide="ignore", invalid="ignore"):
                 np.log(b, out=b)
                 b *= beta - 2
                 np.exp(b, out=b)  # |u|^(beta-2): 0 at u = 0 for beta > 2
             if beta == 2:
                 b.fill(1)
-            b *= a  # |u|^(beta-1) sign(u)
-        else:
-            _, b[...] = rounding_regularizer(h, beta, 1.0)
-            b /= -2 * beta
+            b *= u  # |u|^(beta-1) sign(u)
         b *= -2 * reg_param * beta
         grad += b
 
@@ -338,7 +303,6 @@ def adaround_matrix(
     start = time.perf_counter()
     weight = np.asarray(weight, np.float32)
     target = np.asarray(target, np.float32)
-    grid_original = RoundingGrid.from_weight(weight, enc)
     layer = LayerRows(x_q, groups, weight.shape[0])
     if weight.shape[1] != layer.k:
         raise ValueError(f"weight has {weight.shape[1]} inputs per output, the rows {layer.k}")
@@ -346,14 +310,15 @@ def adaround_matrix(
         raise ValueError(f"target must be (N={layer.rows}, out={layer.out}), got shape {target.shape}")
     if layer.rows == 0:
         raise ValueError("AdaRound needs at least one row of inputs")
-    grid = grid_original.relayout(layer.to_internal)
+    grid = RoundingGrid.from_weight(weight, enc).relayout(layer.to_internal)
 
     rng = np.random.default_rng(params.seed)
     v = inverse_rectified_sigmoid(grid.rest)  # h(V) = fractional part: starts at the float weight
-    adam = Adam(v, params.learning_rate)
     batch = min(params.batch_size, layer.rows)
     moments = LayerMoments(layer, target) if LayerMoments.cheaper(layer, batch) else None
     gradient = _FusedGradient(grid, layer, batch, moments)
+    del grid  # the loop needs only the soft weight's low and step (held by gradient)
+    adam = Adam(v, params.learning_rate, scratch=gradient.scratch)
     # all rows at once when they fit in one batch; with the moments no rows are needed at all
     xb, tb = (layer.gather(None), target) if batch == layer.rows and moments is None else (None, None)
     sampled = moments is None and batch < layer.rows
@@ -365,9 +330,13 @@ def adaround_matrix(
         adam.step(gradient(v, xb, tb, annealed_beta(it, params), params.reg_param))
         if progress is not None and ((it + 1) % every == 0 or it + 1 == params.iterations):
             progress(it + 1, params.iterations)
+    # the optimiser's state and the gradient's buffers go before the final weights are made
+    del adam, gradient, moments, xb, tb
 
-    up = layer.to_original((rectified_sigmoid(v) >= 0.5).astype(np.float32))
-    q_final = grid_original.quantized(up)
+    up = layer.to_original(rectified_sigmoid(v) >= 0.5)
+    del v
+    q_final = RoundingGrid.integers(weight, enc, up)
+    del up
     final = dequantize(q_final, enc)
     nearest = quantize_dequantize(weight, enc)
     loss_nearest = reconstruction_loss(layer.outputs(layer.to_internal(nearest)), target)[0]

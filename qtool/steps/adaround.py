@@ -271,7 +271,12 @@ def _round_layer(model: ir.Model, encodings: EncodingSet, layer: ir.Node, x_q: n
     return the new weights."""
     weight_value = layer.inputs[1]
     weight = weight_value.const_value.numpy()
+    shape = weight.shape
     matrix, groups = _matrix(layer, weight)
+    # one C-ordered copy (a transposed view would make every per-weight array of the loop
+    # F-ordered, and LayerRows copy each back), and the read weight let go
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    del weight
     enc = encodings.params[weight_value.name]
     if groups == 1:
         x_q = x_q[:, 0, :]
@@ -279,7 +284,8 @@ def _round_layer(model: ir.Model, encodings: EncodingSet, layer: ir.Node, x_q: n
     began = time.perf_counter()
     rounded, stats = adaround_matrix(matrix, _matrix_encoding(layer, enc), x_q, target,
                                      options.params, groups=groups, progress=step)
-    new_weight = _from_matrix(layer, rounded, weight.shape).astype(np.float32)
+    del matrix
+    new_weight = np.ascontiguousarray(_from_matrix(layer, rounded, shape), dtype=np.float32)
     set_initializer(model, weight_value, new_weight)
     encodings.params[weight_value.name] = enc.with_frozen(True)
     result.layers.append(LayerReport(layer.name, time.perf_counter() - began, stats["loss_nearest"],
