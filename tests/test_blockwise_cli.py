@@ -141,3 +141,21 @@ def test_commands_that_do_not_take_block_pairs_say_so(work, capsys, command):
                                work / f"no_{command}"], capsys)
     assert code == 2 and err.count("\n") == 1 and f"'w1' has a per-block encoding, which {command} does not" in err
     assert not list(work.glob(f"no_{command}*"))
+
+
+def test_convolution_weights_keep_their_encodings_and_say_why(tmp_path, capsys):
+    """Conv weights are not made per block (onnxruntime 1.32 fuses DequantizeLinear(block_size)
+    -> Conv -> QuantizeLinear into QLinearConv, which rejects the block scales when the export
+    runs: docs/blockwise.md): conv_bn_relu's seven Conv weights keep their calibrated
+    encodings, the report names them, and its one Gemm weight is made per block."""
+    from qtool.steps.blockwise import CONV_KEPT
+
+    model = Path(__file__).resolve().parents[1] / "sample_models" / "conv_bn_relu.onnx"
+    code, out, err = run_main(["calibrate", model, "--data", "random", "--weight-block-size", "4",
+                               "--encoding-version", "2.0.0", "-o", tmp_path / "c", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    kept = {entry["weight"] for entry in summary["kept_weights"] if entry["reason"] == CONV_KEPT}
+    _, encodings, _ = load_pair(tmp_path / "c.onnx", None)
+    blocked = {name for name, enc in encodings.params.items() if isinstance(enc, BlockEncoding)}
+    assert len(kept) == 7 and len(blocked) == 1 and not kept & blocked and kept <= set(encodings.params)

@@ -9,6 +9,7 @@ and the encodings frozen, as AdaRound's.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from qtool.commands.fields import option
@@ -75,6 +76,9 @@ def apply_block_options(graph, encodings, options: BlockOptions, batches, progre
         lines.append(f"{kind} weights (blocks of {options.weight_block_size} inputs): {len(blocked.blocked)} "
                      f"MatMul/Gemm weight(s)" + (f"; left as they were: {len(blocked.skipped)}" if blocked.skipped
                                                  else ""))
+        reasons = Counter(reason for _, reason in blocked.skipped)
+        lines += [f"  kept their encoding: {count} weight(s): {reason}" for reason, count in sorted(reasons.items())]
+        summary["kept_weights"] = [{"weight": name, "reason": reason} for name, reason in blocked.skipped]
         if not blocked.blocked:
             raise QtoolError("--weight-block-size: no MatMul/Gemm weight has an integer encoding to make per block",
                              "use a config that quantizes their weights (e.g. --config w4-weight-only)")

@@ -4,8 +4,9 @@ Calibration plans and computes every encoding as usual (bit-width and symmetry f
 --param-bw); this step then gives each MatMul / Gemm weight that has an integer encoding one
 scale per ``block_size`` inputs instead (`qtool.quant.blockwise`), blocks along the reduction
 axis: axis 0 of a MatMul weight [K, N] and of a Gemm weight without transB, axis 1 with transB.
-Other weights (convolutions, embeddings, norms) keep their encodings; a weight read by more than
-one layer, or as anything but input B of a plain MatMul/Gemm, is left alone and reported.
+Other weights (convolutions, embeddings, norms) keep their encodings; a convolution's weight, a
+weight read by more than one layer, or as anything but input B of a plain MatMul/Gemm, is left
+alone and reported (CONV_KEPT says why convolutions are).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import onnx_ir as ir
 from qtool.encodings.encoding_set import EncodingSet
 from qtool.ir.layers import attr_int
 from qtool.quant.blockwise import BlockEncoding, encode_blocks
+
+
+# Why a convolution's weight keeps its encoding (docs/blockwise.md): blocks along C_in are what
+# DequantizeLinear's block_size can express (a scale per output channel, block and kernel tap), and
+# simulate runs them, but onnxruntime 1.32 fuses DequantizeLinear(block_size) -> Conv ->
+# QuantizeLinear into QLinearConv, which rejects the block scales when the exported model runs
+# ("QLinearConv : filter scale shape invalid"): an export would not load-and-run where it matters.
+CONV_KEPT = "a convolution's weight (onnxruntime fuses a per-block Conv into QLinearConv, which rejects block scales)"
 
 
 @dataclass
@@ -66,6 +75,8 @@ def block_encodings(model: ir.Model, encodings: EncodingSet, block_size: int, *,
             consumers = {node.op_type for node in _consumers(model, name)}
             if consumers & {"MatMul", "Gemm"}:
                 result.skipped.append((name, "shared, transposed input A, or not 2-D"))
+            elif consumers & {"Conv", "ConvTranspose"}:
+                result.skipped.append((name, CONV_KEPT))
             continue
         node, axis = layers[name]
         weights = node.inputs[1].const_value.numpy()
