@@ -186,3 +186,31 @@ def test_the_statistics_graph_leaves_the_callers_model_as_it_was(monkeypatch):
     assert len(tapped.graph.outputs) == len(before[1]) + len(whole) + 6 * len(taps) - len(set(whole) & set(before[1]))
     assert ([n.op_type for n in model.graph], [v.name for v in model.graph.outputs],
             [v.name for v in model.graph.inputs], sorted(model.graph.initializers)) == before
+
+
+def test_min_max_ranges_run_in_pieces_of_bounded_size(monkeypatch):
+    """The min-max session runs a batch in runs of at most RUN_BYTES of tapped tensors (sized from
+    the model's shapes: onnxruntime keeps the NCHWc reorder of each tapped tensor to the end of a
+    run), and the ranges are those of one run of the whole batch."""
+    from qtool.quant.observers import make_observer
+    from qtool.steps.calibrate import _RangeTaps
+
+    model = load_model(SAMPLES / "mobilenet_block.onnx")
+    names = [v.name for node in model.graph for v in node.outputs]
+    x = np.random.default_rng(5).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    whole = {name: make_observer("minmax") for name in names}
+    taps = _RangeTaps(model, whole)
+    assert taps.run_limit >= 8
+    taps({"input": x})
+    shapes = {v.name: v.shape for node in model.graph for v in node.outputs}
+    per_sample = sum(int(np.prod(shapes[name][1:])) for name in taps.measured)  # (the others are derived)
+    monkeypatch.setattr(stats_graph, "RUN_BYTES", 4 * per_sample * 3)  # 3 samples' worth: runs of 2
+    assert stats_graph.samples_per_run(model, taps.measured) == 2
+    pieces = {name: make_observer("minmax") for name in names}
+    taps = _RangeTaps(model, pieces)
+    runs = []
+    run = taps.session.run
+    monkeypatch.setattr(taps.session, "run", lambda names, feeds, *a: runs.append(len(feeds["input"])) or run(names, feeds))
+    taps({"input": x})
+    assert runs == [2, 2, 2, 2]
+    assert all((whole[n]._min, whole[n]._max) == (pieces[n]._min, pieces[n]._max) for n in names)

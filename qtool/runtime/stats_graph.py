@@ -391,6 +391,23 @@ class SampledStats:
         return result
 
 
+def samples_per_run(model: ir.Model, names: list[str]) -> int:
+    """How many samples one run may hold so that the tensors `names` add up to at most RUN_BYTES
+    (a power of two, at least 1), sized from the model's shapes: a dim not known counts as
+    DYNAMIC_DIM, a tensor of unknown rank as nothing (it cannot be sized before it runs). For a
+    session whose taps reduce their tensors (min-max ranges): onnxruntime keeps each tapped
+    tensor's NCHWc reorder alive to the end of the run, so the run's peak grows with its samples
+    (EfficientNet-Lite0 min-max in runs of 16: 1.4 GB, of 2: 0.4 GB, the float pass 0.4 GB)."""
+    values = value_by_name(model)
+    total = 0
+    for name in names:
+        value = values.get(name)
+        if value is None or value.shape is None or len(value.shape) == 0:
+            continue
+        total += math.prod(d if isinstance(d, int) else DYNAMIC_DIM for d in list(value.shape)[1:])
+    return _power_of_two(RUN_BYTES // max(4 * total, 1))
+
+
 def _power_of_two(n: int) -> int:
     """The largest power of two <= n (1 for n < 1): batches of 2^k samples then split evenly."""
     return 1 << max(0, int(n).bit_length() - 1)

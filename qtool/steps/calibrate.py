@@ -9,6 +9,7 @@ frozen in `frozen` (e.g. written by AdaRound) are kept exactly as they are.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from qtool.quant import compute_encoding
 from qtool.quant.encoding import Encoding
 from qtool.quant.observers import SCHEMES, SQNR_GAMMA, compute_all, encode_param, make_observer
 from qtool.runtime.sessions import make_session, max_batch, run_batches, split_batches, with_range_taps, with_taps
-from qtool.runtime.stats_graph import SampledStats, same_values
+from qtool.runtime.stats_graph import SampledStats, same_values, samples_per_run
 from qtool.steps.calibrate_pads import finish_pads, pad_derivations
 from qtool.steps.mixed_ranges import MixedJoin, apply_mixed_joins, find_mixed_joins
 from qtool.steps.scheme_choice import choose_scheme, first_samples, skip_samples
@@ -294,9 +295,11 @@ class _RangeTaps:
         self.session = make_session(tapped)
         self.full_session = None
         self.limit = max_batch(model)
+        # runs of at most stats_graph.RUN_BYTES of tapped tensors: the ranges do not depend on the runs
+        self.run_limit = min(self.limit or math.inf, samples_per_run(model, self.measured))
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> None:
-        feeds, outputs = next(run_batches(self.session, [feeds], self.fetch or None, self.limit))
+        feeds, outputs = next(run_batches(self.session, [feeds], self.fetch or None, self.run_limit))
         ranges, not_finite = {}, []
         for name in self.observers:
             if name in feeds:
