@@ -110,7 +110,16 @@ def markdown(results: dict, baseline: dict | None = None) -> str:
               "(axis 1, or the last axis of sequence outputs). \"wall s\" and \"peak RSS\" cover the whole",
               "child process: the recipe (fold, [equalize], calibrate, [bias-correct], simulate, export) or",
               "quantize_static with its pre-processing; \"quantize s\" is the recipe's steps without simulate",
-              "and export, or the `quantize_static` call alone.", ""]
+              "and export, or the `quantize_static` call alone.", "",
+              "The two per-tensor rows do not run the same layers. `quantize_static` per-tensor works on the",
+              "model as shipped, so every BatchNormalization stays a node of its own after its Conv: a float",
+              "per-channel scale and shift, with per-tensor 8-bit parameters (94 of them on PicoDet), and an",
+              "extra op at run time. The qtool per-tensor recipe folds BN into the Conv weights first, so one",
+              "scale serves each whole weight tensor, which is what a per-tensor-only target runs. Where the",
+              "BN-folded depthwise Conv is followed by HardSwish (PicoDet), cross-layer equalization cannot",
+              "even the channels out: HardSwish is not scale-equivariant, and per-tensor weights collapse",
+              "(docs/devlog.md, 2026-12-03 (5)). On such models use per-channel weights, which is the",
+              "w8a8-per-channel recipe.", ""]
     headers = _headers(baseline)
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells(r, baseline)) + " |" for r in _rows(results)]
