@@ -12,15 +12,15 @@ exact and does not depend on where the data was cut:
   the final range alone, so shard histograms merge into exactly the one-pass histogram (counts
   are whole numbers times whole weights: float64 adds them exactly), as do the histograms laid
   over a preset range (scheme exact);
-* a shard holds whole batches, so the rows the statistics subgraph takes out whole (the largest
-  row maxima and smallest minima of a batch) are the same rows;
+* the rows the statistics subgraph takes out whole (the largest row maxima and smallest minima)
+  are chosen per sample, so they are the same rows wherever the data is cut;
 * the sampled values are picked by their index in the stream of all the tensor's values
   (runtime/stats_graph.py); a shard starts its stream where the shards before it end. It learns
   that place from one sample (values per sample x samples before it); the tasks report the
   values they saw, and a shard whose data changed shape on the way (a guess that turns out
-  wrong) runs again from the exact place, so the result is exact in every case. The same holds
-  for the size of the statistics runs (SampledStats.run_samples, measured on the stream's first
-  sample): a shard takes shard 0's, and one that measured another runs again with it;
+  wrong) runs again from the exact place, so the result is exact in every case. The size of
+  the statistics runs (SampledStats.run_samples, measured on the stream's first sample) changes
+  no statistic; a shard still takes shard 0's, so that its runs are the one-process run's;
 * a Pad output's histogram is its input's plus the pad count per sample (steps/calibrate_pads.py):
   per shard, the counts of the shards add up to the one-pass count.
 """
