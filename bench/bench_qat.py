@@ -111,7 +111,10 @@ def _qdq_outputs(folder: Path, stem: str, x: np.ndarray) -> np.ndarray:
 def _scores(ref: np.ndarray, test: np.ndarray, texts: list[str] | None, characters) -> dict:
     if texts is None:
         return {"top1_agree": float(np.mean(ref.argmax(1) == test.argmax(1))), "sqnr_db": C.sqnr_db(ref, test)}
-    return {"char_acc": C.score("rec", test, texts, characters)["acc"], "sqnr_db": C.sqnr_db(ref, test)}
+    decoded = C.score("rec", test, texts, characters)
+    return {"char_acc": decoded["acc"], "agree_float": C.agreement(C.score("rec", ref, texts, characters)["preds"],
+                                                                   decoded["preds"]),
+            "sqnr_db": C.sqnr_db(ref, test)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -164,13 +167,15 @@ def table(result: dict) -> str:
             "freshly rendered lines (no texts) calibrate and train", "other fresh lines pick the kept epoch",
             "committed evaluation lines score the pairs (character accuracy against their texts, SQNR against float)")
     if model == "effnet":
-        head, row = "| pair | top-1 agreement with float, held out | logit SQNR, held out |", \
-            lambda r: f"{100 * r['top1_agree']:.1f}% | {r['sqnr_db']:.2f} dB"
+        head = "| pair | top-1 agreement with float, held out | logit SQNR, held out |\n| --- | --- | --- |"
+        row = lambda r: f"{100 * r['top1_agree']:.1f}% | {r['sqnr_db']:.2f} dB"  # noqa: E731
         rows = []
     else:
-        head, row = "| pair | character accuracy, held out | output SQNR against float, held out |", \
-            lambda r: f"{100 * r['char_acc']:.2f}% | {r['sqnr_db']:.2f} dB"
-        rows = [f"| float | {100 * result['float_test']['char_acc']:.2f}% | |"]
+        head = ("| pair | character accuracy, held out | lines decoded as float decodes them | output SQNR against "
+                "float, held out |\n| --- | --- | --- | --- |")
+        row = lambda r: (f"{100 * r['char_acc']:.2f}% | "  # noqa: E731
+                         f"{'%.1f%%' % (100 * r['agree_float']) if 'agree_float' in r else '-'} | {r['sqnr_db']:.2f} dB")
+        rows = [f"| float | {100 * result['float_test']['char_acc']:.2f}% | | |"]
     ptq_steps = ", ".join(steps[:steps.index("qat")]) if steps else "fold, CLE, per-tensor sqnr calibration, bias correction"
     lines = [
         f"{NAMES[model]}, `recipes/{recipe}.yaml` with `qat.epochs={args['epochs']}`, "
@@ -179,7 +184,6 @@ def table(result: dict) -> str:
         f"{args['val']} {data[1]}, {args['test']} {data[2]}. Run: {result['context']}.",
         "",
         head,
-        "| --- | --- | --- |",
         *rows,
         f"| PTQ (the `{ptq_step}` step's pair: {ptq_steps}) | {row(ptq)} |",
         f"| + QAT (epoch {qat['best_epoch']} kept) | {row(trained)} |",
