@@ -197,7 +197,13 @@ def _float_targets(model: ir.Model, layers: list[ir.Node], batches: Iterable[dic
 
     Only the outputs are kept, not the input rows: a layer's float weight does not change before
     its own turn, and (rows, out) is far smaller than (rows, K) for convolutions (EfficientNet's
-    5x5 depthwise layers: 25x)."""
+    5x5 depthwise layers: 25x). They are kept for every layer until its turn, which for a large
+    model is as much as the weights (4096 rows x 4096 outputs x 4 bytes per 4096 x 4096 layer),
+    so they stay in RAM within ``options.cache_bytes`` and go to memory-mapped files beyond
+    (qtool.analysis.spill), as the activation cache does: the same values either way."""
+    from qtool.analysis.spill import Spill
+
+    store = Spill(options.cache_bytes)
     inputs = {layer.name: layer.inputs[0].name for layer in layers}
     graph_inputs = {v.name for v in model.graph.inputs}
     names = sorted({n for n in inputs.values() if n not in graph_inputs})
@@ -209,8 +215,9 @@ def _float_targets(model: ir.Model, layers: list[ir.Node], batches: Iterable[dic
             tensor = feeds.get(inputs[layer.name], outputs.get(inputs[layer.name]))
             matrix, groups = _matrix(layer, layer.inputs[1].const_value.numpy())
             rows = _sampled_rows(layer, tensor, groups, per_batch, _row_rng(options, layer, batch_index))
-            collected[layer.name].append(_targets(rows, matrix, groups).astype(np.float32))
-    return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
+            collected[layer.name].append(store.keep(_targets(rows, matrix, groups).astype(np.float32)))
+    # one (rows, out) array per layer (the pieces agree after the first axis), within the budget
+    return {name: store.join(parts) for name, parts in collected.items() if parts}
 
 
 def adaround(model: ir.Model, encodings: EncodingSet, batches: Batches, total_batches: int,
