@@ -5,8 +5,8 @@ Fast tests on a few-MB stack of MatMul/Gemm layers written with external data
 references to the data file instead of a protobuf holding the weights, the pairs written keep
 the input's tensor names, order, types and bytes, a model too large for one protobuf (simulated
 by lowering the threshold) goes the file way with the same results, and a failed write leaves
-nothing. The slow test (QTOOL_SLOW_TESTS=1, `make test-large`) runs calibrate, simulate and
-export on a generated 2.2 GB model and checks the memory bound of docs/large_models.md.
+nothing. The slow test (QTOOL_SLOW_TESTS=1, `make test-large`) runs calibrate, simulate, export
+and bias-correct on a generated 2.2 GB model and checks the memory bound of docs/large_models.md.
 """
 
 from __future__ import annotations
