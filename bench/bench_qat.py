@@ -20,7 +20,7 @@ bench/measure.py (wall seconds, peak RSS). The PTQ pair is the output of the ste
 
 Pairs are scored in onnxruntime's QDQ simulation. Times are also given as multiples of one
 float onnxruntime pass over the training data in the same run (the machine is shared). `--doc`
-writes the table between the markers of the (model, recipe) section of docs/qat.md
+writes the table between the markers of the (model, recipe) section of docs/qat.md (or `--section`'s)
 (`--results bench/out/qat_results_MODEL_RECIPE.json` rewrites it from a finished run);
 otherwise bench/out/qat_MODEL_RECIPE.md.
 """
@@ -49,8 +49,8 @@ WORK = C.ROOT / "build" / "bench" / "qat"
 NAMES = {"effnet": "EfficientNet-Lite0", "rec": "PP-OCRv4 recogniser"}
 
 
-def markers(model: str, recipe: str) -> tuple[str, str]:
-    return f"<!-- bench_qat.py {model} {recipe}: begin -->", f"<!-- bench_qat.py {model} {recipe}: end -->"
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- bench_qat.py {section}: begin -->", f"<!-- bench_qat.py {section}: end -->"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--force", action="store_true", help="rerun the recipe's steps before qat too (qtool run --force)")
     ap.add_argument("--doc", action="store_true", help="write the section of docs/qat.md")
     ap.add_argument("--results", type=Path, help="a qat_results.json of an earlier run: write its table, run nothing")
+    ap.add_argument("--section", help="the section of docs/qat.md to write (default: 'MODEL RECIPE'), for two runs "
+                                      "of one recipe side by side")
     return ap.parse_args(argv)
 
 
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     model, recipe = result["args"].get("model", "effnet"), result["args"].get("recipe", "w8a8-per-tensor-qat")
     if args.doc:
-        write_section(C.ROOT / "docs" / "qat.md", *markers(model, recipe), text)
+        write_section(C.ROOT / "docs" / "qat.md", *markers(args.section or f"{model} {recipe}"), text)
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"qat_{model}_{recipe}.md").write_text(text + "\n")

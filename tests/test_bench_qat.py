@@ -46,4 +46,4 @@ def test_a_result_written_before_model_and_recipe_options_renders_as_lite0_w8a8(
     assert "| PTQ (the `bias_correct` step's pair: fold, CLE, per-tensor sqnr calibration, bias correction) | " \
            "87.0% | 16.59 dB |" in text
     assert "| + QAT (epoch 1 kept) | 92.0% | 20.77 dB |" in text
-    assert bench_qat.markers("effnet", "w8a8-per-tensor-qat")[0] == "<!-- bench_qat.py effnet w8a8-per-tensor-qat: begin -->"
+    assert bench_qat.markers("effnet w8a8-per-tensor-qat")[0] == "<!-- bench_qat.py effnet w8a8-per-tensor-qat: begin -->"
