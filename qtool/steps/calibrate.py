@@ -254,7 +254,7 @@ class _SampledTaps:
             for name, observer in self.observers.items():
                 if name in chunk:
                     observer.update(chunk[name])
-            for parts in list(self.stats.pieces(chunk)):  # runs of a few samples (SampledStats.run_samples), then numpy
+            for parts in self.stats.pieces(chunk):  # each run (SampledStats.run_samples) binned before the next
                 for name, part in parts.items():
                     self.observers[name].update(part.exact)
                     self.observers[name].update(part.sample, part.weight)
