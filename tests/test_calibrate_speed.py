@@ -214,3 +214,35 @@ def test_min_max_ranges_run_in_pieces_of_bounded_size(monkeypatch):
     taps({"input": x})
     assert runs == [2, 2, 2, 2]
     assert all((whole[n]._min, whole[n]._max) == (pieces[n]._min, pieces[n]._max) for n in names)
+
+
+def test_min_max_ranges_in_pieces_join_whole_tensor_reductions(monkeypatch, tmp_path):
+    """A tensor of rank < 2 is reduced whole, to a 0-d range, which cannot be concatenated
+    across runs: each run updates the observers itself, and the ranges equal one run's
+    (the bundled classifier's calibrate failed on this when the runs were joined)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qtool.quant.observers import make_observer
+    from qtool.steps.calibrate import _RangeTaps
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+         helper.make_node("Neg", ["s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    path = tmp_path / "rank1.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    model = load_model(path)
+    x = np.random.default_rng(7).standard_normal((6, 4)).astype(np.float32)
+    whole = {name: make_observer("minmax") for name in ("s", "y")}
+    _RangeTaps(model, whole)({"x": x})
+    monkeypatch.setattr(stats_graph, "RUN_BYTES", 4)  # one sample a run
+    pieces = {name: make_observer("minmax") for name in ("s", "y")}
+    taps = _RangeTaps(model, pieces)
+    assert taps.run_limit == 1
+    taps({"x": x})
+    sums = x.sum(axis=1)
+    assert (pieces["s"]._min, pieces["s"]._max) == (whole["s"]._min, whole["s"]._max)
+    assert np.isclose(pieces["s"]._min, sums.min()) and np.isclose(pieces["y"]._max, -sums.min())

@@ -299,7 +299,14 @@ class _RangeTaps:
         self.run_limit = min(self.limit or math.inf, samples_per_run(model, self.measured))
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> None:
-        feeds, outputs = next(run_batches(self.session, [feeds], self.fetch or None, self.run_limit))
+        """Each run of at most `run_limit` samples updates the observers on its own: a min-max
+        observer's range of the batch is the min of the runs' lows and the max of their highs,
+        and a reduced range may be a 0-d tensor, which cannot be joined across runs."""
+        for piece in split_batches([feeds], None if self.run_limit == math.inf else int(self.run_limit)):
+            self._run(piece)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> None:
+        feeds, outputs = next(run_batches(self.session, [feeds], self.fetch or None, self.limit))
         ranges, not_finite = {}, []
         for name in self.observers:
             if name in feeds:
