@@ -8,7 +8,9 @@ qtool's dependencies). One job per run, chosen by --job:
 * ``export``, ``load``, ``diverge`` (bench/aimet_child_roundtrip.py): aimet's own encodings and
   outputs; strict loads of qtool's encodings and the SQNR of aimet's sim with them against qtool's
   QDQ models; where aimet's sim and a QDQ model with the same encodings first part, and the exact
-  ties behind it.
+  ties behind it;
+* ``speed`` (bench/aimet_child_speed.py): the seconds of aimet's own tf_enhanced calibration, the
+  row bench/bench_speed.py sets beside qtool's.
 
 Everything it writes is JSON with sorted keys; the parent turns it into fixtures and the doc.
 """
@@ -22,10 +24,12 @@ import tempfile
 import numpy as np
 
 import aimet_child_roundtrip
+import aimet_child_speed
 import aimet_child_tables
 
 JOBS = {"tables": aimet_child_tables.job_tables, "export": aimet_child_roundtrip.job_export,
-        "load": aimet_child_roundtrip.job_load, "diverge": aimet_child_roundtrip.job_diverge}
+        "load": aimet_child_roundtrip.job_load, "diverge": aimet_child_roundtrip.job_diverge,
+        "speed": aimet_child_speed.job_speed}
 
 
 def main() -> None:
@@ -35,7 +39,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=[], help="tables: only these shipped configs (file names)")
     ap.add_argument("--cases", help="export: JSON list of {model, name, config, calib, eval, probe}; "
                                     "load: JSON list of {model, config, encodings, eval, qdq, export_qdq}; "
-                                    "diverge: JSON list of {model, config, encodings, qdq, eval}")
+                                    "diverge: JSON list of {model, config, encodings, qdq, eval}; "
+                                    "speed: JSON list of {model, calib, samples, batch}")
     ap.add_argument("--out", required=True)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--versions", nargs="*", default=["1.0.0", "2.0.0"])

@@ -44,13 +44,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import aimet_doc  # noqa: E402  (bench/aimet_doc.py)
+import common as C  # noqa: E402  (bench/common.py)
 import aimet_zoo  # noqa: E402  (bench/aimet_zoo.py: the real models, --zoo)
 import aimet_report  # noqa: E402  (bench/aimet_report.py)
 import aimet_roundtrip  # noqa: E402  (bench/aimet_roundtrip.py; puts tests/ on the path)
 import aimet_models  # noqa: E402  (tests/aimet_models.py)
 
 AIMET_SPEC, TORCH_SPEC = "aimet-onnx==2.42.0", "torch==2.13.0"
-VENV = ROOT / "build" / "aimet-venv"
+VENV = C.AIMET_VENV
 WORK = ROOT / "build" / "aimet"
 FIXTURES = ROOT / "tests" / "fixtures" / "aimet"
 DOC = ROOT / "docs" / "aimet_compat.md"

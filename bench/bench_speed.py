@@ -39,6 +39,7 @@ import common as C  # noqa: E402
 import docs_page  # noqa: E402
 
 WORK = C.ROOT / "build" / "bench" / "speed"
+AIMET_PYTHON = C.AIMET_VENV / "bin" / "python"
 DOC = C.ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench_speed.py: begin (generated, do not edit) -->", "<!-- bench_speed.py: end -->"
 SCHEMES = ("minmax", "sqnr", "percentile", "mse")
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="run quantize_static Entropy and analyze in the first round only (they are slow and "
                          "their ratios far from the float pass)")
     ap.add_argument("--analyze-samples", type=int, default=8, help="analyze --eval-samples (default 8)")
+    ap.add_argument("--aimet", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time aimet-onnx's compute_encodings (tf_enhanced) when build/aimet-venv exists "
+                         "(make bench-aimet makes it)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--skip-accuracy", action="store_true", help="no encodings/SQNR comparison with the reference path")
     ap.add_argument("--accuracy-json", type=Path, help="take the accuracy rows of the models in this JSON file "
@@ -190,6 +194,17 @@ def child(cmd: list[str], env: dict, tag: str) -> dict:
     return row
 
 
+def aimet_row(key: str, model: Path, data: Path, samples: int, batch: int, env: dict) -> dict:
+    """aimet-onnx's own tf_enhanced calibration of the same model on the same samples and batches
+    (bench/aimet_child_speed.py in build/aimet-venv); its in-process seconds are the "in qtool" column."""
+    cases = WORK / key / "aimet_cases.json"
+    cases.write_text(json.dumps([{"model": str(model), "calib": str(data), "samples": samples, "batch": batch}]))
+    row = child([str(AIMET_PYTHON), str(HERE / "aimet_child.py"), "--job", "speed", "--cases", str(cases),
+                 "--out", str(WORK / key / "aimet")], env, f"{key}.aimet")
+    row["inner_s"] = row["json"].get("seconds")
+    return row
+
+
 def bench_model(key: str, args, env: dict) -> dict:
     model, data, samples = prepare(key)
     title, _, batch = MODELS[key]
@@ -228,6 +243,9 @@ def bench_model(key: str, args, env: dict) -> dict:
             row["inner_s"] = sum(info.get(k, 0.0) for k in ("convert_s", "preprocess_s", "quantize_static_s")) \
                 if "quantize_static_s" in info else None
             add(f"quantize_static {'MinMax' if method == 'minmax' else 'Entropy'} per-channel (+ pre-processing)", row)
+        if args.aimet and AIMET_PYTHON.exists() and data.suffix == ".npz":  # (text's data is a folder of token files)
+            row = aimet_row(key, model, data, samples, batch, env)
+            add("aimet-onnx compute_encodings tf_enhanced per-channel", row)
         if round_ == 0 or not args.once:
             row = child([*q, "analyze", str(out / "sqnr.onnx"), "--data", str(data), "--batch-size", str(batch),
                          "--eval-samples", str(args.analyze_samples), "--json", "-o", str(out / "analyze")], env,
@@ -270,6 +288,10 @@ def table(results: dict) -> str:
                          f"{fmt(row['x_float_inner'], 1)}{'x' if row['x_float_inner'] else ''} | "
                          f"{row['peak_rss_mb']:.0f} |")
     notes = [f"* {k}: {r['title']}, {r['samples']} samples, batch {r['batch']}" for k, r in results.items()]
+    notes.append("* aimet-onnx: QuantizationSimModel with quant_scheme tf_enhanced and its shipped "
+                 "default_config_per_channel.json, then compute_encodings on the same samples and batches "
+                 "(bench/aimet_child_speed.py, in build/aimet-venv); its seconds are the sim's construction and "
+                 "compute_encodings, in aimet's process; the row is absent when the venv is")
     notes.append("* quantize_static: onnxruntime.quantization's QDQ per-channel W8A8 with its quant_pre_process "
                  "(bench/ort_quant.py), its own seconds (pre-processing + quantize_static); Entropy and analyze "
                  "ran in the first round only (--once)")

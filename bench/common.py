@@ -27,6 +27,7 @@ import ocr_data  # noqa: E402  (sample_models/ocr_data.py, numpy-only)
 
 REC_MODEL = ROOT / "build" / "models" / "ch_PP-OCRv4_rec_infer.onnx"
 CLS_MODEL = ROOT / "sample_models" / "ppocr_cls.onnx"
+AIMET_VENV = ROOT / "build" / "aimet-venv"  # aimet-onnx 2.42.0 + torch CPU, made by bench/bench_aimet.py
 BATCH = 16  # samples per onnxruntime run everywhere (qtool's default --batch-size)
 # char_accuracy(strip=False) is the raw mean of max(0, 1 - edit/len); strip=True ignores
 # leading/trailing spaces. Both are recorded; the raw one is the headline number.
