@@ -177,7 +177,7 @@ def test_conv_transpose_is_adarounded_and_beats_nearest(groups, kernel, stride):
 
 def test_float_targets_beyond_the_budget_go_to_disk_with_the_same_result(monkeypatch):
     """The float targets of every layer wait for their turn; beyond ``cache_bytes`` they are
-    memory-mapped files (qtool.analysis.spill) instead of RAM: the same rounding, to the byte."""
+    memory-mapped files (qtool.runtime.spill) instead of RAM: the same rounding, to the byte."""
     import qtool.steps.adaround as step
 
     model = load_model(SAMPLES / "mobilenet_block.onnx")

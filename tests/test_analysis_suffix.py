@@ -1,5 +1,5 @@
 """analyze and mixed-precision runs start from cached activations (analysis/suffix.py) and keep
-their per-sample arrays within QTOOL_ANALYSIS_MB (analysis/spill.py): both change no number."""
+their per-sample arrays within QTOOL_ANALYSIS_MB (runtime/spill.py): both change no number."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import run_main
 from qtool.analysis.evaluate import Evaluator, Setting
 from qtool.analysis.metric import load_metric
-from qtool.analysis.spill import Spill
+from qtool.runtime.spill import Spill
 from qtool.analysis.switchable import build_switchable
 from qtool.commands.inputs import load_pair
 from qtool.errors import QtoolError

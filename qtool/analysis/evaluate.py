@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from qtool.analysis.metric import Metric, Outputs
 from qtool.analysis.score_tasks import scores_on
-from qtool.analysis.spill import Spill
+from qtool.runtime.spill import Spill
 from qtool.analysis.suffix import CUTS, BaseCache, SuffixPlan
 from qtool.analysis.switchable import SwitchableModel
 from qtool.data.sources import Batch, batch_size_of, sample_indices

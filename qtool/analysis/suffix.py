@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
-from qtool.analysis.spill import Spill
+from qtool.runtime.spill import Spill
 from qtool.analysis.switchable import SwitchableModel
 
 CUTS = 8  # sessions per switchable model: each cut is one more session (its part of the weights)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from qtool.files import strict_json
 from qtool.ir.graph import constant_array
 from qtool.quant import Encoding
 
@@ -98,7 +99,7 @@ def choose(node: ir.Node, x: Encoding, result: Encoding, gain: np.ndarray) -> La
 
 def kept_float_entry(choices: list[LayerChoice]) -> str:
     """The metadata value: the reason of each layer left float, by node name (sorted: deterministic)."""
-    return json.dumps({c.node: c.reason for c in choices if not c.integer}, sort_keys=True)
+    return strict_json.dumps({c.node: c.reason for c in choices if not c.integer}, indent=None)
 
 
 def kept_float(model: ir.Model) -> dict[str, str]:
