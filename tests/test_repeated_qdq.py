@@ -138,3 +138,22 @@ def test_simulate_runs_the_pruned_graph_with_the_same_report_and_hands_back_ever
     assert 3 in quantizers  # the quantized session ran without the pair after the Pad
     monkeypatch.setattr(step, "simulation_graph", lambda qdq: qdq)
     assert step.simulate(model, encodings, batches).report == pruned.report
+
+
+def test_a_per_channel_grid_is_not_carried_through_an_op_that_moves_axes():
+    """DQ(per channel, axis 1) -> Transpose -> Q/DQ(axis 1, the same scales): the axis now names
+    another dimension of the values, so they are not on that grid and the pair must stay."""
+    scale = np.array([0.01, 0.1, 1.0], np.float32)
+    inits = [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(np.zeros(3, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], axis=1, name="x_Q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], axis=1, name="x_DQ"),
+             helper.make_node("Transpose", ["xd"], ["t"], perm=[0, 2, 1], name="transpose"),
+             helper.make_node("QuantizeLinear", ["t", "s", "z"], ["tq"], axis=1, name="t_Q"),
+             helper.make_node("DequantizeLinear", ["tq", "s", "z"], ["td"], axis=1, name="t_DQ")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 3])],
+                              [helper.make_tensor_value_info("td", TensorProto.FLOAT, [1, 3, 3])], inits)
+    model = model_from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), "test")
+    before = inline_bytes(model)
+    assert drop_repeated_quantizers(model) == 0
+    x = np.array([[[0.123, 0.5, 0.9], [1.234, 2.5, 0.33], [2.7, 0.05, 1.6]]], np.float32)
+    assert _session(before).run(None, {"x": x})[0].tobytes() == _session(inline_bytes(model)).run(None, {"x": x})[0].tobytes()

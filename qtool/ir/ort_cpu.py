@@ -24,8 +24,8 @@ Always (the plain export's numbers, or within one step of a grid):
 * `uint8`: a symmetric int8 activation grid is written as uint8 with zero point 128, the same grid
   (exact); onnxruntime x86 fuses only uint8 activations where a tensor has several readers.
 
-With `fused="bounded"` (`--fused-activations bounded`, the default: off by at most one step of a
-grid the encodings already hold):
+With `fused="bounded"` (`--fused-activations bounded`, which the default `auto` starts from:
+off by at most one step of a grid the encodings already hold):
 
 * `clipped`: a Conv output read through Relu/Clip/Min/Max by a quantized tensor (the relu6 that
   depthwise-input equalization writes as Relu + per-channel Min) takes that tensor's grid.

@@ -41,6 +41,8 @@ def drop_repeated_quantizers(model: ir.Model) -> int:
             positions = _MOVES[node.op_type]
             keys = {grids.get(v) for i, v in enumerate(node.inputs) if positions is None or i in positions}
             key = keys.pop() if len(keys) == 1 else None
+            if key is not None and (key[6] is not None or key[7]):
+                key = None  # a per-axis or block grid names an axis that Transpose/Reshape/... may move
         else:
             continue
         if key is not None:
@@ -83,6 +85,8 @@ def _grid(node: ir.Node) -> tuple | None:
     if len(node.inputs) < 3 or any(v is None or v.const_value is None for v in node.inputs[1:3]):
         return None
     scale, zero = node.inputs[1].const_value.numpy(), node.inputs[2].const_value.numpy()
+    if scale.dtype.itemsize < 4 and zero.dtype.itemsize > 1:
+        return None  # a 16-bit grid with a half-precision scale: x / s may land many steps off q
     axis = node.attributes["axis"].as_int() if "axis" in node.attributes and scale.size > 1 else None
     block = node.attributes["block_size"].as_int() if "block_size" in node.attributes else 0
     domain = "" if node.domain == "ai.onnx" else node.domain

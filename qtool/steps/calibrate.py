@@ -9,7 +9,6 @@ frozen in `frozen` (e.g. written by AdaRound) are kept exactly as they are.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -296,13 +295,14 @@ class _RangeTaps:
         self.full_session = None
         self.limit = max_batch(model)
         # runs of at most stats_graph.RUN_BYTES of tapped tensors: the ranges do not depend on the runs
-        self.run_limit = min(self.limit or math.inf, samples_per_run(model, self.measured))
+        # (a model that fixes its batch dim runs batches of exactly that size: no pieces then)
+        self.run_limit = self.limit if self.limit is not None else samples_per_run(model, self.measured)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> None:
         """Each run of at most `run_limit` samples updates the observers on its own: a min-max
         observer's range of the batch is the min of the runs' lows and the max of their highs,
         and a reduced range may be a 0-d tensor, which cannot be joined across runs."""
-        for piece in split_batches([feeds], None if self.run_limit == math.inf else int(self.run_limit)):
+        for piece in split_batches([feeds], self.run_limit):
             self._run(piece)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> None:
