@@ -199,7 +199,8 @@ def _float_targets(model: ir.Model, layers: list[ir.Node], batches: Iterable[dic
     its own turn, and (rows, out) is far smaller than (rows, K) for convolutions (EfficientNet's
     5x5 depthwise layers: 25x). They are kept for every layer until its turn, which for a large
     model is as much as the weights (4096 rows x 4096 outputs x 4 bytes per 4096 x 4096 layer),
-    so they stay in RAM within ``options.cache_bytes`` and go to memory-mapped files beyond
+    so they stay in RAM within a budget of ``options.cache_bytes`` of their own (the activation
+    cache has another: 2x in all) and go to memory-mapped files beyond
     (qtool.runtime.spill), as the activation cache does: the same values either way."""
     from qtool.runtime.spill import Spill
 
