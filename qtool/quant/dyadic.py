@@ -89,11 +89,13 @@ class DyadicHistogram:
         # the bins are those of the integer arithmetic at a third less time than casting first
         # (the floor comes before subtracting k0: x * 2^-e - k0 rounds when it is larger in
         # magnitude than x * 2^-e). The grid covers every value (fit), so the bins are already
-        # 0..bins-1: no clip (np.clip cost as much as the rest together)
+        # 0..bins-1: no clip (np.clip cost as much as the rest together). The cast goes to int32
+        # (the bins are below 2^24): numpy casts float32 to int32 with SIMD, to int64 without, and
+        # that cast was 4x slower, 0.37 s of EfficientNet-Lite0's sqnr calibration under cProfile
         scaled = x * np.float32(2.0 ** -self.e)
         np.floor(scaled, out=scaled)
         scaled -= np.float32(self.k0)
-        index = scaled.astype(np.intp)
+        index = scaled.astype(np.int32)
         try:
             counts = np.bincount(index, minlength=self.bins)
         except ValueError:  # a negative bin: x not covered by the grid (fit not called); keep it in range
